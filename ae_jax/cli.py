@@ -1,0 +1,48 @@
+"""What every ae_jax command does with its command line: errors as one line, never a traceback."""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from ae_jax import UserError
+
+
+def _fail(message: str, code: int = 1):
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(code)
+
+
+def parse_flags(argv):
+  """absl's parser, with config-file and config-field mistakes reported in one line."""
+  try:
+    argv = flags.FLAGS(argv)
+    if 'config' in flags.FLAGS and flags.FLAGS['config'].value is not None:
+      flags.FLAGS['config'].value.keys()  # a config file that failed to load raises only now
+    return argv
+  except flags.Error as e:
+    _fail(f'{e} (see --helpshort)', 2)
+  except (AttributeError, KeyError) as e:
+    # ml_collections reports an unknown field as AttributeError(KeyError("'name'\nDid you..."))
+    while e.args and isinstance(e.args[0], BaseException):
+      e = e.args[0]
+    detail = ' '.join(str(e.args[0] if e.args else e).split())
+    _fail(f'no such config field: {detail} '
+          '(the fields and their defaults are in configs/default.py)', 2)
+  except (OSError, SyntaxError) as e:
+    _fail(' '.join(str(e).split()), 2)
+
+
+def run(main):
+  """app.run(main), with UserError printed as one line and a quiet log by default."""
+
+  def wrapped(argv):
+    if not flags.FLAGS['verbosity'].present:
+      logging.set_verbosity(logging.WARNING)  # orbax and others log every save at INFO
+    try:
+      main(argv)
+    except UserError as e:
+      _fail(str(e))
+
+  app.run(wrapped, flags_parser=parse_flags)

@@ -1,0 +1,89 @@
+"""The checks that a config makes sense, and the config saved in a workdir."""
+
+import json
+import os
+
+import ml_collections
+
+from ae_jax import UserError
+from ae_jax import models
+
+
+OPTIMIZERS = ('adam', 'adamw', 'sgd')
+LOSSES = ('mse', 'bce')
+PARALLEL = ('jit', 'pmap')
+
+
+def _one_of(value, choices, field):
+  if value not in choices:
+    raise UserError(f'{field}={value!r} is not one of: {", ".join(map(str, choices))}')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError for the first field whose value cannot work."""
+  _one_of(config.model.name, tuple(models.MODELS), 'config.model.name')
+  _one_of(config.optimizer, OPTIMIZERS, 'config.optimizer')
+  _one_of(config.loss, LOSSES, 'config.loss')
+  _one_of(config.parallel, PARALLEL, 'config.parallel')
+  if config.batch_size < 1:
+    raise UserError(f'config.batch_size={config.batch_size} must be at least 1')
+  if config.num_epochs < 1:
+    raise UserError(f'config.num_epochs={config.num_epochs} must be at least 1')
+  if config.steps_per_call < 1:
+    raise UserError(f'config.steps_per_call={config.steps_per_call} must be at least 1')
+  if not config.learning_rate > 0:
+    raise UserError(f'config.learning_rate={config.learning_rate} must be positive')
+  if config.noise.std < 0:
+    raise UserError(f'config.noise.std={config.noise.std} must not be negative')
+  if config.model.name == 'AE':
+    for field in ('hidden_dim', 'latent_dim'):
+      if config.model[field] < 1:
+        raise UserError(f'config.model.{field}={config.model[field]} must be at least 1')
+    if not 0 <= config.model.dropout_rate < 1:
+      raise UserError(
+          f'config.model.dropout_rate={config.model.dropout_rate} must be in [0, 1)')
+  else:
+    _one_of(config.model.conv, ('auto', 'matmul', 'xla'), 'config.model.conv')
+    if len(config.model.features) != 4 or min(config.model.features) < 1:
+      raise UserError(f'config.model.features={tuple(config.model.features)} must be four '
+                      'positive channel counts, e.g. (32, 64, 128, 256)')
+  if not 0 < config.data.validation_fraction < 1:
+    raise UserError(f'config.data.validation_fraction={config.data.validation_fraction} '
+                    'must be between 0 and 1 (exclusive)')
+
+
+def is_denoising(config) -> bool:
+  return config.noise.std > 0
+
+
+def _describe(config) -> dict:
+  """What makes two runs the same model: the model and the noise it was trained against."""
+  return json.loads(json.dumps({'model': config.model.to_dict(), 'noise': config.noise.to_dict()}))
+
+
+def prepare_workdir(config, workdir: str) -> None:
+  """Creates `workdir` and writes config.json there; refuses a workdir of another model."""
+  path = os.path.join(workdir, 'config.json')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    if os.path.exists(path):
+      saved = _describe(load_config(workdir))
+      if saved != _describe(config):
+        raise UserError(
+            f'{workdir} holds a run of another model ({path}: {saved}; asked for: '
+            f'{_describe(config)}). Use a new --workdir, or delete {workdir} to start afresh')
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+    os.replace(tmp, path)
+  except OSError as e:
+    raise UserError(f'cannot write to the workdir {workdir}: {e.strerror}') from None
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config that trained the run in `workdir` (its config.json)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise UserError(f'{path} does not exist: is {workdir!r} the --workdir of a training run?')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))

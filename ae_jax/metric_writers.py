@@ -1,0 +1,73 @@
+"""What a run writes for people to read: metrics.jsonl and TensorBoard event files.
+
+The event files are written with TensorBoard's own record format and protos, without
+TensorFlow, which takes seconds to import and is not otherwise needed unless tfds reads data.
+"""
+
+import io
+import json
+import os
+import socket
+import time
+
+import numpy as np
+from tensorboard.compat.proto import event_pb2
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
+
+
+class SummaryWriter:
+  """Writes scalars and images to a TensorBoard event file in `logdir`."""
+
+  def __init__(self, logdir: str):
+    os.makedirs(logdir, exist_ok=True)
+    name = f'events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}'
+    self._file = open(os.path.join(logdir, name), 'wb')
+    self._writer = RecordWriter(self._file)
+    self._write(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
+
+  def _write(self, event):
+    self._writer.write(event.SerializeToString())
+
+  def _summary(self, step, value):
+    event = event_pb2.Event(wall_time=time.time(), step=int(step))
+    event.summary.value.append(value)
+    self._write(event)
+
+  def scalar(self, tag: str, value: float, step: int):
+    self._summary(step, summary_pb2.Summary.Value(tag=tag, simple_value=float(value)))
+
+  def image(self, tag: str, image: np.ndarray, step: int):
+    """`image`: (H, W) or (H, W, C) with values in [0, 1]."""
+    import matplotlib.image  # pylint: disable=g-import-not-at-top
+    image = np.clip(np.asarray(image, np.float32), 0, 1)
+    if image.ndim == 3 and image.shape[-1] == 1:
+      image = image[..., 0]
+    buffer = io.BytesIO()
+    matplotlib.image.imsave(buffer, image, cmap='gray', vmin=0, vmax=1, format='png')
+    encoded = summary_pb2.Summary.Image(
+        height=image.shape[0], width=image.shape[1], colorspace=4,
+        encoded_image_string=buffer.getvalue())
+    self._summary(step, summary_pb2.Summary.Value(tag=tag, image=encoded))
+
+  def flush(self):
+    self._writer.flush()
+
+  def close(self):
+    self._writer.close()
+
+
+def read_metrics(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def write_metrics(path: str, rows: list[dict]) -> None:
+  """Rewrites metrics.jsonl with `rows`, atomically, so that a crash never leaves half a file."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    for row in rows:
+      f.write(json.dumps(row) + '\n')
+  os.replace(tmp, path)

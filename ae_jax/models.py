@@ -1,0 +1,224 @@
+"""The autoencoders: AE (dense) and CAE (convolutional), each returning (reconstruction, latent).
+
+Both take images of shape (batch, height, width, channels) with values in [0, 1], and learn
+the image shape from the data: `image_shape` is given when the model is created.
+"""
+
+import functools
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ae_jax import UserError
+
+
+def draw_for_global_batch(key, sampler, local_shape, axis_name):
+  """Draws `sampler(key, shape)` for the whole global batch and returns this device's part.
+
+  Under jit the draw for a sharded batch does not depend on the sharding, so jit on 8
+  devices draws what one device draws. Under pmap each device sees only its part of the batch;
+  drawing the global batch and slicing keeps pmap's noise and dropout masks identical too.
+  """
+  if axis_name is None:
+    return sampler(key, local_shape)
+  num_devices = jax.lax.axis_size(axis_name)
+  local_batch = local_shape[0]
+  samples = sampler(key, (num_devices * local_batch, *local_shape[1:]))
+  start = jax.lax.axis_index(axis_name) * local_batch
+  return jax.lax.dynamic_slice_in_dim(samples, start, local_batch)
+
+
+class Dropout(nn.Module):
+  """Inverted dropout like nn.Dropout, with masks that do not depend on the device layout."""
+  rate: float
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    if not train or self.rate == 0.0:
+      return x
+    keep = draw_for_global_batch(
+        self.make_rng('dropout'),
+        lambda key, shape: jax.random.bernoulli(key, 1.0 - self.rate, shape),
+        x.shape, self.axis_name)
+    return jnp.where(keep, x / (1.0 - self.rate), 0.0).astype(x.dtype)
+
+
+class AE(nn.Module):
+  """Flatten; Dense 256, ReLU, dropout; Dense 32, ReLU (the latent); and back, with a sigmoid."""
+  image_shape: Sequence[int]
+  hidden_dim: int = 256
+  latent_dim: int = 32
+  dropout_rate: float = 0.1
+  axis_name: str | None = None  # the pmap axis, so that dropout masks match jit's.
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    dense = lambda features: nn.Dense(features, dtype=self.dtype)
+    self.encoder_hidden = dense(self.hidden_dim)
+    self.encoder_latent = dense(self.latent_dim)
+    self.decoder_hidden = dense(self.hidden_dim)
+    self.decoder_output = dense(math.prod(self.image_shape))
+    self.dropout = Dropout(self.dropout_rate, axis_name=self.axis_name)
+
+  def encode(self, images, train: bool = False):
+    x = images.reshape(images.shape[0], -1).astype(self.dtype)
+    x = self.dropout(nn.relu(self.encoder_hidden(x)), train=train)
+    return nn.relu(self.encoder_latent(x))
+
+  def decode(self, latent, train: bool = False):
+    x = self.dropout(nn.relu(self.decoder_hidden(latent)), train=train)
+    x = nn.sigmoid(self.decoder_output(x).astype(jnp.float32))
+    return x.reshape(latent.shape[0], *self.image_shape)
+
+  def __call__(self, images, train: bool = False):
+    latent = self.encode(images, train)
+    return self.decode(latent, train), latent
+
+
+# --- Convolutions as matmuls --------------------------------------------------------------
+# XLA:CPU runs convolutions inside a loop body very slowly (jax-ml/jax#12868: here a CAE step
+# took 80 s in lax.scan against 1.6 s outside) and its backward convolutions slowly everywhere,
+# while its matmuls run near the CPU's peak. These modules compute exactly what the flax layers
+# named in their docstrings compute, with the same parameters, as matmuls.
+
+def patches_3x3(x):
+  """(B, H, W, C) -> (B, H, W, 9C): each pixel's zero-padded 3x3 neighbourhood, ordered
+  (row, column, channel) like a flax kernel of shape (3, 3, C, features)."""
+  height, width = x.shape[1:3]
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return jnp.concatenate([padded[:, dy:dy + height, dx:dx + width, :]
+                          for dy in range(3) for dx in range(3)], axis=-1)
+
+
+class MatmulConv3x3(nn.Module):
+  """nn.Conv(features, (3, 3), padding='SAME') as one matmul over 3x3 patches (im2col).
+
+  Also flax's nn.ConvTranspose(features, (3, 3), padding='SAME'): with stride 1 and no kernel
+  transposition it computes the same correlation.
+  """
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (3, 3, x.shape[-1], self.features))
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    return patches_3x3(x) @ kernel.reshape(-1, self.features) + bias
+
+
+class MatmulConvTranspose2x2(nn.Module):
+  """nn.ConvTranspose(features, (2, 2), strides=(2, 2), padding='VALID') as a matmul per pixel
+  followed by depth-to-space: each input pixel makes its own 2x2 block of the output."""
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (2, 2, x.shape[-1], self.features))
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    batch, height, width, channels = x.shape
+    # flax's transposed convolution uses the kernel flipped in space.
+    weights = kernel[::-1, ::-1].transpose(2, 0, 1, 3).reshape(channels, 4 * self.features)
+    y = (x @ weights).reshape(batch, height, width, 2, 2, self.features)
+    y = y.transpose(0, 1, 3, 2, 4, 5).reshape(batch, 2 * height, 2 * width, self.features)
+    return y + bias
+
+
+def subsample(x):
+  """Keeps every second pixel: the original's MaxPool2d(kernel_size=1, stride=2)."""
+  return x[:, ::2, ::2, :]
+
+
+class CAE(nn.Module):
+  """3x3 conv + BatchNorm + ReLU encoder with two subsamplings; a transposed-conv decoder.
+
+  For 28x28 images the latent is 7x7x256. Sizes that are not multiples of 4 are decoded to the
+  next multiple of 4 and cropped.
+  """
+  image_shape: Sequence[int]
+  features: Sequence[int] = (32, 64, 128, 256)
+  # 'matmul': the convolutions as matmuls (fast on CPU); 'xla': flax's Conv and ConvTranspose
+  # (cuDNN on GPUs). Same parameters, same function.
+  conv: str = 'matmul'
+  axis_name: str | None = None  # the pmap axis: BatchNorm statistics over the global batch.
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    f1, f2, f3, f4 = self.features
+    channels = self.image_shape[-1]
+    if self.conv == 'matmul':
+      conv = deconv3x3 = lambda features: MatmulConv3x3(features, dtype=self.dtype)
+      deconv2x2 = lambda features: MatmulConvTranspose2x2(features, dtype=self.dtype)
+    else:
+      conv = lambda features: nn.Conv(features, (3, 3), padding='SAME', dtype=self.dtype)
+      deconv3x3 = lambda features: nn.ConvTranspose(
+          features, (3, 3), padding='SAME', dtype=self.dtype)
+      deconv2x2 = lambda features: nn.ConvTranspose(
+          features, (2, 2), strides=(2, 2), padding='VALID', dtype=self.dtype)
+    # PyTorch's BatchNorm2d: momentum 0.1 there is 0.9 here, epsilon 1e-5.
+    norm = lambda: nn.BatchNorm(
+        momentum=0.9, epsilon=1e-5, axis_name=self.axis_name, dtype=self.dtype)
+    self.encoder_convs = [conv(f) for f in (f1, f2, f3, f4)]
+    self.encoder_norms = [norm() for _ in range(4)]
+    self.decoder_convs = [deconv3x3(f3), deconv2x2(f2), deconv2x2(f1), deconv3x3(channels)]
+    self.decoder_norms = [norm() for _ in range(3)]
+
+  def encode(self, images, train: bool = False):
+    x = images.astype(self.dtype)
+    for i, (conv, norm) in enumerate(zip(self.encoder_convs, self.encoder_norms)):
+      x = nn.relu(norm(conv(x), use_running_average=not train))
+      if i >= 2:  # after the third and the fourth convolution
+        x = subsample(x)
+    return x
+
+  def decode(self, latent, train: bool = False):
+    x = latent
+    for conv, norm in zip(self.decoder_convs[:-1], self.decoder_norms):
+      x = nn.relu(norm(conv(x), use_running_average=not train))
+    x = nn.sigmoid(self.decoder_convs[-1](x).astype(jnp.float32))
+    height, width = self.image_shape[:2]
+    return x[:, :height, :width, :]
+
+  def __call__(self, images, train: bool = False):
+    latent = self.encode(images, train)
+    return self.decode(latent, train), latent
+
+
+MODELS = {'AE': AE, 'CAE': CAE}
+
+
+def create_model(model_config, image_shape, *, axis_name=None, dtype=jnp.float32) -> nn.Module:
+  """The model named by `model_config.name`, for images of `image_shape` (H, W, C)."""
+  name = model_config.name
+  if name not in MODELS:
+    raise UserError(
+        f'unknown model {name!r}: config.model.name must be one of {", ".join(MODELS)}')
+  image_shape = tuple(int(d) for d in image_shape)
+  if name == 'AE':
+    return AE(image_shape, hidden_dim=model_config.hidden_dim,
+              latent_dim=model_config.latent_dim, dropout_rate=model_config.dropout_rate,
+              axis_name=axis_name, dtype=dtype)
+  conv = model_config.conv
+  if conv == 'auto':
+    conv = 'matmul' if jax.default_backend() == 'cpu' else 'xla'
+  return CAE(image_shape, features=tuple(model_config.features), conv=conv,
+             axis_name=axis_name, dtype=dtype)
+
+
+def init_variables(model: nn.Module, rng) -> dict:
+  """The model's variables ({'params': ..., 'batch_stats': ...}) for one dummy batch."""
+  dummy = jnp.zeros((1, *model.image_shape), jnp.float32)
+  variables = jax.jit(functools.partial(model.init, train=False))({'params': rng}, dummy)
+  return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+
+
+def count_params(params) -> int:
+  return sum(x.size for x in jax.tree.leaves(params))

@@ -1,0 +1,62 @@
+"""Every field of an ae_jax experiment, with the original PyTorch codebase's defaults.
+
+The model files (ae.py, cae.py, dae.py, dcae.py) import this and change a few fields.
+Any field can be overridden on the command line, for example
+
+  python -m ae_jax.main --config=configs/ae.py --workdir=runs/ae \
+      --config.model.latent_dim=16 --config.num_epochs=20
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'AE'  # AE or CAE (see ae_jax/models.py).
+  config.model.hidden_dim = 256  # AE only.
+  config.model.latent_dim = 32  # AE only; the CAE latent is H/4 x W/4 x features[-1].
+  config.model.dropout_rate = 0.1  # AE only.
+  config.model.features = (32, 64, 128, 256)  # CAE only: channels of the four encoder convolutions.
+  # CAE only: 'matmul' computes the convolutions as matmuls, which XLA runs fast on CPUs; 'xla'
+  # uses flax's Conv / ConvTranspose (cuDNN on GPUs); 'auto' picks matmul on CPU, xla elsewhere.
+  config.model.conv = 'auto'
+
+  # Gaussian noise added to the inputs; std > 0 makes a denoising autoencoder.
+  # The target is always the clean image.
+  config.noise = ml_collections.ConfigDict()
+  config.noise.mean = 0.0
+  config.noise.std = 0.0
+
+  config.data = ml_collections.ConfigDict()
+  # 'tfds' reads the tensorflow-datasets dataset `name`; 'idx' reads MNIST-format IDX files
+  # (train-images-idx3-ubyte[.gz] and friends) from the folder `path`.
+  config.data.source = 'tfds'
+  config.data.name = 'mnist'
+  config.data.path = config_dict.placeholder(str)
+  config.data.data_dir = config_dict.placeholder(str)  # tfds data_dir.
+  # tfds manual_dir: a folder with the dataset's raw files (MNIST: the four official IDX .gz
+  # files), so that tfds needs no network.
+  config.data.manual_dir = config_dict.placeholder(str)
+  config.data.train_split = 'train'
+  config.data.test_split = 'test'  # '' when the data has no test split.
+  # The validation set is this fraction of `train_split`, always the same examples.
+  config.data.validation_fraction = 0.2
+
+  config.batch_size = 128
+  config.num_epochs = 10
+  config.optimizer = 'adam'  # adam, adamw or sgd.
+  config.learning_rate = 1e-3
+  config.loss = 'mse'  # mse or bce: the reconstruction loss, averaged over pixels.
+
+  # 'jit': one program over a ('data',) mesh of all devices. 'pmap': the same train_step under
+  # jax.pmap, with gradients, batch statistics and metrics averaged over the device axis.
+  config.parallel = 'jit'
+  # Training steps run by one compiled call; the progress bar moves once per call.
+  config.steps_per_call = 25
+  # Validation images shown in TensorBoard every epoch.
+  config.num_summary_images = 8
+  return config

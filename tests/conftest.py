@@ -1,0 +1,43 @@
+"""Helpers shared by the tests: small real data and configs that train on it in seconds."""
+
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# 1,000 + 200 real MNIST digits in IDX format (see tests/data/mnist_small/README.md).
+MNIST_SMALL = os.path.join(ROOT, 'tests', 'data', 'mnist_small')
+
+
+def small_config(name: str, *, num_train: int = 256, batch_size: int = 32, **overrides):
+  """configs/<name>.py reading `num_train` real MNIST digits (+ 20% for validation)."""
+  config = importlib.import_module(f'configs.{name}').get_config()
+  config.data.source = 'idx'
+  config.data.path = MNIST_SMALL
+  config.data.train_split = f'train[:{num_train * 5 // 4}]'
+  config.batch_size = batch_size
+  config.num_epochs = 1
+  config.steps_per_call = 4
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def run_module(module: str, *args: str, devices: int = 1, timeout: float = 600, env=None):
+  """Runs `python -m module args` in a fresh process with `devices` CPU devices."""
+  environment = {**os.environ, **(env or {}),
+                 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, env=environment,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def workdir(tmp_path):
+  return str(tmp_path / 'workdir')

@@ -1,0 +1,130 @@
+import gzip
+import http.server
+import os
+import shutil
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from ae_jax import UserError
+from ae_jax import input_pipeline
+from conftest import MNIST_SMALL
+from configs import default
+
+SHARED_MNIST = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'mnist')
+
+
+def _data_config(**fields):
+  config = default.get_config().data
+  config.update(fields)
+  return config
+
+
+def test_idx_source_reads_real_mnist_into_three_splits():
+  splits = input_pipeline.load_splits(_data_config(source='idx', path=MNIST_SMALL))
+  assert {k: v.images.shape for k, v in splits.items()} == {
+      'train': (800, 28, 28, 1), 'validation': (200, 28, 28, 1), 'test': (200, 28, 28, 1)}
+  for split in splits.values():
+    assert split.images.dtype == np.uint8 and split.images.max() == 255
+    assert split.labels.shape == split.images.shape[:1] and set(split.labels) == set(range(10))
+
+
+def test_validation_split_is_deterministic_and_disjoint():
+  raw = input_pipeline.read_idx_folder(_data_config(path=MNIST_SMALL), ['train'])['train']
+  train, validation = input_pipeline.split_validation(raw, 0.2)
+  again, _ = input_pipeline.split_validation(raw, 0.2)
+  np.testing.assert_array_equal(train.images, again.images)
+  flat = lambda s: {x.tobytes() for x in s.images}
+  assert not flat(train) & flat(validation)  # (the 1,000 digits are all different)
+  assert len(flat(train) | flat(validation)) == len(raw.images)
+
+
+def test_split_slicing_like_tfds():
+  config = _data_config(source='idx', path=MNIST_SMALL, train_split='train[:100]',
+                        test_split='test[50%:]')
+  splits = input_pipeline.load_splits(config)
+  assert len(splits['train'].images) + len(splits['validation'].images) == 100
+  assert len(splits['test'].images) == 100
+  with pytest.raises(UserError, match='cannot read the split'):
+    input_pipeline.parse_split('train[:10')
+
+
+def _write_idx(path, array, truncate=0):
+  header = bytes([0, 0, 8, array.ndim]) + b''.join(d.to_bytes(4, 'big') for d in array.shape)
+  data = header + array.tobytes()
+  with gzip.open(path, 'wb') as f:
+    f.write(data[:len(data) - truncate])
+
+
+def test_idx_errors_name_the_file_and_the_fix(tmp_path):
+  with pytest.raises(UserError, match='is not a folder'):
+    input_pipeline.load_splits(_data_config(source='idx', path=str(tmp_path / 'nope')))
+  # only the test files, as in ../shared/data/mnist: the message says how to train on them
+  shutil.copy(os.path.join(MNIST_SMALL, 't10k-images-idx3-ubyte.gz'), tmp_path)
+  with pytest.raises(UserError, match=r"train-images-idx3-ubyte\[.gz\].*train_split=test"):
+    input_pipeline.load_splits(_data_config(source='idx', path=str(tmp_path)))
+  images = np.zeros((5, 4, 4), np.uint8)
+  _write_idx(tmp_path / 'train-images-idx3-ubyte.gz', images, truncate=3)
+  with pytest.raises(UserError, match='train-images-idx3-ubyte.gz is truncated'):
+    input_pipeline.load_splits(_data_config(source='idx', path=str(tmp_path)))
+  _write_idx(tmp_path / 'train-images-idx3-ubyte.gz', images)
+  _write_idx(tmp_path / 'train-labels-idx1-ubyte.gz', np.zeros(4, np.uint8))
+  with pytest.raises(UserError, match='has 4 labels for 5 images'):
+    input_pipeline.load_splits(_data_config(source='idx', path=str(tmp_path)))
+  (tmp_path / 'train-labels-idx1-ubyte.gz').write_bytes(b'not gzip at all')
+  with pytest.raises(UserError, match='cannot read .*train-labels-idx1-ubyte.gz'):
+    input_pipeline.load_splits(_data_config(source='idx', path=str(tmp_path)))
+
+
+def test_unknown_source_lists_the_choices():
+  with pytest.raises(UserError, match="'csv' is not one of: tfds, idx"):
+    input_pipeline.load_splits(_data_config(source='csv'))
+
+
+def test_tfds_source_with_mock_data(tmp_path, monkeypatch):
+  monkeypatch.setattr(input_pipeline, '_can_reach', lambda url: True)  # mock_data needs none
+  with tfds.testing.mock_data(num_examples=40):
+    splits = input_pipeline.load_splits(_data_config(data_dir=str(tmp_path)))
+  assert splits['train'].images.shape == (32, 28, 28, 1)
+  assert splits['validation'].images.shape == (8, 28, 28, 1)
+  assert splits['test'].images.dtype == np.uint8 and splits['test'].labels.dtype == np.int32
+
+
+def test_offline_tfds_fails_within_seconds_and_says_what_to_do(tmp_path, monkeypatch):
+  monkeypatch.setattr(input_pipeline, '_can_reach', lambda url: False)
+  manual_dir = tmp_path / 'manual'
+  manual_dir.mkdir()
+  if os.path.isdir(SHARED_MNIST):  # three of the four official files
+    for name in os.listdir(SHARED_MNIST):
+      shutil.copy(os.path.join(SHARED_MNIST, name), manual_dir)
+  start = time.time()
+  with pytest.raises(UserError) as error:
+    input_pipeline.load_splits(_data_config(data_dir=str(tmp_path / 'tfds'),
+                                            manual_dir=str(manual_dir)))
+  assert time.time() - start < 10
+  message = str(error.value)
+  for name in ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
+               't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz',
+               '--config.data.manual_dir', '--config.data.source=idx'):
+    assert name in message
+  if os.path.isdir(SHARED_MNIST):
+    assert 'lacks train-images-idx3-ubyte.gz.' in message  # just the missing one
+
+
+def test_can_reach_answers_quickly_on_loopback():
+  with socket.socket() as s:  # a port that nothing listens on
+    s.bind(('127.0.0.1', 0))
+    closed_port = s.getsockname()[1]
+  start = time.time()
+  assert not input_pipeline._can_reach(f'http://127.0.0.1:{closed_port}/', timeout=3)
+  assert time.time() - start < 3
+  server = http.server.HTTPServer(('127.0.0.1', 0), http.server.BaseHTTPRequestHandler)
+  threading.Thread(target=server.handle_request, daemon=True).start()
+  try:  # any HTTP answer (here: 501, HEAD not implemented) means the network is there
+    assert input_pipeline._can_reach(f'http://127.0.0.1:{server.server_port}/', timeout=3)
+  finally:
+    server.server_close()

@@ -1,0 +1,101 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ae_jax import UserError
+from ae_jax import models
+from configs import ae
+from configs import cae
+
+
+def _init(config, image_shape):
+  model = models.create_model(config.model, image_shape)
+  return model, models.init_variables(model, jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize('name, config, num_params, latent_shape', [
+    ('AE', ae.get_config(), 419_120, (32,)),
+    ('CAE', cae.get_config(), 725_633, (7, 7, 256)),
+])
+def test_mnist_models_have_the_original_sizes(name, config, num_params, latent_shape):
+  model, variables = _init(config, (28, 28, 1))
+  assert models.count_params(variables['params']) == num_params
+  images = jax.random.uniform(jax.random.PRNGKey(1), (3, 28, 28, 1))
+  reconstruction, latent = jax.jit(model.apply)(variables, images)
+  assert reconstruction.shape == images.shape
+  assert latent.shape == (3, *latent_shape)
+  assert 0 <= reconstruction.min() and reconstruction.max() <= 1  # the sigmoid
+  if name == 'AE':
+    assert latent.min() >= 0  # ReLU latent, as in the original
+
+
+@pytest.mark.parametrize('config', [ae.get_config(), cae.get_config()])
+@pytest.mark.parametrize('image_shape', [(32, 32, 3), (30, 30, 1), (8, 8, 1)])
+def test_models_follow_the_image_shape(config, image_shape):
+  model, variables = _init(config, image_shape)
+  reconstruction, _ = jax.jit(model.apply)(variables, jnp.zeros((2, *image_shape)))
+  assert reconstruction.shape == (2, *image_shape)
+
+
+def test_unknown_model_lists_the_choices():
+  config = ae.get_config()
+  config.model.name = 'VAE'
+  with pytest.raises(UserError, match='AE, CAE'):
+    models.create_model(config.model, (28, 28, 1))
+
+
+@pytest.mark.parametrize('image_shape', [(10, 14, 3)])  # odd sizes: the crop path too
+def test_matmul_cae_computes_what_flax_convolutions_compute(image_shape):
+  """The fast formulation: same parameters, same outputs, same gradients, same batch stats."""
+  config = cae.get_config()
+  config.model.features = (8, 16, 24, 32)
+  config.model.conv = 'matmul'
+  fast, variables = _init(config, image_shape)
+  config.model.conv = 'xla'
+  plain, plain_variables = _init(config, image_shape)
+  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, plain_variables)
+
+  images = jax.random.uniform(jax.random.PRNGKey(1), (4, *image_shape))
+
+  def loss(params, model):
+    (reconstruction, latent), updates = model.apply(
+        {'params': params, 'batch_stats': variables['batch_stats']}, images, train=True,
+        mutable=['batch_stats'])
+    return jnp.mean((reconstruction - images) ** 2) + jnp.mean(latent), (reconstruction, updates)
+
+  loss_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+  (fast_loss, (fast_out, fast_stats)), fast_grads = loss_and_grad(variables['params'], fast)
+  (plain_loss, (plain_out, plain_stats)), plain_grads = loss_and_grad(variables['params'], plain)
+  np.testing.assert_allclose(fast_out, plain_out, atol=1e-5)
+  np.testing.assert_allclose(fast_loss, plain_loss, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               fast_grads, plain_grads)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               fast_stats, plain_stats)
+  # and in evaluation mode, with the running statistics
+  np.testing.assert_allclose(jax.jit(fast.apply)(variables, images)[0],
+                             jax.jit(plain.apply)(variables, images)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize('layer, fast_layer, kwargs', [
+    (nn.Conv, models.MatmulConv3x3, dict(kernel_size=(3, 3), padding='SAME')),
+    (nn.ConvTranspose, models.MatmulConv3x3, dict(kernel_size=(3, 3), padding='SAME')),
+    (nn.ConvTranspose, models.MatmulConvTranspose2x2,
+     dict(kernel_size=(2, 2), strides=(2, 2), padding='VALID')),
+])
+def test_each_matmul_layer_equals_its_flax_layer(layer, fast_layer, kwargs):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 6, 3))
+  variables = layer(7, **kwargs).init(jax.random.PRNGKey(1), x)
+  np.testing.assert_allclose(fast_layer(7).apply(variables, x),
+                             layer(7, **kwargs).apply(variables, x), atol=1e-5)
+
+
+def test_dropout_is_inverted_and_off_in_evaluation():
+  x = jnp.ones((64, 100))
+  dropout = models.Dropout(0.25)
+  y = dropout.apply({}, x, train=True, rngs={'dropout': jax.random.PRNGKey(0)})
+  assert set(np.unique(np.asarray(y)).tolist()) <= {0.0, float(np.float32(1 / 0.75))}
+  assert abs(float((y == 0).mean()) - 0.25) < 0.02
+  assert (dropout.apply({}, x, train=False) == x).all()

@@ -1,0 +1,178 @@
+import functools
+import glob
+import json
+import os
+
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+import pytest
+
+from ae_jax import UserError
+from ae_jax import checkpoints
+from ae_jax import input_pipeline
+from ae_jax import metric_writers
+from ae_jax import models
+from ae_jax import train
+from conftest import MNIST_SMALL
+from conftest import run_module
+from conftest import small_config
+
+IMAGES = input_pipeline.read_idx(
+    os.path.join(MNIST_SMALL, 'train-images-idx3-ubyte.gz'))[..., None]
+
+
+def _setup(config):
+  model = models.create_model(config.model, IMAGES.shape[1:])
+  tx = train.create_optimizer(config)
+  state = train.create_train_state(model, tx, config.seed)
+  step_fn = functools.partial(train.train_step, model=model, tx=tx, loss=config.loss,
+                              noise_mean=config.noise.mean, noise_std=config.noise.std)
+  return state, step_fn
+
+
+@pytest.mark.parametrize('name', ['ae', 'dae', 'cae', 'dcae'])
+def test_loss_falls_within_a_few_steps(name):
+  config = small_config(name)
+  state, step_fn = _setup(config)
+  run = jax.jit(functools.partial(train.train_loop, step_fn=step_fn))
+  indices = np.arange(10 * 32, dtype=np.int32).reshape(10, 32)
+  state, losses = run(state, IMAGES, indices, 10)
+  losses = np.asarray(losses)
+  assert int(state.step) == 10 and np.isfinite(losses).all()
+  assert losses[-3:].mean() < 0.8 * losses[0], losses
+
+
+def test_each_step_draws_fresh_noise_from_the_state_key():
+  state, step_fn = _setup(small_config('dae'))
+  step = jax.jit(step_fn)
+  batch = IMAGES[:32]
+  _, loss = step(state, batch)
+  _, again = step(state, batch)
+  _, next_step = step(state.replace(step=state.step + 1), batch)
+  assert loss == again  # a pure function of the state and the batch
+  assert loss != next_step  # another step: other noise and dropout on the same images
+
+
+def test_train_loop_stops_at_a_non_finite_loss():
+  config = small_config('ae', learning_rate=1e6)
+  state, step_fn = _setup(config)
+  run = jax.jit(functools.partial(train.train_loop, step_fn=step_fn))
+  state = state.replace(params=jax.tree.map(lambda p: p * np.inf, state.params))
+  state, losses = run(state, IMAGES, np.zeros((5, 32), np.int32), 5)
+  assert int(state.step) == 1 and not np.isfinite(losses[0])
+
+
+def test_padded_batches_cover_every_example_once():
+  indices, mask = train.padded_batches(10, 4)
+  assert indices.shape == (3, 4)
+  assert sorted(indices[mask].tolist()) == list(range(10))
+  assert mask.sum() == 10
+
+
+def test_checkpoint_round_trip_restores_the_exact_state(tmp_path):
+  config = small_config('dcae')  # BatchNorm statistics, noise, Adam state
+  state, step_fn = _setup(config)
+  state, _ = jax.jit(functools.partial(train.train_loop, step_fn=step_fn))(
+      state, IMAGES, np.arange(96, dtype=np.int32).reshape(3, 32), 3)
+  manager = checkpoints.create_manager(str(tmp_path))
+  checkpoints.save(manager, state, val_loss=0.5)
+  manager.wait_until_finished()
+
+  other, _ = _setup(small_config('dcae', seed=7))  # the same structure, other values
+  sharding = NamedSharding(train.create_mesh(), P())
+  restored = checkpoints.restore_train_state(
+      checkpoints.create_manager(str(tmp_path)), 3, other, sharding)
+  assert jax.tree.structure(restored) == jax.tree.structure(state)
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+    assert a.dtype == b.dtype
+    np.testing.assert_array_equal(a, b)
+
+
+def _final_state(workdir):
+  config = small_config('dcae')
+  state, _ = _setup(config)
+  manager = checkpoints.create_manager(workdir)
+  return checkpoints.restore_train_state(manager, manager.latest_step(), state,
+                                         NamedSharding(train.create_mesh(), P()))
+
+
+@pytest.mark.parametrize('name', ['dae', 'dcae'])
+def test_a_resumed_run_ends_with_the_parameters_of_an_uninterrupted_one(tmp_path, name):
+  kwargs = dict(num_train=128, batch_size=32)
+  straight = train.train_and_evaluate(small_config(name, num_epochs=2, **kwargs),
+                                      str(tmp_path / 'straight'))
+  train.train_and_evaluate(small_config(name, num_epochs=1, **kwargs), str(tmp_path / 'resumed'))
+  resumed = train.train_and_evaluate(small_config(name, num_epochs=2, **kwargs),
+                                     str(tmp_path / 'resumed'))
+  assert int(resumed.step) == int(straight.step) == 8
+  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):
+    np.testing.assert_array_equal(a, b)
+  losses = lambda d: [(r['train_loss'], r['val_loss'])
+                      for r in metric_writers.read_metrics(str(tmp_path / d / 'metrics.jsonl'))]
+  assert losses('resumed') == losses('straight')
+
+
+def test_a_run_leaves_checkpoints_metrics_and_figures(workdir):
+  config = small_config('ae', num_epochs=3, num_train=128)
+  train.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['model']['name'] == 'AE'
+  rows = metric_writers.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+  assert [r['epoch'] for r in rows] == [1, 2, 3] and [r['step'] for r in rows] == [4, 8, 12]
+  assert rows[-1]['val_loss'] < rows[0]['val_loss']
+  assert all(r['images_per_sec'] > 0 and r['seconds'] > 0 for r in rows)
+  with open(os.path.join(workdir, 'loss_curve.png'), 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+  manager = checkpoints.create_manager(workdir, read_only=True)
+  best = min(rows, key=lambda r: r['val_loss'])['step']
+  assert manager.latest_step() == 12 and manager.best_step() == best
+  assert set(manager.all_steps()) == {best, 12}  # the best and the latest, nothing else
+
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  events = event_accumulator.EventAccumulator(workdir)
+  events.Reload()
+  tags = events.Tags()
+  assert {'train/loss', 'val/loss', 'train/images_per_sec'} <= set(tags['scalars'])
+  assert len(events.Scalars('train/loss')) == 12
+  assert [e.value for e in events.Scalars('val/loss')] == pytest.approx(
+      [r['val_loss'] for r in rows])
+  assert 'val/reconstructions' in tags['images']
+
+
+def test_a_workdir_of_another_model_is_refused(workdir):
+  train.train_and_evaluate(small_config('ae', num_train=64), workdir)
+  before = sorted(os.listdir(workdir))
+  with pytest.raises(UserError, match='another model.*delete .* to start afresh'):
+    train.train_and_evaluate(small_config('dae', num_train=64), workdir)
+  assert sorted(os.listdir(workdir)) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['dae', 'dcae'])
+def test_eight_devices_give_the_losses_of_one(tmp_path, name):
+  """jit over an 8-device mesh and pmap over 8 devices, each in a process of its own."""
+  kwargs = dict(num_train=128, batch_size=32)
+  config = small_config(name, **kwargs)
+  train.train_and_evaluate(config, str(tmp_path / 'one'))
+  [one] = metric_writers.read_metrics(str(tmp_path / 'one' / 'metrics.jsonl'))
+  flags = [f'--config.{key}={config[key.split(".")[0]][key.split(".")[1]]}'
+           for key in ('data.source', 'data.path', 'data.train_split')]
+  flags += [f'--config.batch_size={config.batch_size}', '--config.num_epochs=1',
+            f'--config.steps_per_call={config.steps_per_call}']
+  for parallel in ('jit', 'pmap'):
+    workdir = str(tmp_path / parallel)
+    result = run_module('ae_jax.main', f'--config=configs/{name}.py', f'--workdir={workdir}',
+                        f'--config.parallel={parallel}', *flags, devices=8)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '8 device(s)' in result.stdout
+    [eight] = metric_writers.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+    # The devices sum in another order. Where a gradient is (nearly) zero, above all for the
+    # CAE's conv biases before BatchNorm, whose true gradient is exactly zero, the computed one
+    # is rounding noise that Adam turns into steps of the learning rate: here 1e-8 apart for
+    # the last conv, 2e-3 for the biases after four steps. BatchNorm hides that in training,
+    # but evaluation sees it through the running means: a looser bound on the validation loss.
+    assert eight['train_loss'] == pytest.approx(one['train_loss'], rel=1e-5), parallel
+    assert eight['val_loss'] == pytest.approx(one['val_loss'], rel=1e-3), parallel
