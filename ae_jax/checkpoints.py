@@ -16,11 +16,16 @@ from orbax.checkpoint import checkpoint_managers
 from ae_jax import UserError
 
 
+ITEMS = ('variables', 'train')
+
+
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')  # orbax needs an absolute path
 
 
 def create_manager(workdir: str, *, read_only: bool = False) -> ocp.CheckpointManager:
+  """The manager of workdir/checkpoints. `read_only`: for a reader (evaluation), which must not
+  create the folder nor clean up temporary folders, one of which may be a save in progress."""
   val_loss = lambda metrics: metrics['val_loss']
   options = ocp.CheckpointManagerOptions(
       best_fn=val_loss, best_mode='min',  # for best_step()
@@ -30,11 +35,12 @@ def create_manager(workdir: str, *, read_only: bool = False) -> ocp.CheckpointMa
           checkpoint_managers.BestN(get_metric_fn=val_loss, reverse=True, n=1,
                                     keep_checkpoints_without_metrics=False),
       ]),
-      cleanup_tmp_directories=True,
-      read_only=read_only,
+      cleanup_tmp_directories=not read_only,
       create=not read_only,
   )
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+  return ocp.CheckpointManager(
+      checkpoint_dir(workdir), options=options,
+      item_handlers={name: ocp.StandardCheckpointHandler() for name in ITEMS})
 
 
 def save(manager: ocp.CheckpointManager, state, val_loss: float | None = None) -> None:
@@ -77,15 +83,39 @@ def _abstract(tree, sharding):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
+def _key_name(key) -> str:
+  # orbax's metadata names a NamedTuple's fields as dict keys, jax as attributes
+  for field in ('key', 'name', 'idx'):
+    if hasattr(key, field):
+      return str(getattr(key, field))
+  return str(key)
+
+
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+  return {'/'.join(map(_key_name, path)): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _check_fits(manager, step, name, target):
+  """Refuses a checkpoint of another model before reading it, naming a parameter that differs."""
+  saved, wanted = _shapes(manager.item_metadata(step)[name].tree), _shapes(target)
+  for key in sorted(saved.keys() | wanted.keys()):
+    if saved.get(key) != wanted.get(key):
+      describe = lambda shape: 'absent' if shape is None else f'of shape {shape}'
+      raise UserError(
+          f'the checkpoint of step {step} in {manager.directory} does not fit this model: '
+          f'{key} is {describe(saved.get(key))} there, {describe(wanted.get(key))} here. Was '
+          'it trained with a different config.model or image shape?')
+
+
 def _restore(manager, step, items: dict):
   try:
+    for name, target in items.items():
+      _check_fits(manager, step, name, target)
     return manager.restore(step, args=ocp.args.Composite(
         **{name: ocp.args.StandardRestore(target) for name, target in items.items()}))
-  except (ValueError, KeyError, TypeError) as e:
-    raise UserError(
-        f'the checkpoint of step {step} in {manager.directory} does not fit this model '
-        f'({type(e).__name__}: {str(e).splitlines()[0][:300]}). Was it trained with a different '
-        'config.model or data shape?') from None
+  except UserError:
+    raise
   except Exception as e:  # pylint: disable=broad-except  (damaged files: any reader error)
     raise UserError(
         f'the checkpoint of step {step} in {manager.directory} cannot be read '

@@ -46,3 +46,34 @@ def run(main):
       _fail(str(e))
 
   app.run(wrapped, flags_parser=parse_flags)
+
+
+def _workdir_in(argv) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith('--workdir='):
+      return arg.split('=', 1)[1]
+    if arg == '--workdir' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def define_run_flags(argv) -> None:
+  """Flags of the commands that read a trained run: --workdir, --checkpoint, --split, and
+  --config, the run's own config.json, whose fields can be overridden like training's
+  (e.g. --config.data.path=... to evaluate on other files)."""
+  import os  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from ae_jax import config_lib  # pylint: disable=g-import-not-at-top
+
+  flags.DEFINE_string('workdir', None, 'The --workdir of a training run.')
+  flags.DEFINE_string('checkpoint', 'best',
+                      "'best' (lowest validation loss), 'latest', or a step number.")
+  flags.DEFINE_string('split', 'test', 'test, validation or train.')
+  flags.mark_flags_as_required(['workdir'])
+  workdir = _workdir_in(argv)
+  config = ml_collections.ConfigDict()
+  if workdir and os.path.exists(os.path.join(workdir, 'config.json')):
+    config = config_lib.load_config(workdir)
+  config_flags.DEFINE_config_dict('config', config, "The run's config (from its config.json).",
+                                  lock_config=True)

@@ -56,6 +56,11 @@ def is_denoising(config) -> bool:
   return config.noise.std > 0
 
 
+def display_name(config) -> str:
+  """AE, CAE, DAE or DCAE."""
+  return ('D' if is_denoising(config) else '') + config.model.name
+
+
 def _describe(config) -> dict:
   """What makes two runs the same model: the model and the noise it was trained against."""
   return json.loads(json.dumps({'model': config.model.to_dict(), 'noise': config.noise.to_dict()}))

@@ -23,6 +23,7 @@ VALIDATION_SEED = 0
 class Split(NamedTuple):
   images: np.ndarray  # uint8 (N, H, W, C)
   labels: np.ndarray | None  # int32 (N,), or None for unlabelled data
+  label_names: tuple[str, ...] | None = None  # names of the labels 0, 1, ...; None: the numbers
 
 
 def load_splits(data_config) -> dict[str, Split]:
@@ -50,8 +51,8 @@ def split_validation(split: Split, fraction: float) -> tuple[Split, Split]:
                     f'{fraction}: change config.data.validation_fraction or use more data')
   order = np.random.default_rng(VALIDATION_SEED).permutation(n)
   validation_idx, train_idx = np.sort(order[:num_validation]), np.sort(order[num_validation:])
-  take = lambda idx: Split(split.images[idx],
-                           None if split.labels is None else split.labels[idx])
+  take = lambda idx: split._replace(
+      images=split.images[idx], labels=None if split.labels is None else split.labels[idx])
   return take(train_idx), take(validation_idx)
 
 
@@ -75,7 +76,8 @@ def take_slice(split: Split, spec: str) -> Split:
   bound = lambda b: None if not b else (
       int(round(n * int(b[:-1]) / 100)) if b.endswith('%') else int(b))
   part = slice(bound(start), bound(stop))
-  selected = Split(split.images[part], None if split.labels is None else split.labels[part])
+  selected = split._replace(images=split.images[part],
+                            labels=None if split.labels is None else split.labels[part])
   if not len(selected.images):
     raise UserError(f'the split {spec!r} selects no images (the split has {n})')
   return selected
@@ -206,6 +208,7 @@ def read_tfds(data_config, split_names) -> dict[str, Split]:
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=data_config.manual_dir))
   image_key, label_key = 'image', 'label'
+  label_names = tuple(builder.info.features[label_key].names)
   splits = {}
   for name in split_names:
     ds = builder.as_dataset(split=name, shuffle_files=False).batch(4096)
@@ -213,5 +216,6 @@ def read_tfds(data_config, split_names) -> dict[str, Split]:
     for batch in tfds.as_numpy(ds):
       images.append(batch[image_key])
       labels.append(batch[label_key])
-    splits[name] = Split(np.concatenate(images), np.concatenate(labels).astype(np.int32))
+    splits[name] = Split(np.concatenate(images), np.concatenate(labels).astype(np.int32),
+                         label_names)
   return splits

@@ -34,3 +34,101 @@ def loss_curve(rows: list[dict], path: str) -> None:
 def image_grid(rows: list[np.ndarray]) -> np.ndarray:
   """Stacks equal-length rows of images (each (N, H, W, C)) into one (R*H, N*W, C) image."""
   return np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
+
+
+def _show(ax, image):
+  image = np.clip(image, 0, 1)
+  if image.shape[-1] == 1:
+    ax.imshow(image[..., 0], cmap='gray', vmin=0, vmax=1)
+  else:
+    ax.imshow(image)
+  ax.set_xticks([])
+  ax.set_yticks([])
+
+
+def reconstructions(rows: dict[str, np.ndarray], column_titles, path: str, title: str) -> None:
+  """One row of images per entry of `rows` ('input', 'noisy input', 'reconstruction'), one
+  column per example: the original codebase's autoencoder_result.png."""
+  num_rows, num_columns = len(rows), len(next(iter(rows.values())))
+  fig = Figure(figsize=(1.2 * num_columns + 1.2, 1.3 * num_rows + 0.4), dpi=100)
+  axes = fig.subplots(num_rows, num_columns, squeeze=False)
+  for r, (row_title, images) in enumerate(rows.items()):
+    for c, image in enumerate(images):
+      ax = axes[r, c]
+      _show(ax, image)
+      if c == 0:
+        ax.set_ylabel(row_title, fontsize=11)
+      if r == 0 and column_titles is not None:
+        ax.set_title(str(column_titles[c]), fontsize=10)
+  fig.suptitle(title, fontsize=11)
+  _save(fig, path)
+
+
+def class_colours(num_classes: int) -> np.ndarray:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  if num_classes <= 10:
+    return matplotlib.colormaps['tab10'](np.arange(num_classes))
+  if num_classes <= 20:
+    return matplotlib.colormaps['tab20'](np.arange(num_classes))
+  return matplotlib.colormaps['turbo'](np.linspace(0, 1, num_classes))
+
+
+def spread_out(points: np.ndarray, min_distance: float, seed: int = 0) -> list[int]:
+  """Indices of points, visited in random order, at least `min_distance` from every point chosen
+  before in x or in y: where square thumbnails of that size can go without overlapping."""
+  chosen, chosen_points = [], np.empty((0, 2))
+  for i in np.random.default_rng(seed).permutation(len(points)):
+    if not chosen or np.min(np.max(np.abs(chosen_points - points[i]), 1)) >= min_distance:
+      chosen.append(int(i))
+      chosen_points = np.vstack([chosen_points, points[i]])
+  return chosen
+
+
+def tsne_map(embedding, images, labels, label_names, path: str, title: str) -> None:
+  """The t-SNE scatter coloured by label, with thumbnails framed in their class colour: the
+  original codebase's tsne_result.png."""
+  from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
+  from matplotlib.offsetbox import AnnotationBbox  # pylint: disable=g-import-not-at-top
+  from matplotlib.offsetbox import OffsetImage  # pylint: disable=g-import-not-at-top
+
+  fig = Figure(figsize=(12, 11), dpi=100)
+  ax = fig.add_subplot()
+  ax.set_box_aspect(1)
+  # The unit square, so that the thumbnail spacing does not depend on the embedding's scale.
+  low, high = embedding.min(0), embedding.max(0)
+  points = (embedding - low) / np.maximum(high - low, 1e-12)
+  if labels is None:
+    colours = np.array([[0.12, 0.47, 0.71, 1.0]])
+    point_colours = np.repeat(colours, len(points), 0)
+  else:
+    num_classes = int(labels.max()) + 1
+    colours = class_colours(num_classes)
+    point_colours = colours[labels]
+  ax.scatter(points[:, 0], points[:, 1], c=point_colours, s=4, alpha=0.5, linewidths=0)
+
+  thumbnail_pixels = 30
+  zoom = thumbnail_pixels / max(images.shape[1:3])
+  margin = 0.03  # around the unit square, in its units
+  box = ax.get_position()
+  axes_pixels = min(box.width * fig.get_figwidth(), box.height * fig.get_figheight()) * fig.dpi
+  framed_pixels = thumbnail_pixels * fig.dpi / 72 + 10  # OffsetImage counts points; + pad, frame
+  for i in spread_out(points, min_distance=framed_pixels / axes_pixels * (1 + 2 * margin)):
+    image = images[i]
+    grey = image.shape[-1] == 1
+    box = OffsetImage(image[..., 0] if grey else image, zoom=zoom,
+                      cmap='gray_r' if grey else None)
+    frame = 'grey' if labels is None else colours[labels[i]]
+    ax.add_artist(AnnotationBbox(box, points[i], pad=0.15, frameon=True,
+                                 bboxprops=dict(edgecolor=frame, linewidth=1.5)))
+  if labels is not None:
+    names = label_names or [str(c) for c in range(num_classes)]
+    handles = [Line2D([], [], marker='o', linestyle='', color=colours[c], markersize=8,
+                      label=names[c]) for c in range(num_classes)]
+    ax.legend(handles=handles, loc='upper left', bbox_to_anchor=(1.01, 1.0), frameon=False,
+              title='label')
+  ax.set_xlim(-margin, 1 + margin)
+  ax.set_ylim(-margin, 1 + margin)
+  ax.set_xticks([])
+  ax.set_yticks([])
+  ax.set_title(title)
+  _save(fig, path)

@@ -41,3 +41,24 @@ def run_module(module: str, *args: str, devices: int = 1, timeout: float = 600, 
 @pytest.fixture
 def workdir(tmp_path):
   return str(tmp_path / 'workdir')
+
+
+@pytest.fixture(scope='session')
+def trained_ae(tmp_path_factory):
+  """(workdir, config) of an AE trained for 5 epochs on 800 real digits."""
+  from ae_jax import train  # pylint: disable=g-import-not-at-top
+  config = small_config('ae', num_train=800, num_epochs=5)
+  workdir = str(tmp_path_factory.mktemp('trained') / 'ae')
+  train.train_and_evaluate(config, workdir)
+  return workdir, config
+
+
+def save_untrained(config, workdir):
+  """A workdir holding the config and the checkpoint of an untrained model (step 0)."""
+  from ae_jax import checkpoints, config_lib, models, train  # pylint: disable=g-import-not-at-top
+  config_lib.prepare_workdir(config, workdir)
+  model = models.create_model(config.model, (28, 28, 1))
+  state = train.create_train_state(model, train.create_optimizer(config), config.seed)
+  with checkpoints.create_manager(workdir) as manager:
+    checkpoints.save(manager, state)
+  return workdir

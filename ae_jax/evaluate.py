@@ -1,0 +1,144 @@
+"""Evaluates a trained run: MSE, binary cross-entropy and PSNR on a split, and a figure.
+
+  scripts/eval.sh runs/cae [--split=test] [--checkpoint=best] [--num_examples=10]
+
+Writes workdir/eval/<split>.json and workdir/eval/<split>_reconstructions.png. Denoising models
+are measured twice: on noisy inputs (noise from a fixed seed, so two runs agree) and on clean
+ones; the target is always the clean image.
+"""
+
+import functools
+import json
+import os
+from typing import Any, NamedTuple
+
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+
+from ae_jax import UserError
+from ae_jax import checkpoints
+from ae_jax import config_lib
+from ae_jax import input_pipeline
+from ae_jax import models
+from ae_jax import plots
+from ae_jax import train
+
+SPLITS = ('test', 'validation', 'train')
+NOISE_SEED = 0  # evaluation noise: the same draw every time
+
+
+class TrainedRun(NamedTuple):
+  config: Any
+  model: Any
+  variables: dict
+  step: int
+  images: np.ndarray  # the evaluated split
+  labels: np.ndarray | None
+  label_names: tuple[str, ...] | None
+  splits: dict  # all splits, for what needs the training data too
+  mesh: Any
+
+
+def eval_batch_size(config, mesh) -> int:
+  """The training batch size, rounded up to a multiple of this machine's device count."""
+  return -(-config.batch_size // mesh.size) * mesh.size
+
+
+def load_run(workdir: str, config, checkpoint: str, split: str) -> TrainedRun:
+  """The model of `workdir` at `checkpoint` (only its variables are read) and the data."""
+  if split not in SPLITS:
+    raise UserError(f'--split={split!r} is not one of: {", ".join(SPLITS)}')
+  config_lib.load_config(workdir)  # a clear error if this is no training run
+  with checkpoints.create_manager(workdir, read_only=True) as manager:
+    step = checkpoints.resolve_step(manager, checkpoint)
+    splits = input_pipeline.load_splits(config.data)
+    if split not in splits:
+      raise UserError(f'the data of this run has no {split} split (config.data.test_split is '
+                      "empty): use --split=validation, or name a test split with "
+                      '--config.data.test_split=...')
+    model = models.create_model(config.model, splits['train'].images.shape[1:])
+    mesh = train.create_mesh()
+    abstract = jax.eval_shape(functools.partial(models.init_variables, model),
+                              jax.random.PRNGKey(0))
+    variables = checkpoints.restore_variables(manager, step, abstract, NamedSharding(mesh, P()))
+  data = splits[split]
+  return TrainedRun(config, model, variables, step, data.images, data.labels, data.label_names,
+                    splits, mesh)
+
+
+def evaluate(run: TrainedRun, noisy: bool) -> dict[str, float]:
+  """Mean MSE, BCE and PSNR over every image of the split (the last batch padded, not dropped)."""
+  mesh, config = run.mesh, run.config
+  batch_size = eval_batch_size(config, mesh)
+  eval_fn = jax.jit(functools.partial(
+      train.eval_loop,
+      step_fn=functools.partial(train.eval_step, model=run.model, noise_mean=config.noise.mean,
+                                noise_std=config.noise.std),
+      batch_sharding=NamedSharding(mesh, P('data'))))
+  index_sharding = NamedSharding(mesh, P(None, 'data'))
+  indices, mask = (train.to_device(a, index_sharding)
+                   for a in train.padded_batches(len(run.images), batch_size))
+  images = train.to_device(run.images, NamedSharding(mesh, P()))
+  noise_rng = jax.random.PRNGKey(NOISE_SEED) if noisy else None
+  sums = jax.device_get(eval_fn(run.variables, images, indices, mask, noise_rng))
+  return {name: float(sums[name] / sums['count']) for name in train.METRICS}
+
+
+def reconstruction_rows(run: TrainedRun, num_examples: int, seed: int = 0) -> dict:
+  """{'input': images, ['noisy input': ...,] 'reconstruction': ...} for random examples."""
+  chosen = np.sort(np.random.default_rng(seed).choice(
+      len(run.images), min(num_examples, len(run.images)), replace=False))
+  images = run.images[chosen].astype(np.float32) / 255.0
+  rows = {'input': images}
+  inputs = images
+  if config_lib.is_denoising(run.config):
+    inputs = np.asarray(train.add_noise(jax.random.PRNGKey(NOISE_SEED), images,
+                                        run.config.noise.mean, run.config.noise.std))
+    rows['noisy input'] = inputs
+  reconstruct = jax.jit(lambda v, x: run.model.apply(v, x, train=False)[0])
+  rows['reconstruction'] = np.asarray(reconstruct(run.variables, inputs))
+  titles = None
+  if run.labels is not None:
+    names = run.label_names or [str(i) for i in range(int(run.labels.max()) + 1)]
+    titles = [names[label] for label in run.labels[chosen]]
+  return rows, titles
+
+
+def main(workdir: str, config, checkpoint: str, split: str, num_examples: int) -> dict:
+  run = load_run(workdir, config, checkpoint, split)
+  results = {'clean': evaluate(run, noisy=False)}
+  if config_lib.is_denoising(config):
+    results = {'noisy': evaluate(run, noisy=True), **results}
+  report = {'workdir': os.path.abspath(workdir), 'split': split, 'checkpoint_step': run.step,
+            'num_images': len(run.images), **results}
+
+  out_dir = os.path.join(workdir, 'eval')
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, f'{split}.json'), 'w') as f:
+    json.dump(report, f, indent=2)
+  rows, titles = reconstruction_rows(run, num_examples)
+  figure = os.path.join(out_dir, f'{split}_reconstructions.png')
+  plots.reconstructions(rows, titles, figure,
+                        title=f'{config_lib.display_name(config)}, {split} split, step {run.step}')
+
+  print(f'{config_lib.display_name(config)} in {workdir}, checkpoint of step {run.step} ({checkpoint}), '
+        f'{split} split: {len(run.images):,} images')
+  print(f'{"inputs":<8} {"mse":>10} {"bce":>10} {"psnr (dB)":>10}')
+  for name, values in results.items():
+    print(f'{name:<8} {values["mse"]:>10.5f} {values["bce"]:>10.5f} {values["psnr"]:>10.2f}')
+  print(f'wrote {os.path.join(out_dir, split + ".json")} and {figure}')
+  return report
+
+
+if __name__ == '__main__':
+  import sys  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ae_jax import cli  # pylint: disable=g-import-not-at-top
+
+  cli.define_run_flags(sys.argv)
+  flags.DEFINE_integer('num_examples', 10, 'Images in the reconstruction figure.')
+  FLAGS = flags.FLAGS
+  cli.run(lambda argv: main(FLAGS.workdir, FLAGS.config, FLAGS.checkpoint, FLAGS.split,
+                            FLAGS.num_examples))

@@ -1,0 +1,186 @@
+"""The latent space of a trained run in 2-D (t-SNE), and numbers that say how good it is.
+
+  scripts/tsne.sh runs/cae [--split=test] [--num_points=10000] [--checkpoint=best]
+
+Writes to workdir/tsne/:
+  <split>.png  the map: one colour per label, digit thumbnails where they don't overlap;
+  <split>.npz  the embedding with its labels and images, to redraw the map (--redraw);
+  <split>.json the numbers, also printed:
+    knn_accuracy           a 5-nearest-neighbour classifier fit on latents of the train split,
+                           scored on the points of the evaluated split;
+    linear_probe_accuracy  logistic regression on the standardized latents, likewise;
+    trustworthiness        sklearn.manifold.trustworthiness of the 2-D map (5 neighbours):
+                           1.0 when the map's neighbours are neighbours in the latent space.
+Barnes-Hut t-SNE runs with angle 0.7 rather than scikit-learn's default 0.5: on 10,000 latents
+of the Fashion-MNIST AE that took 25 s instead of 35 s here, for a trustworthiness of 0.9969
+instead of 0.9970 (--angle=0.5 for the default).
+Latents of more than 50 dimensions (the CAE's 7x7x256) are first projected onto their first 50
+principal components, fit on the train latents, as scikit-learn recommends before t-SNE; the
+numbers are computed on that projection. Data without labels gets a one-colour map and only
+the trustworthiness.
+"""
+
+import functools
+import json
+import os
+import time
+
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+from sklearn import decomposition
+from sklearn import linear_model
+from sklearn import manifold
+from sklearn import model_selection
+from sklearn import neighbors
+from sklearn import pipeline
+from sklearn import preprocessing
+
+from ae_jax import UserError
+from ae_jax import config_lib
+from ae_jax import evaluate
+from ae_jax import plots
+from ae_jax import train
+
+PCA_DIMS = 50
+KNN_NEIGHBOURS = 5
+ANGLE = 0.7
+
+
+def encode(run: evaluate.TrainedRun, images: np.ndarray) -> np.ndarray:
+  """The latents of `images`, flattened: (N, latent size)."""
+  mesh = run.mesh
+  batch_size = evaluate.eval_batch_size(run.config, mesh)
+  indices, _ = train.padded_batches(len(images), batch_size)
+
+  @jax.jit
+  def encode_batches(variables, images, indices):
+    encode_batch = lambda idx: run.model.apply(variables, train.to_float(images[idx]),
+                                               method='encode')
+    return jax.lax.map(encode_batch, indices)
+
+  latents = encode_batches(run.variables, train.to_device(images, NamedSharding(mesh, P())),
+                           train.to_device(indices, NamedSharding(mesh, P(None, 'data'))))
+  return np.asarray(latents).reshape(indices.size, -1)[:len(images)]
+
+
+def subsample(num_examples: int, labels, num_points: int, seed: int) -> np.ndarray:
+  """Indices of `num_points` examples (all if fewer), stratified by label where there are labels."""
+  if num_points >= num_examples:
+    return np.arange(num_examples)
+  chosen, _ = model_selection.train_test_split(
+      np.arange(num_examples), train_size=num_points, random_state=seed, stratify=labels)
+  return np.sort(chosen)
+
+
+def latent_scores(train_latents, train_labels, latents, labels) -> dict[str, float]:
+  knn = neighbors.KNeighborsClassifier(n_neighbors=KNN_NEIGHBOURS)
+  probe = pipeline.make_pipeline(preprocessing.StandardScaler(),
+                                 linear_model.LogisticRegression(max_iter=1000))
+  return {
+      'knn_accuracy': float(knn.fit(train_latents, train_labels).score(latents, labels)),
+      'linear_probe_accuracy': float(
+          probe.fit(train_latents, train_labels).score(latents, labels)),
+  }
+
+
+def embed(latents: np.ndarray, perplexity: float, angle: float, seed: int) -> np.ndarray:
+  return manifold.TSNE(2, perplexity=perplexity, angle=angle, init='pca',
+                       random_state=seed).fit_transform(latents)
+
+
+def main(workdir, config, checkpoint, split, num_points, num_train_points, perplexity, seed,
+         angle=ANGLE):
+  run = evaluate.load_run(workdir, config, checkpoint, split)
+  chosen = subsample(len(run.images), run.labels, num_points, seed)
+  images = run.images[chosen]
+  labels = None if run.labels is None else run.labels[chosen]
+  latents = encode(run, images)
+  latent_size = latents.shape[1]
+
+  train_split = run.splits['train']
+  train_latents = train_labels = None
+  if labels is not None or latent_size > PCA_DIMS:
+    train_chosen = subsample(len(train_split.images), train_split.labels, num_train_points, seed)
+    train_latents = encode(run, train_split.images[train_chosen])
+    if train_split.labels is not None:
+      train_labels = train_split.labels[train_chosen]
+  if latent_size > PCA_DIMS:
+    pca = decomposition.PCA(PCA_DIMS, random_state=seed).fit(train_latents)
+    latents, train_latents = pca.transform(latents), pca.transform(train_latents)
+
+  start = time.time()
+  embedding = embed(latents, perplexity, angle, seed)
+  tsne_seconds = time.time() - start
+  numbers = {}
+  if labels is not None and train_labels is not None:
+    numbers.update(latent_scores(train_latents, train_labels, latents, labels))
+  numbers['trustworthiness'] = float(
+      manifold.trustworthiness(latents, embedding, n_neighbors=KNN_NEIGHBOURS))
+
+  out_dir = os.path.join(workdir, 'tsne')
+  os.makedirs(out_dir, exist_ok=True)
+  stem = os.path.join(out_dir, split)
+  title = (f'{config_lib.display_name(config)} latents ({latent_size:,} dimensions), {split} split, '
+           f'step {run.step}')
+  np.savez_compressed(
+      stem + '.npz', embedding=embedding.astype(np.float32), indices=chosen, images=images,
+      labels=np.array([]) if labels is None else labels,
+      label_names=np.array(run.label_names or []), title=np.array(title))
+  start = time.time()
+  plots.tsne_map(embedding, images, labels, run.label_names, stem + '.png', title)
+  figure_seconds = time.time() - start
+  report = {'workdir': os.path.abspath(workdir), 'split': split, 'checkpoint_step': run.step,
+            'num_points': len(chosen), 'latent_size': latent_size,
+            'pca_dims': min(latent_size, PCA_DIMS), 'perplexity': perplexity, 'angle': angle,
+            'tsne_seconds': tsne_seconds, 'figure_seconds': figure_seconds, **numbers}
+  with open(stem + '.json', 'w') as f:
+    json.dump(report, f, indent=2)
+
+  print(f'{config_lib.display_name(config)} in {workdir}, checkpoint of step {run.step}, {split} split: '
+        f't-SNE of {len(chosen):,} latents of {latent_size:,} dimensions'
+        + (f' (PCA to {PCA_DIMS})' if latent_size > PCA_DIMS else '')
+        + f' in {tsne_seconds:.1f} s, figure in {figure_seconds:.1f} s')
+  if labels is None:
+    print('the data has no labels: one colour, and no kNN or linear-probe accuracy')
+  for name, value in numbers.items():
+    print(f'  {name:<22} {value:.4f}')
+  print(f'wrote {stem}.png, {stem}.npz and {stem}.json')
+  return report
+
+
+def redraw(workdir: str, split: str) -> None:
+  """Redraws workdir/tsne/<split>.png from its .npz, without recomputing anything."""
+  stem = os.path.join(workdir, 'tsne', split)
+  if not os.path.exists(stem + '.npz'):
+    raise UserError(f'{stem}.npz does not exist: run scripts/tsne.sh {workdir} first')
+  data = np.load(stem + '.npz')
+  labels = data['labels'] if data['labels'].size else None
+  plots.tsne_map(data['embedding'], data['images'], labels,
+                 tuple(data['label_names']) or None, stem + '.png', str(data['title']))
+  print(f'wrote {stem}.png')
+
+
+if __name__ == '__main__':
+  import sys  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ae_jax import cli  # pylint: disable=g-import-not-at-top
+
+  cli.define_run_flags(sys.argv)
+  flags.DEFINE_integer('num_points', 10_000, 'Points of the split to embed (a stratified subsample).')
+  flags.DEFINE_integer('num_train_points', 10_000,
+                       'Train-split latents that fit the kNN classifier, the probe and the PCA.')
+  flags.DEFINE_float('perplexity', 30.0, 't-SNE perplexity.')
+  flags.DEFINE_integer('seed', 0, 'Seed of the subsamples and of t-SNE.')
+  flags.DEFINE_float('angle', ANGLE, "Barnes-Hut angle (scikit-learn's default: 0.5).")
+  flags.DEFINE_bool('redraw', False, 'Only redraw the figure from the saved .npz.')
+  FLAGS = flags.FLAGS
+
+  def _main(argv):
+    if FLAGS.redraw:
+      return redraw(FLAGS.workdir, FLAGS.split)
+    return main(FLAGS.workdir, FLAGS.config, FLAGS.checkpoint, FLAGS.split, FLAGS.num_points,
+                FLAGS.num_train_points, FLAGS.perplexity, FLAGS.seed, FLAGS.angle)
+
+  cli.run(_main)

@@ -1,0 +1,96 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ae_jax import UserError
+from ae_jax import evaluate
+from conftest import run_module
+from conftest import save_untrained
+from conftest import small_config
+
+
+def test_evaluation_reports_losses_and_psnr_and_draws_the_figure(trained_ae, tmp_path):
+  workdir, config = trained_ae
+  report = evaluate.main(workdir, config, 'best', 'test', num_examples=6)
+  untrained = evaluate.main(save_untrained(config, str(tmp_path / 'untrained')), config,
+                            'latest', 'test', num_examples=6)
+  assert report['num_images'] == 200  # every test image: 200 = 6 batches of 32 + 8, padded
+  assert report['clean']['psnr'] > untrained['clean']['psnr'] + 5
+  assert report['clean']['mse'] < untrained['clean']['mse'] / 3
+  assert 0 < report['clean']['bce'] < untrained['clean']['bce']
+  assert 'noisy' not in report
+  with open(os.path.join(workdir, 'eval', 'test.json')) as f:
+    assert json.load(f) == report
+  with open(os.path.join(workdir, 'eval', 'test_reconstructions.png'), 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_mse_is_the_validation_loss_that_training_logged(trained_ae):
+  workdir, config = trained_ae
+  report = evaluate.main(workdir, config, 'latest', 'validation', num_examples=2)
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    last = json.loads(f.readlines()[-1])
+  assert report['clean']['mse'] == pytest.approx(last['val_loss'], rel=1e-5)
+
+
+def test_two_evaluations_print_identical_figures(trained_ae, capsys):
+  workdir, config = trained_ae
+  config = config.copy_and_resolve_references()
+  config.noise.std = 0.1  # evaluated as a denoising model: noisy and clean inputs
+  first = evaluate.main(workdir, config, 'best', 'test', num_examples=3)
+  first_out = capsys.readouterr().out
+  second = evaluate.main(workdir, config, 'best', 'test', num_examples=3)
+  assert capsys.readouterr().out == first_out
+  assert first == second
+  assert list(first) [-2:] == ['noisy', 'clean'] and 'noisy' in first_out
+  # an AE never trained on noise reconstructs noisy inputs worse than clean ones
+  assert first['noisy']['mse'] > first['clean']['mse']
+
+
+def test_reconstruction_rows_show_noisy_inputs_for_denoising_models(trained_ae):
+  workdir, config = trained_ae
+  config = config.copy_and_resolve_references()
+  config.noise.std = 0.1
+  run = evaluate.load_run(workdir, config, 'best', 'test')
+  rows, titles = evaluate.reconstruction_rows(run, 4)
+  assert list(rows) == ['input', 'noisy input', 'reconstruction']
+  assert all(r.shape == (4, 28, 28, 1) for r in rows.values())
+  assert len(titles) == 4 and all(t in '0123456789' for t in titles)
+  assert not np.allclose(rows['input'], rows['noisy input'])
+
+
+def test_evaluation_errors_say_what_is_wrong(trained_ae, tmp_path):
+  workdir, config = trained_ae
+  with pytest.raises(UserError, match="--split='tset' is not one of: test, validation, train"):
+    evaluate.load_run(workdir, config, 'best', 'tset')
+  with pytest.raises(UserError, match='no checkpoint of step 7 .* there are steps'):
+    evaluate.load_run(workdir, config, '7', 'test')
+  with pytest.raises(UserError, match='config.json does not exist'):
+    evaluate.load_run(str(tmp_path / 'nothing'), config, 'best', 'test')
+  empty = str(tmp_path / 'empty')
+  os.makedirs(empty)
+  with open(os.path.join(empty, 'config.json'), 'w') as f:
+    f.write(config.to_json())
+  with pytest.raises(UserError, match='no checkpoint in .*train first'):
+    evaluate.load_run(empty, config, 'best', 'test')
+  other = config.copy_and_resolve_references()
+  other.model.latent_dim = 16
+  with pytest.raises(UserError, match='does not fit this model.*different config.model'):
+    evaluate.load_run(workdir, other, 'best', 'test')
+  no_test = config.copy_and_resolve_references()
+  no_test.data.test_split = ''
+  with pytest.raises(UserError, match='no test split.*--split=validation'):
+    evaluate.load_run(workdir, no_test, 'best', 'test')
+
+
+def test_the_script_passes_flags_on_and_fails_in_one_line(trained_ae):
+  workdir, _ = trained_ae
+  result = run_module('ae_jax.evaluate', f'--workdir={workdir}', '--split=validation',
+                      '--num_examples=3', '--config.batch_size=64')
+  assert result.returncode == 0, result.stderr
+  assert 'validation split: 200 images' in result.stdout
+  result = run_module('ae_jax.evaluate', f'--workdir={workdir}', '--config.model.name=CAE')
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert result.stderr.strip().startswith('error: the checkpoint of step')

@@ -1,0 +1,67 @@
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from ae_jax import tsne
+from conftest import MNIST_SMALL
+from conftest import save_untrained
+from conftest import small_config
+
+
+def test_subsample_is_stratified_and_all_when_asked_for_more():
+  labels = np.repeat(np.arange(4), [100, 200, 300, 400])
+  chosen = tsne.subsample(len(labels), labels, 100, seed=0)
+  assert len(chosen) == 100 and len(set(chosen)) == 100
+  np.testing.assert_array_equal(np.bincount(labels[chosen]), [10, 20, 30, 40])
+  np.testing.assert_array_equal(tsne.subsample(50, None, 100, seed=0), np.arange(50))
+
+
+def test_tsne_map_embedding_and_numbers(trained_ae, tmp_path):
+  workdir, config = trained_ae
+  report = tsne.main(workdir, config, 'best', 'test', num_points=150, num_train_points=800,
+                     perplexity=30.0, seed=0)
+  untrained = tsne.main(save_untrained(config, str(tmp_path / 'untrained')), config, 'latest',
+                        'test', num_points=150, num_train_points=800, perplexity=30.0, seed=0)
+  assert report['num_points'] == 150 and report['latent_size'] == 32
+  assert report['knn_accuracy'] > untrained['knn_accuracy'] + 0.1
+  assert report['linear_probe_accuracy'] > untrained['linear_probe_accuracy'] + 0.1
+  assert 0.9 < report['trustworthiness'] <= 1.0
+
+  stem = os.path.join(workdir, 'tsne', 'test')
+  with open(stem + '.json') as f:
+    assert json.load(f) == report
+  data = np.load(stem + '.npz')
+  assert data['embedding'].shape == (150, 2)
+  assert data['images'].shape == (150, 28, 28, 1) and data['labels'].shape == (150,)
+  os.remove(stem + '.png')
+  tsne.redraw(workdir, 'test')  # from the .npz alone
+  with open(stem + '.png', 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_unlabelled_data_gets_a_map_and_says_what_it_skips(trained_ae, tmp_path, capsys):
+  workdir, config = trained_ae
+  images_only = tmp_path / 'images_only'
+  images_only.mkdir()
+  for name in ('train-images-idx3-ubyte.gz', 't10k-images-idx3-ubyte.gz'):
+    shutil.copy(os.path.join(MNIST_SMALL, name), images_only)
+  config = config.copy_and_resolve_references()
+  config.data.path = str(images_only)
+  report = tsne.main(workdir, config, 'best', 'test', num_points=100, num_train_points=100,
+                     perplexity=20.0, seed=0)
+  assert 'knn_accuracy' not in report and 'trustworthiness' in report
+  assert 'the data has no labels' in capsys.readouterr().out
+  assert np.load(os.path.join(workdir, 'tsne', 'test.npz'))['labels'].size == 0
+
+
+def test_large_latents_are_projected_to_50_dimensions_first(tmp_path):
+  config = small_config('cae', num_train=100)
+  config.model.features = (4, 8, 8, 16)  # a 7x7x16 latent: 784 dimensions
+  workdir = save_untrained(config, str(tmp_path / 'cae'))
+  report = tsne.main(workdir, config, 'latest', 'test', num_points=60, num_train_points=100,
+                     perplexity=10.0, seed=0)
+  assert report['latent_size'] == 7 * 7 * 16 and report['pca_dims'] == 50
+  assert 0 <= report['knn_accuracy'] <= 1
