@@ -40,10 +40,15 @@ def run(main):
   def wrapped(argv):
     if not flags.FLAGS['verbosity'].present:
       logging.set_verbosity(logging.WARNING)  # orbax and others log every save at INFO
+    from ae_jax import train  # pylint: disable=g-import-not-at-top
     try:
       main(argv)
     except UserError as e:
       _fail(str(e))
+    except train.Interrupted as e:
+      signum, message = e.args
+      print(message, file=sys.stderr)
+      sys.exit(128 + signum)
 
   app.run(wrapped, flags_parser=parse_flags)
 

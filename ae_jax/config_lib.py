@@ -27,6 +27,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _one_of(config.parallel, PARALLEL, 'config.parallel')
   if config.batch_size < 1:
     raise UserError(f'config.batch_size={config.batch_size} must be at least 1')
+  if config.eval_batch_size < 1:
+    raise UserError(f'config.eval_batch_size={config.eval_batch_size} must be at least 1')
   if config.num_epochs < 1:
     raise UserError(f'config.num_epochs={config.num_epochs} must be at least 1')
   if config.steps_per_call < 1:
@@ -47,6 +49,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if len(config.model.features) != 4 or min(config.model.features) < 1:
       raise UserError(f'config.model.features={tuple(config.model.features)} must be four '
                       'positive channel counts, e.g. (32, 64, 128, 256)')
+  _one_of(config.data.placement, ('auto', 'device', 'host'), 'config.data.placement')
   if not 0 < config.data.validation_fraction < 1:
     raise UserError(f'config.data.validation_fraction={config.data.validation_fraction} '
                     'must be between 0 and 1 (exclusive)')

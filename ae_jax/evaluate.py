@@ -41,11 +41,6 @@ class TrainedRun(NamedTuple):
   mesh: Any
 
 
-def eval_batch_size(config, mesh) -> int:
-  """The training batch size, rounded up to a multiple of this machine's device count."""
-  return -(-config.batch_size // mesh.size) * mesh.size
-
-
 def load_run(workdir: str, config, checkpoint: str, split: str) -> TrainedRun:
   """The model of `workdir` at `checkpoint` (only its variables are read) and the data."""
   if split not in SPLITS:
@@ -71,19 +66,13 @@ def load_run(workdir: str, config, checkpoint: str, split: str) -> TrainedRun:
 def evaluate(run: TrainedRun, noisy: bool) -> dict[str, float]:
   """Mean MSE, BCE and PSNR over every image of the split (the last batch padded, not dropped)."""
   mesh, config = run.mesh, run.config
-  batch_size = eval_batch_size(config, mesh)
-  eval_fn = jax.jit(functools.partial(
-      train.eval_loop,
-      step_fn=functools.partial(train.eval_step, model=run.model, noise_mean=config.noise.mean,
-                                noise_std=config.noise.std),
-      batch_sharding=NamedSharding(mesh, P('data'))))
-  index_sharding = NamedSharding(mesh, P(None, 'data'))
-  indices, mask = (train.to_device(a, index_sharding)
-                   for a in train.padded_batches(len(run.images), batch_size))
-  images = train.to_device(run.images, NamedSharding(mesh, P()))
-  noise_rng = jax.random.PRNGKey(NOISE_SEED) if noisy else None
-  sums = jax.device_get(eval_fn(run.variables, images, indices, mask, noise_rng))
-  return {name: float(sums[name] / sums['count']) for name in train.METRICS}
+  placement = train.choose_feed(config.data, run.images.nbytes, mesh)
+  return train.evaluate_split(
+      train.make_eval_fn(run.model, config, mesh), run.variables,
+      train.make_feed(run.images, mesh, placement), len(run.images),
+      train.eval_batch_size(config, len(run.images), mesh.size), mesh,
+      batches_per_call=None if placement == 'device' else config.steps_per_call,
+      noise_rng=jax.random.PRNGKey(NOISE_SEED) if noisy else None)
 
 
 def reconstruction_rows(run: TrainedRun, num_examples: int, seed: int = 0) -> dict:

@@ -4,6 +4,7 @@ The event files are written with TensorBoard's own record format and protos, wit
 TensorFlow, which takes seconds to import and is not otherwise needed unless tfds reads data.
 """
 
+from concurrent import futures
 import io
 import json
 import os
@@ -71,3 +72,60 @@ def write_metrics(path: str, rows: list[dict]) -> None:
     for row in rows:
       f.write(json.dumps(row) + '\n')
   os.replace(tmp, path)
+
+
+class RunLog:
+  """What a training run writes for people: metrics.jsonl, loss_curve.png and TensorBoard events.
+
+  Writing happens on one background thread, so that training does not wait for the figure; a
+  failure there is raised in the training loop at the next call. Only one process of a
+  multi-process run writes (`enabled`).
+  """
+
+  def __init__(self, workdir: str, start_step: int, enabled: bool = True):
+    self._metrics_path = os.path.join(workdir, 'metrics.jsonl')
+    self._curve_path = os.path.join(workdir, 'loss_curve.png')
+    # Rows from after the checkpoint a run resumes from belong to work that was lost.
+    self.rows = [r for r in read_metrics(self._metrics_path) if r['step'] <= start_step]
+    self._enabled = enabled
+    self._writer = SummaryWriter(workdir) if enabled else None
+    self._executor = futures.ThreadPoolExecutor(max_workers=1)
+    self._pending = []
+
+  def _submit(self, fn, *args):
+    for done in [f for f in self._pending if f.done()]:
+      self._pending.remove(done)
+      done.result()
+    if self._enabled:
+      self._pending.append(self._executor.submit(fn, *args))
+
+  def train_losses(self, first_step: int, losses) -> None:
+    """The losses of steps first_step, first_step + 1, ... (numbered from 1)."""
+    def write():
+      for i, loss in enumerate(losses):
+        self._writer.scalar('train/loss', loss, first_step + i)
+    self._submit(write)
+
+  def epoch(self, row: dict, reconstructions) -> None:
+    self.rows.append(row)
+    rows = list(self.rows)
+
+    def write():
+      from ae_jax import plots  # pylint: disable=g-import-not-at-top  (matplotlib, on this thread)
+      write_metrics(self._metrics_path, rows)
+      plots.loss_curve(rows, self._curve_path)
+      step = row['step']
+      self._writer.scalar('val/loss', row['val_loss'], step)
+      self._writer.scalar('train/epoch_loss', row['train_loss'], step)
+      self._writer.scalar('train/images_per_sec', row['images_per_sec'], step)
+      self._writer.image('val/reconstructions', reconstructions, step)
+      self._writer.flush()
+    self._submit(write)
+
+  def close(self) -> None:
+    """Waits for everything to be written."""
+    self._executor.shutdown(wait=True)
+    for f in self._pending:
+      f.result()
+    if self._writer:
+      self._writer.close()

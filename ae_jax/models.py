@@ -4,7 +4,6 @@ Both take images of shape (batch, height, width, channels) with values in [0, 1]
 the image shape from the data: `image_shape` is given when the model is created.
 """
 
-import functools
 import math
 from typing import Any, Sequence
 
@@ -213,10 +212,18 @@ def create_model(model_config, image_shape, *, axis_name=None, dtype=jnp.float32
              axis_name=axis_name, dtype=dtype)
 
 
+# Code that runs once needs no optimizing: XLA:CPU compiles the CAE's init in 0.7 s instead of
+# 2.9 s at level 0, and runs it in 0.05 s instead of 0.01 s.
+COMPILE_ONCE_OPTIONS = {'xla_backend_optimization_level': 0}
+
+
 def init_variables(model: nn.Module, rng) -> dict:
-  """The model's variables ({'params': ..., 'batch_stats': ...}) for one dummy batch."""
+  """The model's variables ({'params': ..., 'batch_stats': ...}) for one dummy batch.
+
+  Jit it (with COMPILE_ONCE_OPTIONS) or call it inside a jitted function.
+  """
   dummy = jnp.zeros((1, *model.image_shape), jnp.float32)
-  variables = jax.jit(functools.partial(model.init, train=False))({'params': rng}, dummy)
+  variables = model.init({'params': rng}, dummy, train=False)
   return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
 
 

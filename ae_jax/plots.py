@@ -8,16 +8,16 @@ from matplotlib.ticker import MaxNLocator
 import numpy as np
 
 
-def _save(fig: Figure, path: str) -> None:
+def _save(fig: Figure, path: str, tight: bool = True) -> None:
   FigureCanvasAgg(fig)
   tmp = path + '.tmp.png'
-  fig.savefig(tmp, dpi=fig.dpi, bbox_inches='tight')
+  fig.savefig(tmp, dpi=fig.dpi, bbox_inches='tight' if tight else None)
   os.replace(tmp, path)  # a viewer never sees a half-written figure
 
 
 def loss_curve(rows: list[dict], path: str) -> None:
   """Train and validation loss per epoch, from the rows of metrics.jsonl."""
-  fig = Figure(figsize=(6, 4), dpi=100)
+  fig = Figure(figsize=(6, 4), dpi=100, layout='constrained')
   ax = fig.add_subplot()
   epochs = [r['epoch'] for r in rows]
   ax.plot(epochs, [r['train_loss'] for r in rows], 'o-', label='train')
@@ -28,7 +28,7 @@ def loss_curve(rows: list[dict], path: str) -> None:
   ax.set_yscale('log')
   ax.grid(True, which='both', alpha=0.3)
   ax.legend()
-  _save(fig, path)
+  _save(fig, path, tight=False)  # redrawn every epoch: the constrained layout is cheaper
 
 
 def image_grid(rows: list[np.ndarray]) -> np.ndarray:

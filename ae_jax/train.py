@@ -1,12 +1,16 @@
 """Training: the train state, train_step, eval_step and train_and_evaluate(config, workdir)."""
 
+import contextlib
 import functools
 import os
+import signal
+import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -38,6 +42,7 @@ def create_optimizer(config) -> optax.GradientTransformation:
 
 
 def create_train_state(model, tx, seed: int) -> TrainState:
+  """The initial train state; jit it (with models.COMPILE_ONCE_OPTIONS)."""
   params_rng, rng = jax.random.split(jax.random.PRNGKey(seed))
   variables = models.init_variables(model, params_rng)
   return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
@@ -135,28 +140,39 @@ def train_loop(state, images, indices, num_steps, *, step_fn, batch_sharding=Non
 
 # --- evaluation ---------------------------------------------------------------------------
 
-def eval_step(variables, images, mask, noise_rng, *, model, noise_mean, noise_std):
-  """Sums of each per-example metric over the examples where `mask` is true, and their count."""
+def eval_step(variables, images, mask, noise_rng, *, model, noise_mean, noise_std,
+              metrics=tuple(METRICS)):
+  """Sums of the per-example `metrics` over the examples where `mask` is true, and their count."""
   target = to_float(images)
   inputs = target if noise_rng is None else add_noise(noise_rng, target, noise_mean, noise_std)
   reconstruction, _ = model.apply(variables, inputs, train=False)
-  sums = {name: jnp.sum(jnp.where(mask, fn(reconstruction, target), 0.0))
-          for name, fn in METRICS.items()}
+  sums = {name: jnp.sum(jnp.where(mask, METRICS[name](reconstruction, target), 0.0))
+          for name in metrics}
   return {**sums, 'count': jnp.sum(mask)}
 
 
-def eval_loop(variables, images, indices, mask, noise_rng, *, step_fn, batch_sharding=None):
-  """Metric sums over all the batches images[indices[i]] (masked where padded)."""
+def eval_loop(variables, images, indices, mask, first_batch, noise_rng, *, step_fn,
+              batch_sharding=None):
+  """Metric sums over the batches images[indices[i]] (masked where padded). Batch i draws its
+  noise from fold_in(noise_rng, first_batch + i), whichever call it is evaluated in."""
   def body(i, sums):
     batch = images[indices[i]]
     if batch_sharding is not None:
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    rng = None if noise_rng is None else jax.random.fold_in(noise_rng, i)
+    rng = None if noise_rng is None else jax.random.fold_in(noise_rng, first_batch + i)
     return jax.tree.map(jnp.add, sums, step_fn(variables, batch, mask[i], rng))
 
   zeros = jax.eval_shape(step_fn, variables, images[indices[0]], mask[0], noise_rng)
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
   return jax.lax.fori_loop(0, indices.shape[0], body, zeros)
+
+
+def make_eval_fn(model, config, mesh, metrics=tuple(METRICS)):
+  return jax.jit(functools.partial(
+      eval_loop,
+      step_fn=functools.partial(eval_step, model=model, noise_mean=config.noise.mean,
+                                noise_std=config.noise.std, metrics=metrics),
+      batch_sharding=NamedSharding(mesh, P('data'))))
 
 
 def padded_batches(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,15 +187,36 @@ def padded_batches(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.n
       num_batches, batch_size)
 
 
-# --- devices ------------------------------------------------------------------------------
+def eval_batch_size(config, num_examples: int, num_devices: int) -> int:
+  """config.eval_batch_size, no larger than the split needs, a multiple of the device count."""
+  size = min(config.eval_batch_size, num_examples)
+  return -(-size // num_devices) * num_devices
+
+
+def evaluate_split(eval_fn, variables, feed, num_examples, batch_size, mesh, *,
+                   batches_per_call=None, noise_rng=None) -> dict[str, float]:
+  """Mean metrics over every example of a split that `feed` serves."""
+  rows, mask = padded_batches(num_examples, batch_size)
+  per_call = batches_per_call or len(rows)
+  mask_sharding = NamedSharding(mesh, P(None, 'data'))
+  sums = None
+  for first in range(0, len(rows), per_call):
+    call_rows = np.zeros((per_call, batch_size), np.int32)
+    call_mask = np.zeros((per_call, batch_size), bool)
+    call_rows[:len(rows) - first] = rows[first:first + per_call]
+    call_mask[:len(rows) - first] = mask[first:first + per_call]
+    images, indices = feed(call_rows)
+    result = eval_fn(variables, images, indices, input_pipeline.to_device(call_mask, mask_sharding),
+                     first, noise_rng)
+    sums = result if sums is None else jax.tree.map(jnp.add, sums, result)
+  sums = jax.device_get(sums)
+  return {name: float(value / sums['count']) for name, value in sums.items() if name != 'count'}
+
+
+# --- devices and data ---------------------------------------------------------------------
 
 def create_mesh() -> Mesh:
   return Mesh(np.array(jax.devices()), ('data',))
-
-
-def to_device(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
-  """Places a host array that every process holds in full as a global array with `sharding`."""
-  return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
 def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
@@ -188,9 +225,101 @@ def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples).astype(np.int32)
 
 
+def choose_feed(data_config, images_bytes: int, mesh) -> str:
+  """'device' or 'host': where the training data lives (config.data.placement)."""
+  if data_config.placement != 'auto':
+    return data_config.placement
+  return 'device' if input_pipeline.fits_on_device(images_bytes, mesh.devices.flat[0]) else 'host'
+
+
+def make_feed(images, mesh, placement):
+  feed = input_pipeline.device_feed if placement == 'device' else input_pipeline.host_feed
+  return feed(images, mesh)
+
+
+class Update(NamedTuple):
+  """The compiled update and what it takes, for config.parallel = 'jit' or 'pmap'."""
+  run: Any  # (state, images, indices, num_steps) -> (state, each step's loss)
+  feed: Any  # rows (steps, batch_size) -> (images, indices) for `run`
+  to_run_state: Any  # a replicated TrainState -> the state `run` takes
+  from_run_state: Any  # and back
+  losses: Any  # the losses `run` returns -> one per step, on the host
+
+
+def make_update(config, image_shape, tx, mesh, train_images, placement) -> Update:
+  step_kwargs = dict(tx=tx, loss=config.loss, noise_mean=config.noise.mean,
+                     noise_std=config.noise.std)
+  if config.parallel == 'jit':
+    model = models.create_model(config.model, image_shape)
+    step_fn = functools.partial(train_step, model=model, **step_kwargs)
+    run = jax.jit(functools.partial(train_loop, step_fn=step_fn,
+                                    batch_sharding=NamedSharding(mesh, P('data'))),
+                  donate_argnums=0)
+    identity = lambda x: x
+    return Update(run, make_feed(train_images, mesh, placement), identity, identity, np.asarray)
+
+  # pmap: the same train_step per device, with the batch statistics, gradients and loss averaged
+  # over the axis; one copy of the data and of the state per device, stacked on a leading axis.
+  if placement != 'device':
+    raise UserError("config.parallel='pmap' keeps the data on the devices, and this data does "
+                    "not fit there: use config.parallel='jit', which streams it from host memory")
+  if jax.process_count() > 1:
+    raise UserError("config.parallel='pmap' runs in one process: use config.parallel='jit' "
+                    'across processes')
+  pmap_model = models.create_model(config.model, image_shape, axis_name='data')
+  step_fn = functools.partial(train_step, model=pmap_model, axis_name='data', **step_kwargs)
+  run = jax.pmap(functools.partial(train_loop, step_fn=step_fn), axis_name='data',
+                 in_axes=(0, 0, 0, None), donate_argnums=0)
+  stacked = NamedSharding(mesh, P('data'))
+  num_devices = mesh.size
+  to_pmap = lambda tree: jax.tree.map(
+      lambda x: jax.device_put(np.broadcast_to(x, (num_devices, *np.shape(x))), stacked),
+      jax.device_get(tree))
+  images = to_pmap(train_images)
+  feed = lambda rows: (images, jax.device_put(
+      rows.reshape(len(rows), num_devices, -1).transpose(1, 0, 2), stacked))
+  from_pmap = lambda state: jax.device_put(jax.tree.map(lambda x: x[0], state),
+                                           NamedSharding(mesh, P()))
+  return Update(run, feed, to_pmap, from_pmap, lambda losses: np.asarray(losses[0]))
+
+
+# --- interruptions ------------------------------------------------------------------------
+
+class Interrupted(Exception):
+  """Training stopped on SIGINT or SIGTERM after saving a checkpoint; args: (signum, message)."""
+
+
+@contextlib.contextmanager
+def signals_caught():
+  """Within: SIGINT and SIGTERM only append to the yielded list, for the loop to act on."""
+  received = []
+  if threading.current_thread() is not threading.main_thread():
+    yield received  # signal handlers can only be set from the main thread
+    return
+  handler = lambda signum, frame: received.append(signum)
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield received
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is true on any process (all processes must act on a signal together)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
+
+
 def _log(*args):
   if jax.process_index() == 0:
     tqdm.tqdm.write(' '.join(map(str, args)))
+
+
+# A call runs as many steps as take about this long (at most config.steps_per_call): the
+# progress bar moves and SIGINT is answered about once a second, whatever the model's speed.
+SECONDS_PER_CALL = 1.0
 
 
 # --- the whole run ------------------------------------------------------------------------
@@ -199,178 +328,156 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   """Trains the model that `config` describes, checkpointing to `workdir` every epoch.
 
   Resumes from the latest checkpoint in `workdir` if there is one. Returns the final state.
+  Every check on the config and the data comes before anything is written to `workdir`.
   """
   config_lib.validate(config)
   workdir = os.path.abspath(workdir)
-  config_lib.prepare_workdir(config, workdir)
 
   # --- Set up the mesh.
   mesh = create_mesh()
   replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P('data'))
-  index_sharding = NamedSharding(mesh, P(None, 'data'))
   num_devices = mesh.size
   if config.batch_size % num_devices:
     raise UserError(f'config.batch_size={config.batch_size} is not divisible by the '
                     f'{num_devices} devices: use a multiple of {num_devices}')
 
-  # --- The input pipeline: every split on the device, once.
+  # --- The input pipeline.
   splits = input_pipeline.load_splits(config.data)
-  image_shape = splits['train'].images.shape[1:]
-  num_train = len(splits['train'].images)
+  train_images, val_images = splits['train'].images, splits['validation'].images
+  image_shape = train_images.shape[1:]
+  num_train = len(train_images)
   steps_per_epoch = num_train // config.batch_size
   if steps_per_epoch < 1:
-    raise UserError(f'config.batch_size={config.batch_size} is larger than the '
-                    f'{num_train} training images: use a smaller batch')
-  train_images = to_device(splits['train'].images, replicated)
-  val_images = to_device(splits['validation'].images, replicated)
-  _log(f'data: {num_train} train, {len(splits["validation"].images)} validation'
+    raise UserError(f'config.batch_size={config.batch_size} is larger than the {num_train} '
+                    'training images: use a smaller batch')
+  placement = choose_feed(config.data, train_images.nbytes + val_images.nbytes, mesh)
+  config_lib.prepare_workdir(config, workdir)
+  _log(f'data: {num_train} train, {len(val_images)} validation'
        + (f', {len(splits["test"].images)} test' if 'test' in splits else '')
-       + f' images of {image_shape}; {num_devices} device(s): {jax.devices()[0].platform}')
+       + f' images of {image_shape}, '
+       + ('held on the devices' if placement == 'device' else 'streamed from host memory')
+       + f'; {num_devices} {mesh.devices.flat[0].platform} device(s)'
+       + (f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''))
 
   # --- The model and the train state.
   model = models.create_model(config.model, image_shape)
   tx = create_optimizer(config)
   state = jax.jit(functools.partial(create_train_state, model, tx, config.seed),
-                  out_shardings=replicated)()
-  _log(f'model {config.model.name}: {models.count_params(state.params):,} parameters')
+                  out_shardings=replicated, compiler_options=models.COMPILE_ONCE_OPTIONS)()
+  _log(f'model {config_lib.display_name(config)}: '
+       f'{models.count_params(state.params):,} parameters')
 
-  # --- Load a checkpoint.
-  manager = checkpoints.create_manager(workdir)
-  if manager.latest_step() is not None:
-    state = checkpoints.restore_train_state(manager, manager.latest_step(), state, replicated)
-    _log(f'resumed from the checkpoint of step {int(state.step)} in {manager.directory}')
-  start_step = int(state.step)
-  total_steps = config.num_epochs * steps_per_epoch
-  if start_step >= total_steps:
-    _log(f'{workdir} already holds a run of {config.num_epochs} epochs: nothing to train '
-         '(raise config.num_epochs to train on)')
-    manager.close()
-    return state
-
-  # --- The update function: many steps per compiled call.
-  step_kwargs = dict(tx=tx, loss=config.loss, noise_mean=config.noise.mean,
-                     noise_std=config.noise.std)
-  steps_per_call = min(config.steps_per_call, steps_per_epoch)
-  if config.parallel == 'pmap':
-    pmap_model = models.create_model(config.model, image_shape, axis_name='data')
-    step_fn = functools.partial(train_step, model=pmap_model, axis_name='data', **step_kwargs)
-    run_steps = jax.pmap(functools.partial(train_loop, step_fn=step_fn), axis_name='data',
-                         in_axes=(0, 0, 0, None), donate_argnums=0)
-    # pmap takes one copy per device, stacked along a leading axis.
-    to_pmap = lambda tree: jax.tree.map(
-        lambda x: jax.device_put(np.broadcast_to(x, (num_devices, *np.shape(x))),
-                                 batch_sharding), jax.device_get(tree))
-    from_pmap = lambda state: jax.device_put(jax.tree.map(lambda x: x[0], state), replicated)
-    train_images = to_pmap(splits['train'].images)
-    place_indices = lambda idx: jnp.asarray(
-        idx.reshape(len(idx), num_devices, -1).transpose(1, 0, 2))
-    first_loss = lambda losses: losses[0]
-  else:
-    step_fn = functools.partial(train_step, model=model, **step_kwargs)
-    run_steps = jax.jit(functools.partial(train_loop, step_fn=step_fn,
-                                          batch_sharding=batch_sharding), donate_argnums=0)
-    to_pmap = from_pmap = first_loss = lambda x: x
-    place_indices = lambda idx: to_device(idx, index_sharding)
-
+  # --- The update step, compiled once: many steps per call.
+  update = make_update(config, image_shape, tx, mesh, train_images, placement)
+  max_steps = min(config.steps_per_call, steps_per_epoch)
   compile_start = time.time()
-  dummy_indices = place_indices(np.zeros((steps_per_call, config.batch_size), np.int32))
-  run_steps = run_steps.lower(to_pmap(state), train_images, dummy_indices,
-                              steps_per_call).compile()
-  _log(f'compiled the update function ({steps_per_call} steps per call) in '
-       f'{time.time() - compile_start:.1f} s')
-
-  eval_fn = jax.jit(functools.partial(
-      eval_loop, step_fn=functools.partial(eval_step, model=model, noise_mean=config.noise.mean,
-                                           noise_std=config.noise.std),
-      batch_sharding=batch_sharding))
-  val_indices, val_mask = (to_device(a, index_sharding) for a in padded_batches(
-      len(splits['validation'].images), config.batch_size))
+  run_steps = update.run.lower(update.to_run_state(state),
+                               *update.feed(np.zeros((max_steps, config.batch_size), np.int32)),
+                               max_steps).compile()
+  _log(f'compiled the update function in {time.time() - compile_start:.1f} s')
+  eval_fn = make_eval_fn(model, config, mesh, metrics=(config.loss,))
+  val_feed = make_feed(val_images, mesh, placement)
   # Denoising models are validated on their training task: noisy inputs (the same noise every
   # epoch, so that epochs compare), clean targets.
   val_noise_rng = jax.random.PRNGKey(1) if config_lib.is_denoising(config) else None
-  num_shown = min(config.num_summary_images, len(splits['validation'].images))
-  shown = splits['validation'].images[:num_shown]
-  reconstruct = jax.jit(lambda variables, x: model.apply(variables, x, train=False)[0])
+  shown = val_images[:config.num_summary_images].astype(np.float32) / 255.0
+  reconstruct = jax.jit(lambda variables, x: model.apply(variables, x, train=False)[0],
+                        compiler_options=models.COMPILE_ONCE_OPTIONS)  # a few images an epoch
 
-  # --- The loop.
-  metrics_path = os.path.join(workdir, 'metrics.jsonl')
-  # Rows from after the checkpoint we resumed from belong to work that is lost.
-  rows = [r for r in metric_writers.read_metrics(metrics_path) if r['step'] <= start_step]
-  writer = metric_writers.SummaryWriter(workdir) if jax.process_index() == 0 else None
-  state = to_pmap(state)
-  try:
-    for epoch in range(start_step // steps_per_epoch, config.num_epochs):
-      epoch_start = time.time()
-      order = epoch_permutation(config.seed, epoch, num_train)
-      order = order[:steps_per_epoch * config.batch_size].reshape(steps_per_epoch, -1)
-      first = max(start_step - epoch * steps_per_epoch, 0)
-      bar = tqdm.tqdm(total=steps_per_epoch, initial=first, unit='step', leave=False,
-                      desc=f'epoch {epoch + 1}/{config.num_epochs}',
-                      disable=jax.process_index() != 0)
-      epoch_losses = []
+  with checkpoints.create_manager(workdir) as manager:
+    # --- Load a checkpoint.
+    if manager.latest_step() is not None:
+      state = checkpoints.restore_train_state(manager, manager.latest_step(), state, replicated)
+      _log(f'resumed from the checkpoint of step {int(state.step)} in {manager.directory}')
+    start_step = int(state.step)
+    if start_step >= config.num_epochs * steps_per_epoch:
+      _log(f'{workdir} already holds a run of {config.num_epochs} epochs: nothing to train '
+           '(raise config.num_epochs to train on)')
+      return state
+    run_log = metric_writers.RunLog(workdir, start_step, enabled=jax.process_index() == 0)
 
-      def consume(pending):
-        """Reads a finished call's losses: the only place the host waits for the device."""
-        losses, call_first, num_steps = pending
-        losses = np.asarray(first_loss(losses))[:num_steps]
-        bad = np.flatnonzero(~np.isfinite(losses))
-        if bad.size:
-          bad_step = epoch * steps_per_epoch + call_first + int(bad[0]) + 1
-          raise UserError(
-              f'the loss became {losses[bad[0]]} at step {bad_step} (epoch {epoch + 1}): '
-              f'training diverged. Lower config.learning_rate (now {config.learning_rate}); '
-              f'the latest checkpoint in {manager.directory} is from before it')
-        epoch_losses.extend(losses.tolist())
-        if writer:
-          for i, loss in enumerate(losses):
-            writer.scalar('train/loss', loss, epoch * steps_per_epoch + call_first + i + 1)
-        bar.update(num_steps)
-        bar.set_postfix(loss=f'{np.mean(epoch_losses):.5f}')
+    # --- The loop.
+    try:
+      with signals_caught() as received:
+        state = update.to_run_state(state)
+        num_steps = 1  # grows to what takes SECONDS_PER_CALL once the speed is known
+        for epoch in range(start_step // steps_per_epoch, config.num_epochs):
+          epoch_start = time.time()
+          order = epoch_permutation(config.seed, epoch, num_train)
+          order = order[:steps_per_epoch * config.batch_size].reshape(steps_per_epoch, -1)
+          first = max(start_step - epoch * steps_per_epoch, 0)
+          bar = tqdm.tqdm(total=steps_per_epoch, initial=first, unit='step', leave=False,
+                          desc=f'epoch {epoch + 1}/{config.num_epochs}',
+                          disable=jax.process_index() != 0)
+          epoch_losses = []
+          steps_per_second, last_read = None, time.time()
 
-      pending = None
-      for call_first in range(first, steps_per_epoch, steps_per_call):
-        num_steps = min(steps_per_call, steps_per_epoch - call_first)
-        indices = np.zeros((steps_per_call, config.batch_size), np.int32)
-        indices[:num_steps] = order[call_first:call_first + num_steps]
-        state, losses = run_steps(state, train_images, place_indices(indices), num_steps)
-        # Read the previous call's results only now, while this one runs.
-        if pending:
-          consume(pending)
-        pending = (losses, call_first, num_steps)
-      consume(pending)
-      bar.close()
-      train_seconds = time.time() - epoch_start
+          def read(pending):
+            """Waits for a call's losses: the only place where the host waits for the device."""
+            nonlocal steps_per_second, last_read
+            losses, call_first, call_steps = pending
+            losses = update.losses(losses)[:call_steps]
+            now = time.time()
+            steps_per_second = call_steps / max(now - last_read, 1e-6)
+            last_read = now
+            bad = np.flatnonzero(~np.isfinite(losses))
+            if bad.size:
+              raise UserError(
+                  f'the loss became {losses[bad[0]]} at step '
+                  f'{epoch * steps_per_epoch + call_first + int(bad[0]) + 1} (epoch {epoch + 1}): '
+                  f'training diverged. Lower config.learning_rate (now {config.learning_rate}); '
+                  f'the latest checkpoint, in {manager.directory}, is from before it')
+            epoch_losses.extend(losses.tolist())
+            run_log.train_losses(epoch * steps_per_epoch + call_first + 1, losses)
+            bar.update(call_steps)
+            bar.set_postfix(loss=f'{np.mean(epoch_losses):.5f}')
 
-      eval_state = from_pmap(state)
-      variables = {'params': eval_state.params, 'batch_stats': eval_state.batch_stats}
-      sums = jax.device_get(eval_fn(variables, val_images, val_indices, val_mask, val_noise_rng))
-      val_loss = float(sums[config.loss] / sums['count'])
-      checkpoints.save(manager, eval_state, val_loss)
+          pending = None
+          call_first = first
+          while call_first < steps_per_epoch:
+            call_steps = min(num_steps, steps_per_epoch - call_first)
+            rows = np.zeros((max_steps, config.batch_size), np.int32)
+            rows[:call_steps] = order[call_first:call_first + call_steps]
+            state, losses = run_steps(state, *update.feed(rows), call_steps)
+            # Read the previous call's results only now, while this one runs.
+            if pending:
+              read(pending)
+              num_steps = int(np.clip(round(SECONDS_PER_CALL * steps_per_second), 1, max_steps))
+            pending = (losses, call_first, call_steps)
+            call_first += call_steps
+            if any_process(bool(received)):
+              read(pending)
+              bar.close()
+              state = update.from_run_state(state)
+              checkpoints.save(manager, state)
+              manager.wait_until_finished()
+              signum = received[0] if received else signal.SIGTERM
+              raise Interrupted(signum, (
+                  f'{signal.Signals(signum).name}: saved the checkpoint of step '
+                  f'{int(state.step)} (epoch {epoch + 1}, step {call_first} of {steps_per_epoch}) '
+                  f'in {manager.directory}; run the same command again to resume'))
+          read(pending)
+          bar.close()
+          train_seconds = time.time() - epoch_start
 
-      step = int(eval_state.step)
-      num_trained = (steps_per_epoch - first) * config.batch_size
-      row = dict(epoch=epoch + 1, step=step, loss=config.loss,
-                 train_loss=float(np.mean(epoch_losses)), val_loss=val_loss,
-                 images_per_sec=num_trained / train_seconds,
-                 seconds=time.time() - epoch_start)
-      rows.append(row)
-      x = shown.astype(np.float32) / 255.0
-      grid = plots.image_grid([x, np.asarray(reconstruct(variables, x))])
-      if jax.process_index() == 0:
-        metric_writers.write_metrics(metrics_path, rows)
-        plots.loss_curve(rows, os.path.join(workdir, 'loss_curve.png'))
-        writer.scalar('val/loss', val_loss, step)
-        writer.scalar('train/epoch_loss', row['train_loss'], step)
-        writer.scalar('train/images_per_sec', row['images_per_sec'], step)
-        writer.image('val/reconstructions', grid, step)
-        writer.flush()
-      _log(f'epoch {epoch + 1}/{config.num_epochs}: train_loss {row["train_loss"]:.5f}  '
-           f'val_loss {val_loss:.5f}  {row["images_per_sec"]:,.0f} images/s  '
-           f'{row["seconds"]:.1f} s')
-  finally:
-    manager.wait_until_finished()  # or the last save is lost
-    manager.close()
-    if writer:
-      writer.close()
-  return from_pmap(state)
+          eval_state = update.from_run_state(state)
+          variables = {'params': eval_state.params, 'batch_stats': eval_state.batch_stats}
+          val_loss = evaluate_split(
+              eval_fn, variables, val_feed, len(val_images),
+              eval_batch_size(config, len(val_images), num_devices), mesh,
+              batches_per_call=None if placement == 'device' else max_steps,
+              noise_rng=val_noise_rng)[config.loss]
+          checkpoints.save(manager, eval_state, val_loss)
+          grid = plots.image_grid([shown, np.asarray(reconstruct(variables, shown))])
+          row = dict(epoch=epoch + 1, step=int(eval_state.step), loss=config.loss,
+                     train_loss=float(np.mean(epoch_losses)), val_loss=val_loss,
+                     images_per_sec=(steps_per_epoch - first) * config.batch_size / train_seconds,
+                     seconds=time.time() - epoch_start)
+          run_log.epoch(row, grid)
+          _log(f'epoch {epoch + 1}/{config.num_epochs}: train_loss {row["train_loss"]:.5f}  '
+               f'val_loss {val_loss:.5f}  {row["images_per_sec"]:,.0f} images/s  '
+               f'{row["seconds"]:.1f} s')
+        return update.from_run_state(state)
+    finally:
+      manager.wait_until_finished()  # or the last save is lost
+      run_log.close()

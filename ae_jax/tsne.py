@@ -20,14 +20,11 @@ numbers are computed on that projection. Data without labels gets a one-colour m
 the trustworthiness.
 """
 
-import functools
 import json
 import os
 import time
 
 import jax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 import numpy as np
 from sklearn import decomposition
 from sklearn import linear_model
@@ -40,6 +37,7 @@ from sklearn import preprocessing
 from ae_jax import UserError
 from ae_jax import config_lib
 from ae_jax import evaluate
+from ae_jax import input_pipeline
 from ae_jax import plots
 from ae_jax import train
 
@@ -51,7 +49,7 @@ ANGLE = 0.7
 def encode(run: evaluate.TrainedRun, images: np.ndarray) -> np.ndarray:
   """The latents of `images`, flattened: (N, latent size)."""
   mesh = run.mesh
-  batch_size = evaluate.eval_batch_size(run.config, mesh)
+  batch_size = train.eval_batch_size(run.config, len(images), mesh.size)
   indices, _ = train.padded_batches(len(images), batch_size)
 
   @jax.jit
@@ -60,8 +58,7 @@ def encode(run: evaluate.TrainedRun, images: np.ndarray) -> np.ndarray:
                                                method='encode')
     return jax.lax.map(encode_batch, indices)
 
-  latents = encode_batches(run.variables, train.to_device(images, NamedSharding(mesh, P())),
-                           train.to_device(indices, NamedSharding(mesh, P(None, 'data'))))
+  latents = encode_batches(run.variables, *input_pipeline.device_feed(images, mesh)(indices))
   return np.asarray(latents).reshape(indices.size, -1)[:len(images)]
 
 

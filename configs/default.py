@@ -45,8 +45,14 @@ def get_config():
   config.data.test_split = 'test'  # '' when the data has no test split.
   # The validation set is this fraction of `train_split`, always the same examples.
   config.data.validation_fraction = 0.2
+  # Where the training data lives: 'device' (a copy on every device, batches gathered there),
+  # 'host' (batches gathered in host memory and sent over, for data too large for the devices),
+  # or 'auto': on the devices when it takes at most a quarter of their memory.
+  config.data.placement = 'auto'
 
   config.batch_size = 128
+  # Evaluation (validation every epoch, eval.sh, tsne.sh) batches: larger, as no gradients are kept.
+  config.eval_batch_size = 1000
   config.num_epochs = 10
   config.optimizer = 'adam'  # adam, adamw or sgd.
   config.learning_rate = 1e-3
@@ -55,8 +61,9 @@ def get_config():
   # 'jit': one program over a ('data',) mesh of all devices. 'pmap': the same train_step under
   # jax.pmap, with gradients, batch statistics and metrics averaged over the device axis.
   config.parallel = 'jit'
-  # Training steps run by one compiled call; the progress bar moves once per call.
-  config.steps_per_call = 25
+  # The most training steps one compiled call runs. Calls are sized to take about a second,
+  # so that the progress bar moves and Ctrl-C is answered that often.
+  config.steps_per_call = 100
   # Validation images shown in TensorBoard every epoch.
   config.num_summary_images = 8
   return config

@@ -57,8 +57,11 @@ def save_untrained(config, workdir):
   """A workdir holding the config and the checkpoint of an untrained model (step 0)."""
   from ae_jax import checkpoints, config_lib, models, train  # pylint: disable=g-import-not-at-top
   config_lib.prepare_workdir(config, workdir)
+  import functools, jax  # pylint: disable=g-import-not-at-top,g-multiple-import
   model = models.create_model(config.model, (28, 28, 1))
-  state = train.create_train_state(model, train.create_optimizer(config), config.seed)
+  state = jax.jit(functools.partial(train.create_train_state, model,
+                                    train.create_optimizer(config), config.seed),
+                  compiler_options=models.COMPILE_ONCE_OPTIONS)()
   with checkpoints.create_manager(workdir) as manager:
     checkpoints.save(manager, state)
   return workdir

@@ -8,7 +8,6 @@ from ae_jax import UserError
 from ae_jax import evaluate
 from conftest import run_module
 from conftest import save_untrained
-from conftest import small_config
 
 
 def test_evaluation_reports_losses_and_psnr_and_draws_the_figure(trained_ae, tmp_path):

@@ -12,7 +12,9 @@ from configs import cae
 
 def _init(config, image_shape):
   model = models.create_model(config.model, image_shape)
-  return model, models.init_variables(model, jax.random.PRNGKey(0))
+  init = jax.jit(models.init_variables, static_argnums=0,
+                 compiler_options=models.COMPILE_ONCE_OPTIONS)
+  return model, init(model, jax.random.PRNGKey(0))
 
 
 @pytest.mark.parametrize('name, config, num_params, latent_shape', [

@@ -3,7 +3,6 @@ import os
 import shutil
 
 import numpy as np
-import pytest
 
 from ae_jax import tsne
 from conftest import MNIST_SMALL

@@ -1,0 +1,344 @@
+"""ae_jax against the PyTorch original, stage by stage, on the same machine in one run.
+
+  pip install -e '.[bench]'          # PyTorch (CPU build: pip install torch==2.13.0)
+  python benchmarks/benchmark.py     # prints a table, writes benchmarks/results.json
+
+For each of AE, DAE, CAE and DCAE at batch 128 on MNIST-shaped data (Fashion-MNIST's 60,000
+real training images where Debian's dataset-fashion-mnist is installed, else random images),
+every measurement runs in a fresh process, ae_jax and PyTorch in alternation:
+
+  start-up        process start to the end of the first training step: imports, data, compile
+  train           steady-state training images per second
+  epoch           one epoch of 48,000 images plus validation on 12,000, as each trains it
+  eval            evaluation images per second over 10,000 test images: the MSE, as the
+                  original computes it (results.json also holds ae_jax's rate for all of
+                  evaluate.py's metrics: MSE, binary cross-entropy and PSNR)
+  t-SNE + figure  ae_jax's t-SNE of 10,000 latents and its figure, against scikit-learn's
+                  t-SNE alone (its defaults) on the same latents
+  peak memory     the process's peak resident memory (and the device's, on a GPU)
+
+The CAE trains at about a second a step on a CPU: its epoch is then estimated from the steady
+step time and a measured validation (marked "est."); --full_epochs measures it.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
+MODELS = ('AE', 'DAE', 'CAE', 'DCAE')
+BATCH = 128
+NUM_TRAIN = 48_000
+
+
+def prepare_data(folder: str) -> str:
+  """Writes 60,000 train and 10,000 test images as uncompressed IDX files in `folder`; returns
+  what they are."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  if os.path.exists(os.path.join(FASHION_MNIST, 'train-images-idx3-ubyte.gz')):
+    from ae_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    read = lambda name: input_pipeline.read_idx(os.path.join(FASHION_MNIST, name))
+    train, test, data = (read('train-images-idx3-ubyte.gz'), read('t10k-images-idx3-ubyte.gz'),
+                         'Fashion-MNIST (real)')
+  else:
+    rng = np.random.default_rng(0)
+    train, test, data = (rng.integers(0, 256, (60_000, 28, 28), np.uint8),
+                         rng.integers(0, 256, (10_000, 28, 28), np.uint8), 'random images')
+  for name, images in (('train', train), ('t10k', test)):
+    header = bytes([0, 0, 8, 3]) + b''.join(int(d).to_bytes(4, 'big') for d in images.shape)
+    with open(os.path.join(folder, f'{name}-images-idx3-ubyte'), 'wb') as f:
+      f.write(header + images.tobytes())
+  return data
+
+
+def read_images(folder: str, name: str):
+  """An uncompressed IDX file of images as (N, 28, 28, 1) uint8, with numpy alone."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  data = np.fromfile(os.path.join(folder, f'{name}-images-idx3-ubyte'), np.uint8)
+  shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i].tobytes(), 'big') for i in range(3)]
+  return data[16:].reshape(*shape, 1)
+
+
+def peak_memory_mib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def is_slow(model: str, platform_name: str) -> bool:
+  return 'CAE' in model and platform_name == 'cpu'
+
+
+# --- ae_jax -------------------------------------------------------------------------------
+
+def jax_child(model: str, folder: str, launched: float, full_epochs: bool) -> dict:
+  sys.path.insert(0, ROOT)
+  import importlib  # pylint: disable=g-import-not-at-top
+  from ae_jax import metric_writers, train  # pylint: disable=g-import-not-at-top,g-multiple-import
+
+  config = importlib.import_module(f'configs.{model.lower()}').get_config()
+  config.data.source, config.data.path = 'idx', folder
+  workdir = tempfile.mkdtemp()
+
+  # Start-up: the program's own train_and_evaluate, until its first call (one step) returns.
+  class FirstStep(Exception):
+    pass
+
+  original = metric_writers.RunLog.train_losses
+
+  def first_step(self, first, losses):
+    raise FirstStep()
+
+  metric_writers.RunLog.train_losses = first_step
+  try:
+    train.train_and_evaluate(config, os.path.join(workdir, 'startup'))
+  except FirstStep:
+    startup_s = time.time() - launched
+  metric_writers.RunLog.train_losses = original
+
+  import functools  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from ae_jax import input_pipeline, models, plots, tsne  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from sklearn import manifold  # pylint: disable=g-import-not-at-top
+  test_images = read_images(folder, 't10k')
+  result = {'startup_s': startup_s, 'device': jax.devices()[0].device_kind,
+            'platform': jax.devices()[0].platform}
+
+  # Steady-state training, with the program's own compiled update.
+  splits = input_pipeline.load_splits(config.data)
+  mesh = train.create_mesh()
+  model_def = models.create_model(config.model, splits['train'].images.shape[1:])
+  tx = train.create_optimizer(config)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  state = jax.jit(functools.partial(train.create_train_state, model_def, tx, config.seed),
+                  out_shardings=replicated)()
+  update = train.make_update(config, splits['train'].images.shape[1:], tx, mesh,
+                             splits['train'].images, 'device')
+  slow = is_slow(model, result['platform'])
+  steps = 4 if slow else 100
+  rows = np.arange(steps * BATCH, dtype=np.int32).reshape(steps, BATCH)
+  run = update.run
+  state, losses = run(state, *update.feed(rows), steps)
+  np.asarray(losses)
+  start = time.perf_counter()
+  state, losses = run(state, *update.feed(rows), steps)
+  np.asarray(losses)
+  result['train_images_per_s'] = steps * BATCH / (time.perf_counter() - start)
+
+  # Evaluation: the MSE over a split, as the original evaluates (and as validation runs), and
+  # everything that evaluate.py reports (MSE, binary cross-entropy and PSNR).
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+
+  def evaluate(images, metrics):
+    eval_fn = train.make_eval_fn(model_def, config, mesh, metrics=metrics)
+    feed = train.make_feed(images, mesh, 'device')
+    batch_size = train.eval_batch_size(config, len(images), mesh.size)
+    train.evaluate_split(eval_fn, variables, feed, len(images), batch_size, mesh)  # compiles
+    start = time.perf_counter()
+    train.evaluate_split(eval_fn, variables, feed, len(images), batch_size, mesh)
+    return time.perf_counter() - start
+
+  validation_s = evaluate(splits['validation'].images, ('mse',))
+  result['eval_images_per_s'] = len(test_images) / evaluate(test_images, ('mse',))
+  result['eval_all_metrics_images_per_s'] = len(test_images) / evaluate(test_images,
+                                                                        tuple(train.METRICS))
+
+  # An epoch: the program's own loop (checkpoint, metrics, figures included), or an estimate.
+  if slow and not full_epochs:
+    result['epoch_s'] = NUM_TRAIN / result['train_images_per_s'] + validation_s
+    result['epoch_estimated'] = True
+  else:
+    config.num_epochs = 2
+    epochs_dir = os.path.join(workdir, 'epochs')
+    train.train_and_evaluate(config, epochs_dir)
+    rows_ = metric_writers.read_metrics(os.path.join(epochs_dir, 'metrics.jsonl'))
+    result['epoch_s'] = rows_[-1]['seconds']  # the second epoch: nothing left to compile
+
+  # Peak memory of training and evaluation, as PyTorch's is measured (no t-SNE).
+  result['peak_memory_mib'] = peak_memory_mib()
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    result['device_peak_memory_mib'] = stats['peak_bytes_in_use'] / 2**20
+
+  # t-SNE of 10,000 test latents: ae_jax (t-SNE and figure) against scikit-learn alone.
+  run_ = train_run(config, model_def, variables, mesh, splits)
+  latents = tsne.encode(run_, test_images)
+  if latents.shape[1] > tsne.PCA_DIMS:
+    from sklearn import decomposition  # pylint: disable=g-import-not-at-top
+    latents = decomposition.PCA(tsne.PCA_DIMS, random_state=0).fit_transform(latents)
+  start = time.perf_counter()
+  embedding = tsne.embed(latents, 30.0, tsne.ANGLE, 0)
+  plots.tsne_map(embedding, test_images, None, None, os.path.join(workdir, 'tsne.png'), model)
+  result['tsne_s'] = time.perf_counter() - start
+  start = time.perf_counter()
+  manifold.TSNE(2, random_state=0).fit_transform(latents)
+  result['sklearn_tsne_s'] = time.perf_counter() - start
+  return result
+
+
+def train_run(config, model, variables, mesh, splits):
+  """What tsne.encode takes, for a model that was not restored from a workdir."""
+  from ae_jax import evaluate  # pylint: disable=g-import-not-at-top
+  return evaluate.TrainedRun(config, model, variables, 0, None, None, None, splits, mesh)
+
+
+# --- PyTorch ------------------------------------------------------------------------------
+
+def torch_child(model: str, folder: str, launched: float, full_epochs: bool) -> dict:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import torch_reference as ref  # pylint: disable=g-import-not-at-top
+
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+  to_tensor = lambda a: torch.from_numpy(a.transpose(0, 3, 1, 2).astype(np.float32) / 255.0).to(
+      device)
+  images = to_tensor(read_images(folder, 'train'))
+  train_set, validation = images[:NUM_TRAIN], images[NUM_TRAIN:]
+  noise_std = 0.1 if model.startswith('D') else 0.0
+  torch.manual_seed(0)
+  net = ref.create(model[1:] if model.startswith('D') else model).to(device)
+  optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+  order = np.random.default_rng(0).permutation(NUM_TRAIN)
+  ref.train_steps(net, optimizer, train_set, order[:BATCH], BATCH, noise_std)
+  sync()
+  result = {'device': device, 'startup_s': time.time() - launched,
+            'torch': torch.__version__, 'threads': torch.get_num_threads()}
+  test = to_tensor(read_images(folder, 't10k'))
+
+  slow = is_slow(model, 'gpu' if device == 'cuda' else 'cpu')
+  steps = 4 if slow else 100
+  start = time.perf_counter()
+  ref.train_steps(net, optimizer, train_set, order[:steps * BATCH], BATCH, noise_std)
+  sync()
+  result['train_images_per_s'] = steps * BATCH / (time.perf_counter() - start)
+
+  start = time.perf_counter()
+  ref.evaluate(net, validation, BATCH)
+  sync()
+  validation_s = time.perf_counter() - start
+  start = time.perf_counter()
+  ref.evaluate(net, test, BATCH)
+  sync()
+  result['eval_images_per_s'] = len(test) / (time.perf_counter() - start)
+
+  if slow and not full_epochs:
+    result['epoch_s'] = NUM_TRAIN / result['train_images_per_s'] + validation_s
+    result['epoch_estimated'] = True
+  else:
+    start = time.perf_counter()
+    ref.train_steps(net, optimizer, train_set, order, BATCH, noise_std)
+    ref.evaluate(net, validation, BATCH)
+    sync()
+    result['epoch_s'] = time.perf_counter() - start
+  result['peak_memory_mib'] = peak_memory_mib()
+  if device == 'cuda':
+    result['device_peak_memory_mib'] = torch.cuda.max_memory_allocated() / 2**20
+  return result
+
+
+# --- the run ------------------------------------------------------------------------------
+
+def measure(framework: str, model: str, folder: str, full_epochs: bool) -> dict:
+  out = tempfile.mktemp(suffix='.json')
+  args = [sys.executable, os.path.abspath(__file__), f'--child={framework}', f'--model={model}',
+          f'--data={folder}', f'--launched={time.time()}', f'--out={out}'] + (
+              ['--full_epochs'] if full_epochs else [])
+  done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+  if done.returncode != 0:
+    raise RuntimeError(f'{framework} {model} failed:\n{done.stderr[-3000:]}')
+  with open(out) as f:
+    return json.load(f)
+
+
+ROWS = [  # key, label, unit, higher is better
+    ('startup_s', 'start-up to first step', 's', False),
+    ('train_images_per_s', 'train (steady)', 'images/s', True),
+    ('epoch_s', 'epoch: 48,000 + validation', 's', False),
+    ('eval_images_per_s', 'eval: MSE of 10,000 test images', 'images/s', True),
+    ('peak_memory_mib', 'peak host memory', 'MiB', False),
+]
+
+
+def best(results: list[dict], key: str, higher: bool):
+  values = [r[key] for r in results if key in r]
+  return (max if higher else min)(values) if values else None
+
+
+def table(by_model: dict) -> str:
+  lines = ['| model | measure | ae_jax | PyTorch | ae_jax / PyTorch |',
+           '| --- | --- | ---: | ---: | ---: |']
+  fmt = lambda v, unit: '-' if v is None else (f'{v:,.0f} {unit}' if v >= 100 else
+                                              f'{v:.2f} {unit}')
+  for model, (jax_runs, torch_runs) in by_model.items():
+    for key, label, unit, higher in ROWS:
+      ours, theirs = best(jax_runs, key, higher), best(torch_runs, key, higher)
+      note = ' (est.)' if key == 'epoch_s' and jax_runs[0].get('epoch_estimated') else ''
+      ratio = f'{ours / theirs:.2f}' if ours and theirs else '-'
+      lines.append(f'| {model} | {label}{note} | {fmt(ours, unit)} | {fmt(theirs, unit)} | '
+                   f'{ratio} |')
+    ours, sklearn = best(jax_runs, 'tsne_s', False), best(jax_runs, 'sklearn_tsne_s', False)
+    lines.append(f'| {model} | t-SNE of 10,000 latents + figure (vs scikit-learn t-SNE alone) | '
+                 f'{fmt(ours, "s")} | {fmt(sklearn, "s")} | {ours / sklearn:.2f} |')
+  return '\n'.join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--models', default=','.join(MODELS))
+  parser.add_argument('--repeats', type=int, default=2,
+                      help='alternating ae_jax / PyTorch measurements per model; best counts')
+  parser.add_argument('--full_epochs', action='store_true',
+                      help='measure the CAE epoch on a CPU instead of estimating it')
+  parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'results.json'))
+  parser.add_argument('--child', help=argparse.SUPPRESS)
+  parser.add_argument('--model', help=argparse.SUPPRESS)
+  parser.add_argument('--launched', type=float, help=argparse.SUPPRESS)
+  parser.add_argument('--data', help=argparse.SUPPRESS)
+  args = parser.parse_args()
+
+  if args.child:
+    child = jax_child if args.child == 'jax' else torch_child
+    with open(args.out, 'w') as f:
+      json.dump(child(args.model, args.data, args.launched, args.full_epochs), f)
+    return
+
+  folder = tempfile.mkdtemp()
+  data = prepare_data(folder)
+  by_model = {}
+  for model in args.models.split(','):
+    jax_runs, torch_runs = [], []
+    for repeat in range(args.repeats):
+      for framework, runs in (('jax', jax_runs), ('torch', torch_runs)):
+        print(f'{model}: {framework} run {repeat + 1}/{args.repeats} ...', file=sys.stderr,
+              flush=True)
+        runs.append(measure(framework, model, folder, args.full_epochs))
+    by_model[model] = (jax_runs, torch_runs)
+
+  commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+  first = next(iter(by_model.values()))
+  header = (f'{datetime.date.today().isoformat()}, commit {commit}, '
+            f'{platform.processor() or platform.machine()} with {os.cpu_count()} cores, '
+            f'ae_jax on {first[0][0]["device"]}, PyTorch {first[1][0]["torch"]} on '
+            f'{first[1][0]["device"]} with {first[1][0]["threads"]} threads; data: {data}; '
+            f'batch {BATCH}; best of {args.repeats} alternating runs')
+  report = header + '\n\n' + table(by_model)
+  print(report)
+  with open(args.out, 'w') as f:
+    json.dump({'header': header, 'table': table(by_model),
+               'runs': {m: {'ae_jax': j, 'pytorch': t} for m, (j, t) in by_model.items()}},
+              f, indent=2)
+  print(f'\nwrote {args.out}', file=sys.stderr)
+
+
+if __name__ == '__main__':
+  main()
