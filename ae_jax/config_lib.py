@@ -6,6 +6,7 @@ import os
 import ml_collections
 
 from ae_jax import UserError
+from ae_jax import input_pipeline
 from ae_jax import models
 
 
@@ -50,6 +51,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise UserError(f'config.model.features={tuple(config.model.features)} must be four '
                       'positive channel counts, e.g. (32, 64, 128, 256)')
   _one_of(config.data.placement, ('auto', 'device', 'host'), 'config.data.placement')
+  _one_of(config.data.source, tuple(input_pipeline.READERS), 'config.data.source')
+  if config.data.image_size is not None and config.data.image_size < 1:
+    raise UserError(f'config.data.image_size={config.data.image_size} must be at least 1')
   if not 0 < config.data.validation_fraction < 1:
     raise UserError(f'config.data.validation_fraction={config.data.validation_fraction} '
                     'must be between 0 and 1 (exclusive)')

@@ -5,6 +5,8 @@ Every source gives the splits 'train' and 'validation', and 'test' where the dat
 Each split is read once into host memory.
 """
 
+from concurrent import futures
+import difflib
 import gzip
 import os
 import re
@@ -31,19 +33,63 @@ class Split(NamedTuple):
 
 
 def load_splits(data_config) -> dict[str, Split]:
-  """Reads the data that `data_config` names: {'train', 'validation'[, 'test']} -> Split."""
-  readers = {'tfds': read_tfds, 'idx': read_idx_folder}
-  if data_config.source not in readers:
+  """Reads the data that `data_config` names: {'train', 'validation'[, 'test']} -> Split.
+
+  The validation split is the source's own where it has one, else config.data.
+  validation_fraction of the train split; the test split is there only where the data has one.
+  """
+  if data_config.source not in READERS:
     raise UserError(f'config.data.source={data_config.source!r} is not one of: '
-                    f'{", ".join(readers)}')
-  names = [data_config.train_split] + ([data_config.test_split] if data_config.test_split else [])
-  raw = readers[data_config.source](data_config, names)
-  train, validation = split_validation(raw[data_config.train_split],
-                                       data_config.validation_fraction)
-  splits = {'train': train, 'validation': validation}
+                    f'{", ".join(READERS)}')
+  wanted = {'train': data_config.train_split}
   if data_config.test_split:
-    splits['test'] = raw[data_config.test_split]
+    wanted['test'] = data_config.test_split
+  raw = READERS[data_config.source](data_config, wanted)
+  raw = {role: finish(split, data_config, f'the {role} images') for role, split in raw.items()}
+  shapes = {role: split.images.shape[1:] for role, split in raw.items()}
+  if len(set(shapes.values())) > 1:
+    raise UserError(f'the splits have images of different shapes ({shapes}): set '
+                    '--config.data.image_size=N (and --config.data.grayscale=true) to make them '
+                    'alike')
+  if 'validation' in raw:
+    train, validation = raw['train'], raw['validation']
+  else:
+    train, validation = split_validation(raw['train'], data_config.validation_fraction)
+  splits = {'train': train, 'validation': validation}
+  if 'test' in raw:
+    splits['test'] = raw['test']
   return splits
+
+
+def finish(split: Split, data_config, where: str) -> Split:
+  """Grayscale and resizing as the config asks; checks that the images have 1 or 3 channels."""
+  images = split.images
+  if images.shape[-1] not in (1, 3):
+    raise UserError(f'{where} have {images.shape[-1]} channels: ae_jax takes 1 (grayscale) or '
+                    '3 (colour)')
+  if data_config.grayscale and images.shape[-1] == 3:
+    images = to_grayscale(images)
+  size = data_config.image_size
+  if size and images.shape[1:3] != (size, size):
+    images = resize(images, size)
+  return split._replace(images=images)
+
+
+def to_grayscale(images: np.ndarray) -> np.ndarray:
+  """ITU-R 601-2 luma, as PIL's convert('L') (the original's convert2grayscale)."""
+  luma = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+  return np.round(luma).astype(np.uint8)[..., None]
+
+
+def resize(images: np.ndarray, size: int) -> np.ndarray:
+  """(N, H, W, C) uint8 -> (N, size, size, C), with PIL's antialiased bilinear filter."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  out = np.empty((len(images), size, size, images.shape[-1]), np.uint8)
+  for i, image in enumerate(images):
+    pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    resized = np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR))
+    out[i] = resized.reshape(size, size, -1)
+  return out
 
 
 def split_validation(split: Split, fraction: float) -> tuple[Split, Split]:
@@ -121,19 +167,26 @@ def _find(folder, stem):
   return None
 
 
-def read_idx_folder(data_config, split_names) -> dict[str, Split]:
+def _folder(data_config, what: str) -> str:
   folder = data_config.path
   if not folder or not os.path.isdir(folder):
     raise UserError(f'config.data.path={folder!r} is not a folder: with config.data.source='
-                    "'idx' it must name a folder of MNIST-format IDX files")
+                    f'{data_config.source!r} it must name a folder of {what}')
+  return folder
+
+
+def read_idx_folder(data_config, wanted) -> dict[str, Split]:
+  folder = _folder(data_config, 'MNIST-format IDX files')
   splits = {}
-  for spec in split_names:
+  for role, spec in wanted.items():
     name = parse_split(spec)[0]
     if name not in IDX_FILES:
       raise UserError(f'IDX files have the splits {" and ".join(IDX_FILES)}, not {name!r}: '
                       'set config.data.train_split / config.data.test_split to one of them')
     images_stem, labels_stem = IDX_FILES[name]
     images_path = _find(folder, images_stem)
+    if images_path is None and role != 'train':
+      continue  # no test split in this folder
     if images_path is None:
       present = [s for s in IDX_FILES if _find(folder, IDX_FILES[s][0])]
       hint = (f'; the folder has the {present[0]!r} split: --config.data.train_split='
@@ -149,7 +202,7 @@ def read_idx_folder(data_config, split_names) -> dict[str, Split]:
       if labels.shape != images.shape[:1]:
         raise UserError(f'{labels_path} has {len(labels)} labels for {len(images)} images in '
                         f'{images_path}')
-    splits[spec] = take_slice(Split(images[..., None], labels), spec)
+    splits[role] = take_slice(Split(images[..., None], labels), spec)
   return splits
 
 
@@ -199,30 +252,250 @@ def _check_can_prepare(builder, data_config) -> None:
       f'checksums) in a folder and pass --config.data.manual_dir=FOLDER.{idx_hint}')
 
 
-def read_tfds(data_config, split_names) -> dict[str, Split]:
+def _tfds_builder(tfds, data_config):
+  try:
+    return tfds.builder(data_config.name, data_dir=data_config.data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    close = difflib.get_close_matches(data_config.name, tfds.list_builders(), n=5, cutoff=0.6)
+    hint = f'; the closest names are: {", ".join(close)}' if close else ''
+    raise UserError(f'tensorflow-datasets has no dataset {data_config.name!r} '
+                    f'(config.data.name){hint}') from None
+
+
+def read_tfds(data_config, wanted) -> dict[str, Split]:
   # TensorFlow takes seconds to import and logs a lot: only this source needs it.
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')  # so that TF takes no GPU memory from JAX
 
-  builder = tfds.builder(data_config.name, data_dir=data_config.data_dir)
+  builder = _tfds_builder(tfds, data_config)
+  features = builder.info.features
+  image_keys = [k for k, f in features.items() if isinstance(f, tfds.features.Image)]
+  if not image_keys:
+    raise UserError(f'the tfds dataset {data_config.name!r} has no image feature '
+                    f'(its features: {", ".join(features)})')
+  image_key = 'image' if 'image' in image_keys else image_keys[0]
+  label_key = 'label' if 'label' in features and isinstance(
+      features['label'], tfds.features.ClassLabel) else None
+  height, width = features[image_key].shape[:2]
+  size = data_config.image_size
+  if None in (height, width) and not size:
+    raise UserError(f'the images of {data_config.name!r} differ in size: choose one with '
+                    '--config.data.image_size=N (e.g. 64)')
   if not builder.is_prepared():
     _check_can_prepare(builder, data_config)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=data_config.manual_dir))
-  image_key, label_key = 'image', 'label'
-  label_names = tuple(builder.info.features[label_key].names)
+  available = set(builder.info.splits)
+  wanted = dict(wanted)
+  if 'validation' in available and parse_split(wanted['train'])[0] != 'validation':
+    wanted['validation'] = 'validation'
+  label_names = tuple(features[label_key].names) if label_key else None
+
+  def decode(example):
+    image = example[image_key]
+    if size and (height, width) != (size, size):
+      image = tf.cast(tf.round(tf.clip_by_value(
+          tf.image.resize(image, (size, size), antialias=True), 0, 255)), tf.uint8)
+    return image, example[label_key] if label_key else 0
+
   splits = {}
-  for name in split_names:
-    ds = builder.as_dataset(split=name, shuffle_files=False).batch(4096)
+  for role, spec in wanted.items():
+    if available and parse_split(spec)[0] not in available:
+      if role == 'train':
+        raise UserError(f'the tfds dataset {data_config.name!r} has no split {spec!r}: it has '
+                        f'{", ".join(sorted(available))} (config.data.train_split)')
+      continue
+    ds = builder.as_dataset(split=spec, shuffle_files=False).map(decode).batch(4096)
     images, labels = [], []
-    for batch in tfds.as_numpy(ds):
-      images.append(batch[image_key])
-      labels.append(batch[label_key])
-    splits[name] = Split(np.concatenate(images), np.concatenate(labels).astype(np.int32),
+    for image_batch, label_batch in tfds.as_numpy(ds):
+      images.append(image_batch)
+      labels.append(label_batch)
+    splits[role] = Split(np.concatenate(images),
+                         np.concatenate(labels).astype(np.int32) if label_key else None,
                          label_names)
   return splits
+
+
+# --- A folder of image files ----------------------------------------------------------------
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp')
+FOLDER_SPLITS = ('train', 'validation', 'test')
+
+
+def _is_image(path: str) -> bool:
+  return os.path.isfile(path) and path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _decode(path: str, size):
+  """One image file -> uint8 (H, W, 1 or 3)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as image:
+      image.load()  # a truncated file fails here, not later
+      grey = image.mode in ('1', 'L', 'LA', 'I', 'I;16', 'F')
+      if image.mode in ('I', 'I;16', 'F'):  # 16-bit and float grayscale: to 8 bits
+        array = np.asarray(image, np.float32)
+        image = Image.fromarray(np.uint8(np.clip(array / max(array.max(), 1) * 255, 0, 255)))
+      image = image.convert('L' if grey else 'RGB')
+      if size and image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+      array = np.asarray(image)
+  except (OSError, ValueError, SyntaxError) as e:
+    raise UserError(f'cannot read the image {path}: {e}. Delete or replace the file') from None
+  return array[..., None] if array.ndim == 2 else array
+
+
+def read_images(paths: list[str], size) -> np.ndarray:
+  """Decodes image files (in parallel threads: PIL releases the GIL) to (N, H, W, C) uint8."""
+  with futures.ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+    images = list(pool.map(lambda p: _decode(p, size), paths))
+  if any(image.shape[-1] == 3 for image in images):  # a colour image makes every image colour
+    images = [np.repeat(image, 3, -1) if image.shape[-1] == 1 else image for image in images]
+  shapes = {}
+  for path, image in zip(paths, images):
+    shapes.setdefault(image.shape[:2], path)
+  if len(shapes) > 1:
+    (a, path_a), (b, path_b) = list(shapes.items())[:2]
+    raise UserError(f'the images differ in size ({path_a} is {a[1]}x{a[0]}, {path_b} is '
+                    f'{b[1]}x{b[0]}): choose one with --config.data.image_size=N')
+  return np.stack(images)
+
+
+def _read_image_folder(folder: str, size, class_names=None) -> Split:
+  """A flat folder of images (no labels), or one subfolder of images per class."""
+  entries = sorted(os.listdir(folder))
+  files = [os.path.join(folder, e) for e in entries if _is_image(os.path.join(folder, e))]
+  subfolders = [e for e in entries if os.path.isdir(os.path.join(folder, e))
+                and any(_is_image(os.path.join(folder, e, f))
+                        for f in os.listdir(os.path.join(folder, e)))]
+  if files and subfolders:
+    raise UserError(f'{folder} holds both image files and class folders ({subfolders[0]}/): put '
+                    'every image in a class folder, or none')
+  if not files and not subfolders:
+    raise UserError(f'{folder} holds no image files ({", ".join(IMAGE_EXTENSIONS)}), and no '
+                    'folders of them')
+  if files:
+    return Split(read_images(files, size), None)
+  class_names = class_names or subfolders
+  unknown = [c for c in subfolders if c not in class_names]
+  if unknown:
+    raise UserError(f'{folder} has classes that the train split lacks: {", ".join(unknown)}')
+  paths, labels = [], []
+  for c in subfolders:
+    class_files = [os.path.join(folder, c, f) for f in sorted(os.listdir(os.path.join(folder, c)))]
+    class_files = [p for p in class_files if _is_image(p)]
+    paths += class_files
+    labels += [class_names.index(c)] * len(class_files)
+  return Split(read_images(paths, size), np.array(labels, np.int32), tuple(class_names))
+
+
+def read_image_folder(data_config, wanted) -> dict[str, Split]:
+  """path/ with images (flat or per class), or with train/, validation/, test/ subfolders."""
+  root = _folder(data_config, 'image files')
+  have = [s for s in FOLDER_SPLITS if os.path.isdir(os.path.join(root, s))]
+  size = data_config.image_size
+  if not have:
+    splits = {'train': _read_image_folder(root, size)}
+  elif 'train' not in have:
+    raise UserError(f'{root} has {", ".join(have)}/ but no train/ folder')
+  else:
+    splits = {'train': _read_image_folder(os.path.join(root, 'train'), size)}
+    names = splits['train'].label_names
+    for s in have[1:]:
+      splits[s] = _read_image_folder(os.path.join(root, s), size, names)
+  return _choose(splits, wanted, root)
+
+
+def _choose(splits: dict[str, Split], wanted, where) -> dict[str, Split]:
+  """The splits that `wanted` names (sliced), plus the source's own validation split."""
+  chosen = {}
+  for role, spec in wanted.items():
+    name = parse_split(spec)[0]
+    if name in splits:
+      chosen[role] = take_slice(splits[name], spec)
+    elif role == 'train':
+      raise UserError(f'{where} has no {name!r} split (config.data.train_split); it has '
+                      f'{", ".join(splits)}')
+  if 'validation' in splits and parse_split(wanted['train'])[0] != 'validation':
+    chosen['validation'] = splits['validation']
+  return chosen
+
+
+# --- Arrays ---------------------------------------------------------------------------------
+
+def _check_images(images, where: str) -> np.ndarray:
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise UserError(f'{where} has shape {images.shape}: images must be (N, H, W) or '
+                    '(N, H, W, C) with C = 1 or 3')
+  if images.dtype == np.uint8:
+    return images
+  if np.issubdtype(images.dtype, np.floating) and images.size and (
+      images.min() >= 0 and images.max() <= 1):
+    return np.round(images * 255).astype(np.uint8)
+  if np.issubdtype(images.dtype, np.integer) and images.size and (
+      images.min() >= 0 and images.max() <= 255):
+    return images.astype(np.uint8)
+  raise UserError(f'{where} holds {images.dtype} values in [{images.min()}, {images.max()}]: '
+                  'give uint8 (0-255) or floats in [0, 1]')
+
+
+def _check_labels(labels, num_images: int, where: str) -> np.ndarray:
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or (
+      labels.size and labels.min() < 0):
+    raise UserError(f'{where} must be a vector of class numbers 0, 1, ..., not '
+                    f'{labels.dtype} of shape {labels.shape}')
+  if len(labels) != num_images:
+    raise UserError(f'{where} has {len(labels)} labels for {num_images} images')
+  return labels.astype(np.int32)
+
+
+def read_arrays(data_config, wanted) -> dict[str, Split]:
+  """A .npy of images, or a .npz with `images` [and `labels`], or with train_images,
+  validation_images, test_images [and train_labels, ...]; `label_names` optional."""
+  path = data_config.path
+  if not path or not os.path.isfile(path):
+    raise UserError(f'config.data.path={path!r} is not a file: with config.data.source='
+                    "'arrays' it must name a .npy or .npz file of images")
+  try:
+    data = np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError) as e:
+    raise UserError(f'cannot read {path} as a NumPy .npy or .npz file: {e}') from None
+  if isinstance(data, np.ndarray):
+    return _choose({'train': Split(_check_images(data, path), None)}, wanted, path)
+  keys = set(data.files)
+  names = tuple(str(n) for n in data['label_names']) if 'label_names' in keys else None
+  prefixes = [''] if 'images' in keys else [f'{s}_' for s in FOLDER_SPLITS
+                                            if f'{s}_images' in keys]
+  if not prefixes:
+    raise UserError(f'{path} has the arrays {", ".join(sorted(keys))}: name the images '
+                    "'images' (and 'labels'), or 'train_images', 'test_images', ... ")
+  splits = {}
+  for prefix in prefixes:
+    images = _check_images(data[f'{prefix}images'], f'{path}[{prefix}images]')
+    labels = None
+    if f'{prefix}labels' in keys:
+      labels = _check_labels(data[f'{prefix}labels'], len(images), f'{path}[{prefix}labels]')
+    splits[prefix.rstrip('_') or 'train'] = Split(images, labels, names)
+  return _choose(splits, wanted, path)
+
+
+# --- scikit-learn's digits ------------------------------------------------------------------
+
+def read_digits(data_config, wanted) -> dict[str, Split]:
+  """scikit-learn's 1,797 bundled 8x8 handwritten digits (values 0-16): real, and offline."""
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  digits = datasets.load_digits()
+  images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]
+  split = Split(images, digits.target.astype(np.int32), tuple(str(d) for d in range(10)))
+  return _choose({'train': split}, wanted, "scikit-learn's digits")
+
+
+READERS = {'tfds': read_tfds, 'idx': read_idx_folder, 'folder': read_image_folder,
+           'arrays': read_arrays, 'digits': read_digits}
 
 
 # --- Feeding the compiled loops -------------------------------------------------------------

@@ -32,8 +32,12 @@ def get_config():
   config.noise.std = 0.0
 
   config.data = ml_collections.ConfigDict()
-  # 'tfds' reads the tensorflow-datasets dataset `name`; 'idx' reads MNIST-format IDX files
-  # (train-images-idx3-ubyte[.gz] and friends) from the folder `path`.
+  # Where the images come from (README, "Your own data"):
+  #   'tfds'    the tensorflow-datasets image dataset `name` (mnist, fashion_mnist, cifar10, ...);
+  #   'idx'     MNIST-format IDX files (train-images-idx3-ubyte[.gz] and friends) in `path`;
+  #   'folder'  image files in `path`: flat, one subfolder per class, and/or train/ test/ ...;
+  #   'arrays'  a .npy / .npz file `path` of images (and labels);
+  #   'digits'  scikit-learn's 1,797 bundled 8x8 digits: no network, no files.
   config.data.source = 'tfds'
   config.data.name = 'mnist'
   config.data.path = config_dict.placeholder(str)
@@ -42,9 +46,11 @@ def get_config():
   # files), so that tfds needs no network.
   config.data.manual_dir = config_dict.placeholder(str)
   config.data.train_split = 'train'
-  config.data.test_split = 'test'  # '' when the data has no test split.
-  # The validation set is this fraction of `train_split`, always the same examples.
+  config.data.test_split = 'test'  # used where the data has it; '' for none.
+  # Where the data has no validation split: this fraction of `train_split`, always the same images.
   config.data.validation_fraction = 0.2
+  config.data.grayscale = False  # colour images to one channel
+  config.data.image_size = config_dict.placeholder(int)  # resize every image to N x N
   # Where the training data lives: 'device' (a copy on every device, batches gathered there),
   # 'host' (batches gathered in host memory and sent over, for data too large for the devices),
   # or 'auto': on the devices when it takes at most a quarter of their memory.

@@ -1,0 +1,227 @@
+"""Every data source trains, evaluates and maps its latents; bad data gets a clear message."""
+
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow_datasets as tfds
+
+from ae_jax import UserError
+from ae_jax import evaluate
+from ae_jax import input_pipeline
+from ae_jax import metric_writers
+from ae_jax import train
+from ae_jax import tsne
+from conftest import MNIST_SMALL
+from configs import default
+
+DIGITS = input_pipeline.read_idx(os.path.join(MNIST_SMALL, 'train-images-idx3-ubyte.gz'))
+LABELS = input_pipeline.read_idx(os.path.join(MNIST_SMALL, 'train-labels-idx1-ubyte.gz'))
+
+
+def _config(source, path=None, model='AE', **data):
+  config = default.get_config()
+  config.model.name = model
+  config.model.features = (4, 8, 8, 16)
+  config.data.source = source
+  config.data.path = path
+  config.data.update(data)
+  config.batch_size = 16
+  config.num_epochs = 1
+  config.steps_per_call = 4
+  return config
+
+
+def _colour(images):
+  """Real digits in colour: red strokes on a blue-ish ground."""
+  return np.stack([images, images // 3, 255 - images], -1).astype(np.uint8)
+
+
+def _write_pngs(folder, images, names=None):
+  os.makedirs(folder, exist_ok=True)
+  for i, image in enumerate(images):
+    Image.fromarray(image.squeeze()).save(os.path.join(folder, f'{(names or {}).get(i, i)}.png'))
+
+
+def _train_evaluate_map(config, workdir, split='validation'):
+  """A real (short) training run, then evaluation and t-SNE of it."""
+  train.train_and_evaluate(config, workdir)
+  [row] = metric_writers.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+  assert np.isfinite(row['val_loss'])
+  report = evaluate.main(workdir, config, 'latest', split, num_examples=3)
+  numbers = tsne.main(workdir, config, 'latest', split, num_points=40, num_train_points=60,
+                      perplexity=5.0, seed=0)
+  return report, numbers
+
+
+@pytest.mark.parametrize('layout', ['classes', 'flat', 'split_folders'])
+@pytest.mark.parametrize('colour', [False, True])
+def test_a_folder_of_images(tmp_path, layout, colour):
+  images = _colour(DIGITS[:96]) if colour else DIGITS[:96]
+  labels = LABELS[:96]
+  root = tmp_path / 'images'
+  if layout == 'classes':
+    for c in range(10):
+      _write_pngs(root / f'digit_{c}', images[labels == c])
+  elif layout == 'flat':
+    _write_pngs(root, images)
+  else:  # train/ and test/, each with class folders
+    for split, part in (('train', slice(0, 80)), ('test', slice(80, 96))):
+      for c in range(10):
+        _write_pngs(root / split / f'digit_{c}', images[part][labels[part] == c])
+  config = _config('folder', str(root), model='CAE' if colour else 'AE')
+  splits = input_pipeline.load_splits(config.data)
+  assert splits['train'].images.shape[1:] == ((28, 28, 3) if colour else (28, 28, 1))
+  if layout == 'flat':
+    assert splits['train'].labels is None and 'test' not in splits
+  else:
+    assert splits['train'].label_names[:2] == ('digit_0', 'digit_1')
+  assert ('test' in splits) == (layout == 'split_folders')
+  report, numbers = _train_evaluate_map(
+      config, str(tmp_path / 'run'), split='test' if layout == 'split_folders' else 'validation')
+  assert report['clean']['psnr'] > 0
+  assert ('knn_accuracy' in numbers) == (layout != 'flat')
+
+
+def test_colour_folder_to_grayscale_and_resized(tmp_path):
+  _write_pngs(tmp_path / 'images', _colour(DIGITS[:40]))
+  config = _config('folder', str(tmp_path / 'images'), grayscale=True, image_size=16)
+  splits = input_pipeline.load_splits(config.data)
+  assert splits['train'].images.shape[1:] == (16, 16, 1)
+
+
+def test_images_of_different_sizes_need_image_size(tmp_path):
+  _write_pngs(tmp_path / 'images', DIGITS[:5])
+  Image.fromarray(DIGITS[5][:20, :24]).save(tmp_path / 'images' / 'odd.png')
+  config = _config('folder', str(tmp_path / 'images'))
+  with pytest.raises(UserError, match=r'differ in size .*odd.png is 24x20.*image_size=N'):
+    input_pipeline.load_splits(config.data)
+  config.data.image_size = 28
+  assert input_pipeline.load_splits(config.data)['train'].images.shape[1:] == (28, 28, 1)
+
+
+def test_bad_folders_name_the_file_and_the_fix(tmp_path):
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(UserError, match='empty holds no image files'):
+    input_pipeline.load_splits(_config('folder', str(tmp_path / 'empty')).data)
+  _write_pngs(tmp_path / 'broken', DIGITS[:3])
+  with open(tmp_path / 'broken' / '1.png', 'rb') as f:
+    data = f.read()
+  with open(tmp_path / 'broken' / '1.png', 'wb') as f:
+    f.write(data[:len(data) // 2])  # a truncated file
+  with pytest.raises(UserError, match=r'cannot read the image .*broken/1.png.*Delete or replace'):
+    input_pipeline.load_splits(_config('folder', str(tmp_path / 'broken')).data)
+  (tmp_path / 'broken' / '1.png').write_bytes(b'not an image at all')
+  with pytest.raises(UserError, match=r'cannot read the image .*broken/1.png'):
+    input_pipeline.load_splits(_config('folder', str(tmp_path / 'broken')).data)
+  _write_pngs(tmp_path / 'mixed' / 'cats', DIGITS[:2])
+  _write_pngs(tmp_path / 'mixed', DIGITS[2:4])
+  with pytest.raises(UserError, match='both image files and class folders'):
+    input_pipeline.load_splits(_config('folder', str(tmp_path / 'mixed')).data)
+  with pytest.raises(UserError, match='is not a folder'):
+    input_pipeline.load_splits(_config('folder', str(tmp_path / 'nowhere')).data)
+
+
+@pytest.mark.parametrize('labelled', [True, False])
+def test_arrays(tmp_path, labelled):
+  path = str(tmp_path / 'digits.npz')
+  arrays = {'images': DIGITS[:96].astype(np.float32) / 255}  # floats in [0, 1] are fine
+  if labelled:
+    arrays['labels'] = LABELS[:96]
+    arrays['label_names'] = np.array([f'd{i}' for i in range(10)])
+  np.savez(path, **arrays)
+  config = _config('arrays', path)
+  splits = input_pipeline.load_splits(config.data)
+  assert splits['train'].images.dtype == np.uint8 and splits['train'].images.shape[1:] == (28, 28, 1)
+  np.testing.assert_array_equal(
+      np.sort(np.concatenate([splits['train'].images, splits['validation'].images]), axis=0),
+      np.sort(DIGITS[:96, ..., None], axis=0))
+  _, numbers = _train_evaluate_map(config, str(tmp_path / 'run'))
+  assert ('knn_accuracy' in numbers) == labelled
+
+
+def test_arrays_with_splits_and_a_plain_npy(tmp_path):
+  np.savez(tmp_path / 'splits.npz', train_images=_colour(DIGITS[:64]), train_labels=LABELS[:64],
+           test_images=_colour(DIGITS[64:80]), test_labels=LABELS[64:80])
+  splits = input_pipeline.load_splits(_config('arrays', str(tmp_path / 'splits.npz')).data)
+  assert splits['test'].images.shape == (16, 28, 28, 3)
+  np.save(tmp_path / 'images.npy', DIGITS[:30])
+  splits = input_pipeline.load_splits(_config('arrays', str(tmp_path / 'images.npy')).data)
+  assert splits['train'].labels is None and len(splits['train'].images) == 24
+
+
+@pytest.mark.parametrize('arrays, message', [
+    (dict(images=np.zeros((4, 28), np.uint8)), r'has shape \(4, 28\): images must be'),
+    (dict(images=np.zeros((4, 8, 8, 2), np.uint8)), r'images must be .*C = 1 or 3'),
+    (dict(images=np.full((4, 8, 8), 3.0)), r'float64 values in \[3.0, 3.0\]: give uint8'),
+    (dict(images=np.zeros((4, 8, 8), np.complex64)), 'complex64'),
+    (dict(images=np.zeros((4, 8, 8), np.uint8), labels=np.zeros(3, np.int64)),
+     'has 3 labels for 4 images'),
+    (dict(images=np.zeros((4, 8, 8), np.uint8), labels=np.zeros(4, np.float32)),
+     'must be a vector of class numbers'),
+    (dict(pictures=np.zeros((4, 8, 8), np.uint8)), "name the images 'images'"),
+])
+def test_bad_arrays_say_what_is_wrong(tmp_path, arrays, message):
+  np.savez(tmp_path / 'bad.npz', **arrays)
+  with pytest.raises(UserError, match=message) as error:
+    input_pipeline.load_splits(_config('arrays', str(tmp_path / 'bad.npz')).data)
+  assert 'bad.npz' in str(error.value)
+
+
+def test_not_an_array_file(tmp_path):
+  (tmp_path / 'x.npz').write_bytes(b'garbage')
+  with pytest.raises(UserError, match='cannot read .*x.npz as a NumPy'):
+    input_pipeline.load_splits(_config('arrays', str(tmp_path / 'x.npz')).data)
+
+
+def test_scikit_learn_digits(tmp_path):
+  config = _config('digits', model='CAE')
+  splits = input_pipeline.load_splits(config.data)
+  assert splits['train'].images.shape[1:] == (8, 8, 1) and 'test' not in splits
+  assert len(splits['train'].images) + len(splits['validation'].images) == 1797
+  _train_evaluate_map(config, str(tmp_path / 'run'))
+  with pytest.raises(UserError, match='no test split.*--split=validation'):
+    evaluate.load_run(str(tmp_path / 'run'), config, 'latest', 'test')
+
+
+def test_any_tfds_image_dataset(tmp_path, monkeypatch):
+  monkeypatch.setattr(input_pipeline, '_can_reach', lambda url: True)  # mock_data needs none
+  config = _config('tfds', name='cifar10', data_dir=str(tmp_path / 'tfds'))
+  with tfds.testing.mock_data(num_examples=40):
+    splits = input_pipeline.load_splits(config.data)
+    assert splits['train'].images.shape[1:] == (32, 32, 3)
+    assert len(splits['train'].label_names) == 10  # (mock_data names them by number)
+    config.data.grayscale = True
+    assert input_pipeline.load_splits(config.data)['test'].images.shape[1:] == (32, 32, 1)
+
+
+def test_tfds_images_of_varying_size_need_image_size(tmp_path, monkeypatch):
+  monkeypatch.setattr(input_pipeline, '_can_reach', lambda url: True)
+  config = _config('tfds', name='oxford_flowers102', data_dir=str(tmp_path / 'tfds'))
+  with pytest.raises(UserError, match='differ in size: choose one with --config.data.image_size'):
+    input_pipeline.load_splits(config.data)
+  config.data.image_size = 24
+  with tfds.testing.mock_data(num_examples=10):
+    splits = input_pipeline.load_splits(config.data)
+  assert splits['train'].images.shape[1:] == (24, 24, 3)
+  assert 'validation' in splits  # oxford_flowers102 has a validation split of its own
+
+
+def test_unknown_tfds_name_suggests_the_closest(tmp_path):
+  with pytest.raises(UserError, match="no dataset 'fashon_mnist'.*closest names are: fashion_mnist"):
+    input_pipeline.load_splits(_config('tfds', name='fashon_mnist').data)
+
+
+def test_host_streaming_trains_exactly_like_device_placement(tmp_path):
+  """Data too large for the devices streams from host memory, with the same numbers."""
+  np.savez(tmp_path / 'd.npz', images=DIGITS[:200], labels=LABELS[:200])
+  rows = {}
+  for placement in ('device', 'host'):
+    config = _config('arrays', str(tmp_path / 'd.npz'), placement=placement)
+    config.num_epochs = 2
+    train.train_and_evaluate(config, str(tmp_path / placement))
+    rows[placement] = metric_writers.read_metrics(str(tmp_path / placement / 'metrics.jsonl'))
+  for device_row, host_row in zip(rows['device'], rows['host']):
+    assert device_row['train_loss'] == pytest.approx(host_row['train_loss'], rel=1e-6)
+    assert device_row['val_loss'] == pytest.approx(host_row['val_loss'], rel=1e-6)
