@@ -105,7 +105,7 @@ def _check_fits(manager, step, name, target):
       raise UserError(
           f'the checkpoint of step {step} in {manager.directory} does not fit this model: '
           f'{key} is {describe(saved.get(key))} there, {describe(wanted.get(key))} here. Was '
-          'it trained with a different config.model or image shape?')
+          'it trained with a different config.model, config.optimizer or image shape?')
 
 
 def _restore(manager, step, items: dict):

@@ -69,21 +69,34 @@ def display_name(config) -> str:
 
 
 def _describe(config) -> dict:
-  """What makes two runs the same model: the model and the noise it was trained against."""
-  return json.loads(json.dumps({'model': config.model.to_dict(), 'noise': config.noise.to_dict()}))
+  """What a run must keep to resume: the model, the noise it trains against, the optimizer."""
+  return json.loads(json.dumps({'model': config.model.to_dict(), 'noise': config.noise.to_dict(),
+                                'optimizer': config.optimizer}))
 
 
-def prepare_workdir(config, workdir: str) -> None:
-  """Creates `workdir` and writes config.json there; refuses a workdir of another model."""
+def check_workdir(config, workdir: str) -> None:
+  """Refuses, without writing anything, a workdir that cannot be written or holds another model."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f'the workdir {workdir} is a file, not a folder: choose another --workdir')
+  existing = workdir
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise UserError(f'cannot write to the workdir {workdir} ({existing} is not writable): '
+                    'choose another --workdir')
+  if os.path.exists(os.path.join(workdir, 'config.json')):
+    saved = _describe(load_config(workdir))
+    if saved != _describe(config):
+      raise UserError(
+          f'{workdir} holds a run of another model ({saved}; asked for: {_describe(config)}). '
+          f'Use a new --workdir, or delete {workdir} to start afresh')
+
+
+def write_config(config, workdir: str) -> None:
+  """Creates `workdir` and writes config.json there (after check_workdir)."""
   path = os.path.join(workdir, 'config.json')
   try:
     os.makedirs(workdir, exist_ok=True)
-    if os.path.exists(path):
-      saved = _describe(load_config(workdir))
-      if saved != _describe(config):
-        raise UserError(
-            f'{workdir} holds a run of another model ({path}: {saved}; asked for: '
-            f'{_describe(config)}). Use a new --workdir, or delete {workdir} to start afresh')
     tmp = path + '.tmp'
     with open(tmp, 'w') as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')

@@ -26,7 +26,6 @@ from ae_jax import plots
 from ae_jax import train
 
 SPLITS = ('test', 'validation', 'train')
-NOISE_SEED = 0  # evaluation noise: the same draw every time
 
 
 class TrainedRun(NamedTuple):
@@ -72,7 +71,7 @@ def evaluate(run: TrainedRun, noisy: bool) -> dict[str, float]:
       train.make_feed(run.images, mesh, placement), len(run.images),
       train.eval_batch_size(config, len(run.images), mesh.size), mesh,
       batches_per_call=None if placement == 'device' else config.steps_per_call,
-      noise_rng=jax.random.PRNGKey(NOISE_SEED) if noisy else None)
+      noise_rng=jax.random.PRNGKey(train.EVAL_NOISE_SEED) if noisy else None)
 
 
 def reconstruction_rows(run: TrainedRun, num_examples: int, seed: int = 0) -> dict:
@@ -83,7 +82,7 @@ def reconstruction_rows(run: TrainedRun, num_examples: int, seed: int = 0) -> di
   rows = {'input': images}
   inputs = images
   if config_lib.is_denoising(run.config):
-    inputs = np.asarray(train.add_noise(jax.random.PRNGKey(NOISE_SEED), images,
+    inputs = np.asarray(train.add_noise(jax.random.PRNGKey(train.EVAL_NOISE_SEED), images,
                                         run.config.noise.mean, run.config.noise.std))
     rows['noisy input'] = inputs
   reconstruct = jax.jit(lambda v, x: run.model.apply(v, x, train=False)[0])

@@ -1,6 +1,8 @@
 """Trains an autoencoder: python -m ae_jax.main --config=configs/cae.py --workdir=runs/cae
 
-Running the same command again resumes from the latest checkpoint in the workdir.
+Running the same command again resumes from the latest checkpoint in the workdir. Across
+several processes (hosts), start the same command in each with --coordinator_address,
+--num_processes and --process_id, or --distributed where JAX detects the cluster (SLURM, ...).
 """
 
 from absl import app
@@ -9,18 +11,32 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from ae_jax import UserError
 from ae_jax import cli
 from ae_jax import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, metrics and figures.')
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
+flags.DEFINE_string('coordinator_address', None,
+                    'host:port of process 0, to train across processes (jax.distributed).')
+flags.DEFINE_integer('num_processes', None, 'How many processes train together.')
+flags.DEFINE_integer('process_id', None, 'This process: 0, 1, ... num_processes - 1.')
+flags.DEFINE_bool('distributed', False,
+                  'Start jax.distributed from what the cluster (SLURM, Cloud TPU, ...) says.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if FLAGS.coordinator_address or FLAGS.distributed:
+    try:
+      jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                 FLAGS.process_id)
+    except (ValueError, RuntimeError) as e:
+      raise UserError(f'cannot start jax.distributed: {" ".join(str(e).split())[:400]} (check '
+                      '--coordinator_address, --num_processes and --process_id)') from None
   logging.info('JAX process %d / %d, local devices %r', jax.process_index(),
                jax.process_count(), jax.local_devices())
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -75,6 +75,9 @@ def per_example_psnr(reconstruction, target):
 
 
 LOSSES = {'mse': per_example_mse, 'bce': per_example_bce}
+# The noise of every evaluation, validation included: the same draw every time, so that
+# eval.sh on the validation split of a denoising model prints the validation loss training logged.
+EVAL_NOISE_SEED = 0
 METRICS = {**LOSSES, 'psnr': per_example_psnr}
 
 
@@ -229,7 +232,7 @@ def choose_feed(data_config, images_bytes: int, mesh) -> str:
   """'device' or 'host': where the training data lives (config.data.placement)."""
   if data_config.placement != 'auto':
     return data_config.placement
-  return 'device' if input_pipeline.fits_on_device(images_bytes, mesh.devices.flat[0]) else 'host'
+  return 'device' if input_pipeline.fits_on_device(images_bytes, jax.local_devices()[0]) else 'host'
 
 
 def make_feed(images, mesh, placement):
@@ -305,11 +308,13 @@ def signals_caught():
       signal.signal(s, h)
 
 
-def any_process(flag: bool) -> bool:
-  """Whether `flag` is true on any process (all processes must act on a signal together)."""
+def agree(num_steps: int, stop: bool) -> tuple[int, bool]:
+  """What every process does next: all must run the same steps and stop together, or their
+  collectives would wait for each other forever."""
   if jax.process_count() == 1:
-    return flag
-  return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
+    return num_steps, stop
+  both = multihost_utils.process_allgather(np.array([num_steps, stop], np.int64))
+  return int(both[:, 0].min()), bool(both[:, 1].any())
 
 
 def _log(*args):
@@ -332,6 +337,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   """
   config_lib.validate(config)
   workdir = os.path.abspath(workdir)
+  config_lib.check_workdir(config, workdir)
 
   # --- Set up the mesh.
   mesh = create_mesh()
@@ -351,7 +357,8 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     raise UserError(f'config.batch_size={config.batch_size} is larger than the {num_train} '
                     'training images: use a smaller batch')
   placement = choose_feed(config.data, train_images.nbytes + val_images.nbytes, mesh)
-  config_lib.prepare_workdir(config, workdir)
+  if jax.process_index() == 0:
+    config_lib.write_config(config, workdir)  # the first write, after every check
   _log(f'data: {num_train} train, {len(val_images)} validation'
        + (f', {len(splits["test"].images)} test' if 'test' in splits else '')
        + f' images of {image_shape}, '
@@ -379,7 +386,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   val_feed = make_feed(val_images, mesh, placement)
   # Denoising models are validated on their training task: noisy inputs (the same noise every
   # epoch, so that epochs compare), clean targets.
-  val_noise_rng = jax.random.PRNGKey(1) if config_lib.is_denoising(config) else None
+  val_noise_rng = jax.random.PRNGKey(EVAL_NOISE_SEED) if config_lib.is_denoising(config) else None
   shown = val_images[:config.num_summary_images].astype(np.float32) / 255.0
   reconstruct = jax.jit(lambda variables, x: model.apply(variables, x, train=False)[0],
                         compiler_options=models.COMPILE_ONCE_OPTIONS)  # a few images an epoch
@@ -422,6 +429,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
             last_read = now
             bad = np.flatnonzero(~np.isfinite(losses))
             if bad.size:
+              bar.close()
               raise UserError(
                   f'the loss became {losses[bad[0]]} at step '
                   f'{epoch * steps_per_epoch + call_first + int(bad[0]) + 1} (epoch {epoch + 1}): '
@@ -435,6 +443,19 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
           pending = None
           call_first = first
           while call_first < steps_per_epoch:
+            num_steps, stop = agree(num_steps, bool(received))
+            if stop:
+              if pending:
+                read(pending)
+              bar.close()
+              state = update.from_run_state(state)
+              checkpoints.save(manager, state)
+              manager.wait_until_finished()
+              signum = received[0] if received else signal.SIGTERM
+              raise Interrupted(signum, (
+                  f'{signal.Signals(signum).name}: saved the checkpoint of step '
+                  f'{int(state.step)} (epoch {epoch + 1}, step {call_first} of {steps_per_epoch}) '
+                  f'in {manager.directory}; run the same command again to resume'))
             call_steps = min(num_steps, steps_per_epoch - call_first)
             rows = np.zeros((max_steps, config.batch_size), np.int32)
             rows[:call_steps] = order[call_first:call_first + call_steps]
@@ -445,17 +466,6 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
               num_steps = int(np.clip(round(SECONDS_PER_CALL * steps_per_second), 1, max_steps))
             pending = (losses, call_first, call_steps)
             call_first += call_steps
-            if any_process(bool(received)):
-              read(pending)
-              bar.close()
-              state = update.from_run_state(state)
-              checkpoints.save(manager, state)
-              manager.wait_until_finished()
-              signum = received[0] if received else signal.SIGTERM
-              raise Interrupted(signum, (
-                  f'{signal.Signals(signum).name}: saved the checkpoint of step '
-                  f'{int(state.step)} (epoch {epoch + 1}, step {call_first} of {steps_per_epoch}) '
-                  f'in {manager.directory}; run the same command again to resume'))
           read(pending)
           bar.close()
           train_seconds = time.time() - epoch_start

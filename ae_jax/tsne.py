@@ -66,7 +66,7 @@ def subsample(num_examples: int, labels, num_points: int, seed: int) -> np.ndarr
   """Indices of `num_points` examples (all if fewer), stratified by label where there are labels."""
   if num_points >= num_examples:
     return np.arange(num_examples)
-  if labels is not None and np.bincount(labels).min(initial=0) < 2:
+  if labels is not None and np.unique(labels, return_counts=True)[1].min() < 2:
     labels = None  # a class of one cannot be stratified: a plain random sample instead
   chosen, _ = model_selection.train_test_split(
       np.arange(num_examples), train_size=num_points, random_state=seed, stratify=labels)

@@ -56,7 +56,7 @@ def trained_ae(tmp_path_factory):
 def save_untrained(config, workdir):
   """A workdir holding the config and the checkpoint of an untrained model (step 0)."""
   from ae_jax import checkpoints, config_lib, models, train  # pylint: disable=g-import-not-at-top
-  config_lib.prepare_workdir(config, workdir)
+  config_lib.write_config(config, workdir)
   import functools, jax  # pylint: disable=g-import-not-at-top,g-multiple-import
   model = models.create_model(config.model, (28, 28, 1))
   state = jax.jit(functools.partial(train.create_train_state, model,

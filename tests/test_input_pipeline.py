@@ -34,7 +34,7 @@ def test_idx_source_reads_real_mnist_into_three_splits():
 
 
 def test_validation_split_is_deterministic_and_disjoint():
-  raw = input_pipeline.read_idx_folder(_data_config(path=MNIST_SMALL), ['train'])['train']
+  raw = input_pipeline.read_idx_folder(_data_config(path=MNIST_SMALL), {'train': 'train'})['train']
   train, validation = input_pipeline.split_validation(raw, 0.2)
   again, _ = input_pipeline.split_validation(raw, 0.2)
   np.testing.assert_array_equal(train.images, again.images)

@@ -169,10 +169,20 @@ def test_eight_devices_give_the_losses_of_one(tmp_path, name):
     assert result.returncode == 0, result.stderr[-3000:]
     assert '8 cpu device(s)' in result.stdout
     [eight] = metric_writers.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
-    # The devices sum in another order. Where a gradient is (nearly) zero, above all for the
-    # CAE's conv biases before BatchNorm, whose true gradient is exactly zero, the computed one
-    # is rounding noise that Adam turns into steps of the learning rate: here 1e-8 apart for
-    # the last conv, 2e-3 for the biases after four steps. BatchNorm hides that in training,
-    # but evaluation sees it through the running means: a looser bound on the validation loss.
-    assert eight['train_loss'] == pytest.approx(one['train_loss'], rel=1e-5), parallel
+    # The first step differs by rounding alone: the devices sum in another order.
+    assert _step_losses(workdir)[0] == pytest.approx(_step_losses(tmp_path / 'one')[0],
+                                                     rel=1e-6), parallel
+    # After it, where a gradient is (nearly) zero, above all for the CAE's conv biases before
+    # BatchNorm, whose true gradient is exactly zero, the computed one is rounding noise that
+    # Adam turns into steps of the learning rate: here 1e-8 apart for the last conv, 2e-3 for
+    # those biases after four steps. BatchNorm hides most of it in training; evaluation sees it
+    # through the running means: looser bounds on the later steps and the validation loss.
+    assert eight['train_loss'] == pytest.approx(one['train_loss'], rel=1e-4), parallel
     assert eight['val_loss'] == pytest.approx(one['val_loss'], rel=1e-3), parallel
+
+
+def _step_losses(workdir):
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  events = event_accumulator.EventAccumulator(str(workdir))
+  events.Reload()
+  return [e.value for e in events.Scalars('train/loss')]

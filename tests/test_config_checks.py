@@ -1,0 +1,149 @@
+"""Bad values stop a run before any work with one line that names the field and what is allowed,
+and leave the workdir as it was; divergence stops a run and keeps the last good checkpoint;
+several processes train like one."""
+
+import os
+
+import pytest
+
+from ae_jax import UserError
+from ae_jax import checkpoints
+from ae_jax import metric_writers
+from ae_jax import train
+from conftest import MNIST_SMALL
+from conftest import run_module
+from conftest import small_config
+
+
+def _snapshot(workdir):
+  """Every file under `workdir` with its size and modification time."""
+  found = {}
+  for folder, _, files in os.walk(workdir):
+    for name in files:
+      path = os.path.join(folder, name)
+      stat = os.stat(path)
+      found[path] = (stat.st_size, stat.st_mtime_ns)
+  return found
+
+
+@pytest.fixture(scope='module')
+def previous_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('previous') / 'run')
+  train.train_and_evaluate(small_config('ae', num_train=64, batch_size=16), workdir)
+  return workdir
+
+
+BAD_VALUES = [
+    ({'batch_size': 0}, 'config.batch_size=0 must be at least 1'),
+    ({'batch_size': 1000}, 'config.batch_size=1000 is larger than the 64 training images'),
+    ({'num_epochs': 0}, 'config.num_epochs=0 must be at least 1'),
+    ({'model.latent_dim': 0}, 'config.model.latent_dim=0 must be at least 1'),
+    ({'noise.std': -0.1}, 'config.noise.std=-0.1 must not be negative'),
+    ({'learning_rate': 0.0}, 'config.learning_rate=0.0 must be positive'),
+    ({'learning_rate': -1e-3}, 'config.learning_rate=-0.001 must be positive'),
+    ({'data.validation_fraction': 0.0}, 'validation_fraction=0.0 must be between 0 and 1'),
+    ({'data.validation_fraction': 1.0}, 'validation_fraction=1.0 must be between 0 and 1'),
+    ({'model.name': 'VAE'}, "config.model.name='VAE' is not one of: AE, CAE"),
+    ({'optimizer': 'adagrad'}, "config.optimizer='adagrad' is not one of: adam, adamw, sgd"),
+    ({'loss': 'l1'}, "config.loss='l1' is not one of: mse, bce"),
+    ({'data.source': 'csv'}, "config.data.source='csv' is not one of: tfds, idx, folder"),
+    ({'parallel': 'pjit'}, "config.parallel='pjit' is not one of: jit, pmap"),
+]
+
+
+@pytest.mark.parametrize('overrides, message', BAD_VALUES)
+def test_a_bad_value_is_refused_before_any_work(tmp_path, previous_run, overrides, message):
+  config = lambda: small_config('ae', num_train=64, **{'batch_size': 16, **overrides})
+  fresh = str(tmp_path / 'fresh')
+  with pytest.raises(UserError, match=message.replace('(', r'\(').replace(')', r'\)')):
+    train.train_and_evaluate(config(), fresh)
+  assert not os.path.exists(fresh)
+  before = _snapshot(previous_run)
+  with pytest.raises(UserError):
+    train.train_and_evaluate(config(), previous_run)
+  assert _snapshot(previous_run) == before
+
+
+def test_a_workdir_that_cannot_be_written(tmp_path):
+  (tmp_path / 'a_file').write_text('')
+  with pytest.raises(UserError, match='is a file, not a folder'):
+    train.train_and_evaluate(small_config('ae'), str(tmp_path / 'a_file'))
+  with pytest.raises(UserError, match=r'cannot write to the workdir .*choose another --workdir'):
+    train.train_and_evaluate(small_config('ae'), str(tmp_path / 'a_file' / 'run'))
+
+
+@pytest.mark.parametrize('overrides', [{'noise.std': 0.1}, {'model.latent_dim': 16},
+                                       {'optimizer': 'sgd'}])
+def test_a_workdir_of_another_run_is_refused_and_left_alone(previous_run, overrides):
+  before = _snapshot(previous_run)
+  with pytest.raises(UserError, match='holds a run of another model.*delete .* to start afresh'):
+    train.train_and_evaluate(small_config('ae', num_train=64, batch_size=16, **overrides),
+                             previous_run)
+  assert _snapshot(previous_run) == before
+
+
+def test_bad_values_on_the_command_line_are_one_line(tmp_path):
+  result = run_module('ae_jax.main', '--config=configs/ae.py', f'--workdir={tmp_path / "run"}',
+                      '--config.learning_rate=-1')
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert result.stderr.strip() == 'error: config.learning_rate=-1.0 must be positive'
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_a_batch_the_devices_do_not_divide(tmp_path):
+  result = run_module('ae_jax.main', '--config=configs/ae.py', f'--workdir={tmp_path / "run"}',
+                      '--config.data.source=digits', '--config.batch_size=12', devices=8)
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert 'config.batch_size=12 is not divisible by the 8 devices: use a multiple of 8' in (
+      result.stderr)
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path / 'run')
+  sane = small_config('ae', num_train=64, batch_size=16, optimizer='sgd', learning_rate=0.1)
+  train.train_and_evaluate(sane, workdir)
+  diverging = small_config('ae', num_train=64, batch_size=16, optimizer='sgd',
+                           learning_rate=1e30, num_epochs=2)
+  with pytest.raises(UserError, match=r'the loss became nan at step \d+ \(epoch 2\): training '
+                     r'diverged. Lower config.learning_rate \(now 1e\+30\)'):
+    train.train_and_evaluate(diverging, workdir)
+  assert checkpoints.create_manager(workdir, read_only=True).latest_step() == 4
+  assert len(metric_writers.read_metrics(os.path.join(workdir, 'metrics.jsonl'))) == 1
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_and_their_checkpoint_restores_in_one(tmp_path):
+  """Two processes of 4 CPU devices each against one of 8, on localhost."""
+  import socket  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from conftest import ROOT  # pylint: disable=g-import-not-at-top
+  flags = ['--config=configs/dae.py', '--config.data.source=idx',
+           f'--config.data.path={MNIST_SMALL}', '--config.data.train_split=train[:320]',
+           '--config.batch_size=32', '--config.num_epochs=2', '--config.steps_per_call=4']
+  one = run_module('ae_jax.main', f'--workdir={tmp_path / "one"}', *flags, devices=8)
+  assert one.returncode == 0, one.stderr[-2000:]
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+  processes = [subprocess.Popen(
+      [sys.executable, '-m', 'ae_jax.main', f'--workdir={tmp_path / "two"}', *flags,
+       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in processes]
+  for p, (_, stderr) in zip(processes, outputs):
+    assert p.returncode == 0, stderr[-2000:]
+  assert '8 cpu device(s) in 2 processes' in outputs[0][0]
+  assert 'data:' not in outputs[1][0] and 'epoch' not in outputs[1][0]  # process 0 alone reports
+  rows = lambda d: metric_writers.read_metrics(str(tmp_path / d / 'metrics.jsonl'))
+  for a, b in zip(rows('one'), rows('two')):
+    assert a['train_loss'] == pytest.approx(b['train_loss'], rel=1e-5)
+    assert a['val_loss'] == pytest.approx(b['val_loss'], rel=1e-5)
+  # the checkpoint of the two processes, read by one process with one device
+  result = run_module('ae_jax.evaluate', f'--workdir={tmp_path / "two"}', '--split=validation')
+  assert result.returncode == 0, result.stderr[-2000:]
+  noisy_mse = float(next(l for l in result.stdout.splitlines() if l.startswith('noisy')).split()[1])
+  assert noisy_mse == pytest.approx(rows('two')[-1]['val_loss'], abs=1e-5)

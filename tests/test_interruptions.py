@@ -1,0 +1,133 @@
+"""Training killed at any moment loses at most the work since its last complete checkpoint, and
+a resumed run ends with exactly the parameters of a run that was never stopped."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+import pytest
+
+from ae_jax import checkpoints
+from ae_jax import train
+from conftest import ROOT
+from conftest import run_module
+from conftest import small_config
+
+# 3 epochs of 4 steps, one step per call: many places to be killed at.
+FLAGS = ['--config=configs/dae.py', '--config.data.source=idx',
+         f'--config.data.path={os.path.join(ROOT, "tests", "data", "mnist_small")}',
+         '--config.data.train_split=train[:80]', '--config.batch_size=16',
+         '--config.num_epochs=3', '--config.steps_per_call=1']
+
+
+def _config():
+  config = small_config('dae', num_train=64, batch_size=16, num_epochs=3, steps_per_call=1)
+  config.data.train_split = 'train[:80]'
+  return config
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  """The final train state of a run that was never stopped."""
+  workdir = str(tmp_path_factory.mktemp('uninterrupted') / 'run')
+  return train.train_and_evaluate(_config(), workdir)
+
+
+def _final_state(workdir):
+  config = _config()
+  model = train.models.create_model(config.model, (28, 28, 1))
+  state = jax.jit(lambda: train.create_train_state(model, train.create_optimizer(config), 0))()
+  manager = checkpoints.create_manager(workdir, read_only=True)
+  return checkpoints.restore_train_state(manager, manager.latest_step(), state,
+                                         NamedSharding(train.create_mesh(), P()))
+
+
+def _assert_same_state(a, b):
+  assert int(a.step) == int(b.step) == 12
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def _start(workdir, marker, **env):
+  environment = {**os.environ, 'MARKER': str(marker), 'XLA_FLAGS': '', **env}
+  return subprocess.Popen([sys.executable, os.path.join(ROOT, 'tests', 'train_worker.py'),
+                           f'--workdir={workdir}', *FLAGS], cwd=ROOT, env=environment,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(marker, predicate, process, timeout=120):
+  start = time.time()
+  while time.time() - start < timeout:
+    lines = marker.read_text().split('\n') if marker.exists() else []
+    if predicate(lines):
+      return lines
+    if process.poll() is not None:
+      raise AssertionError(f'the run ended first:\n{process.stderr.read()[-2000:]}')
+    time.sleep(0.05)
+  raise AssertionError('timed out')
+
+
+def _steps(lines):
+  return [int(l.split()[1]) for l in lines if l.startswith('step ')]
+
+
+def _finish(workdir):
+  result = run_module('ae_jax.main', f'--workdir={workdir}', *FLAGS)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('kill_after_step', [2, 6, 11])
+def test_sigkill_during_an_epoch(tmp_path, uninterrupted, kill_after_step):
+  workdir, marker = str(tmp_path / 'run'), tmp_path / 'marker'
+  process = _start(workdir, marker, STEP_DELAY='0.3')
+  _wait_for(marker, lambda l: _steps(l) and max(_steps(l)) >= kill_after_step, process)
+  process.kill()
+  process.wait()
+  result = _finish(workdir)
+  # epochs end at steps 4 and 8: the work since the last of them is redone, no more
+  last_checkpoint = 4 * (kill_after_step // 4)
+  if last_checkpoint:
+    assert f'resumed from the checkpoint of step {last_checkpoint}' in result.stdout
+  _assert_same_state(_final_state(workdir), uninterrupted)
+
+
+@pytest.mark.slow
+def test_sigkill_while_a_checkpoint_is_being_written(tmp_path, uninterrupted):
+  workdir, marker = str(tmp_path / 'run'), tmp_path / 'marker'
+  process = _start(workdir, marker, PAUSE_IN_SAVE='2')  # the checkpoint of epoch 2 (step 8)
+  _wait_for(marker, lambda l: 'paused' in l, process)
+  folder = os.path.join(workdir, 'checkpoints')
+  assert any('tmp' in name for name in os.listdir(folder))  # half-written, not committed
+  process.kill()
+  process.wait()
+  result = _finish(workdir)
+  assert 'resumed from the checkpoint of step 4' in result.stdout  # never the half-written 8
+  assert not any('tmp' in name for name in os.listdir(folder))
+  _assert_same_state(_final_state(workdir), uninterrupted)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_save_the_current_step_and_say_how_to_resume(
+    tmp_path, uninterrupted, signum):
+  workdir, marker = str(tmp_path / 'run'), tmp_path / 'marker'
+  process = _start(workdir, marker, STEP_DELAY='0.3')
+  _wait_for(marker, lambda l: _steps(l) and max(_steps(l)) >= 6, process)  # mid epoch 2
+  process.send_signal(signum)
+  _, stderr = process.communicate(timeout=60)
+  assert process.returncode == 128 + signum, stderr[-2000:]
+  assert 'Traceback' not in stderr
+  assert 'run the same command again to resume' in stderr
+  step = checkpoints.create_manager(workdir, read_only=True).latest_step()
+  assert step % 4 and step >= 6, step  # a mid-epoch checkpoint of the current step
+  result = _finish(workdir)
+  assert f'resumed from the checkpoint of step {step}' in result.stdout
+  _assert_same_state(_final_state(workdir), uninterrupted)

@@ -1,0 +1,53 @@
+"""python -m ae_jax.main, with the hooks the interruption tests need to kill it where they want.
+
+  MARKER=path        after each training call, append "step N" to `path`
+  STEP_DELAY=s       then sleep s seconds, so that a test can act between calls
+  PAUSE_IN_SAVE=n    stop the n-th checkpoint (step folder) after its files are written and before
+                     orbax commits it by renaming its temporary folder; append "paused" to MARKER
+"""
+
+import asyncio
+import os
+import time
+
+from orbax.checkpoint._src.path import atomicity
+
+from ae_jax import cli
+from ae_jax import main
+from ae_jax import metric_writers
+
+
+def _mark(line: str) -> None:
+  with open(os.environ['MARKER'], 'a') as f:
+    f.write(line + '\n')
+
+
+original_losses = metric_writers.RunLog.train_losses
+
+
+def train_losses(self, first_step, losses):
+  original_losses(self, first_step, losses)
+  _mark(f'step {first_step + len(losses) - 1}')
+  time.sleep(float(os.environ.get('STEP_DELAY', '0')))
+
+
+original_finalize = atomicity.AtomicRenameTemporaryPath.finalize
+saves = 0
+
+
+async def finalize(self):
+  global saves
+  if not self.get_final().name.isdigit():  # an item inside a checkpoint, not the step folder
+    return await original_finalize(self)
+  saves += 1
+  if saves == int(os.environ.get('PAUSE_IN_SAVE', '0')):
+    _mark('paused')
+    await asyncio.sleep(3600)
+  return await original_finalize(self)
+
+
+if __name__ == '__main__':
+  if 'MARKER' in os.environ:
+    metric_writers.RunLog.train_losses = train_losses
+  atomicity.AtomicRenameTemporaryPath.finalize = finalize
+  cli.run(main.main)
