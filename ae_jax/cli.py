@@ -1,5 +1,6 @@
 """What every ae_jax command does with its command line: errors as one line, never a traceback."""
 
+import os
 import sys
 
 from absl import app
@@ -14,8 +15,22 @@ def _fail(message: str, code: int = 1):
   sys.exit(code)
 
 
+def _config_file_in(argv) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
 def parse_flags(argv):
   """absl's parser, with config-file and config-field mistakes reported in one line."""
+  config_file = _config_file_in(argv)
+  if config_file:
+    # configs/cae.py imports configs.default: the folder above configs/ goes on the path, so
+    # that a config file works from any directory.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(config_file))))
   try:
     argv = flags.FLAGS(argv)
     if 'config' in flags.FLAGS and flags.FLAGS['config'].value is not None:
@@ -66,7 +81,6 @@ def define_run_flags(argv) -> None:
   """Flags of the commands that read a trained run: --workdir, --checkpoint, --split, and
   --config, the run's own config.json, whose fields can be overridden like training's
   (e.g. --config.data.path=... to evaluate on other files)."""
-  import os  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from ae_jax import config_lib  # pylint: disable=g-import-not-at-top
