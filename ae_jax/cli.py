@@ -15,18 +15,19 @@ def _fail(message: str, code: int = 1):
   sys.exit(code)
 
 
-def _config_file_in(argv) -> str | None:
+def _flag_value(argv, name: str) -> str | None:
+  """The value of --name=VALUE or --name VALUE in argv, before absl has parsed it."""
   for i, arg in enumerate(argv):
-    if arg.startswith('--config='):
+    if arg.startswith(f'--{name}='):
       return arg.split('=', 1)[1]
-    if arg == '--config' and i + 1 < len(argv):
+    if arg == f'--{name}' and i + 1 < len(argv):
       return argv[i + 1]
   return None
 
 
 def parse_flags(argv):
   """absl's parser, with config-file and config-field mistakes reported in one line."""
-  config_file = _config_file_in(argv)
+  config_file = _flag_value(argv, 'config')
   if config_file:
     # configs/cae.py imports configs.default: the folder above configs/ goes on the path, so
     # that a config file works from any directory.
@@ -68,15 +69,6 @@ def run(main):
   app.run(wrapped, flags_parser=parse_flags)
 
 
-def _workdir_in(argv) -> str | None:
-  for i, arg in enumerate(argv):
-    if arg.startswith('--workdir='):
-      return arg.split('=', 1)[1]
-    if arg == '--workdir' and i + 1 < len(argv):
-      return argv[i + 1]
-  return None
-
-
 def define_run_flags(argv) -> None:
   """Flags of the commands that read a trained run: --workdir, --checkpoint, --split, and
   --config, the run's own config.json, whose fields can be overridden like training's
@@ -90,7 +82,7 @@ def define_run_flags(argv) -> None:
                       "'best' (lowest validation loss), 'latest', or a step number.")
   flags.DEFINE_string('split', 'test', 'test, validation or train.')
   flags.mark_flags_as_required(['workdir'])
-  workdir = _workdir_in(argv)
+  workdir = _flag_value(argv, 'workdir')
   config = ml_collections.ConfigDict()
   if workdir and os.path.exists(os.path.join(workdir, 'config.json')):
     config = config_lib.load_config(workdir)
