@@ -65,12 +65,11 @@ def load_run(workdir: str, config, checkpoint: str, split: str) -> TrainedRun:
 def evaluate(run: TrainedRun, noisy: bool) -> dict[str, float]:
   """Mean MSE, BCE and PSNR over every image of the split (the last batch padded, not dropped)."""
   mesh, config = run.mesh, run.config
-  placement = train.choose_feed(config.data, run.images.nbytes, mesh)
+  placement = train.choose_feed(config.data, run.images.nbytes)
   return train.evaluate_split(
       train.make_eval_fn(run.model, config, mesh), run.variables,
-      train.make_feed(run.images, mesh, placement), len(run.images),
-      train.eval_batch_size(config, len(run.images), mesh.size), mesh,
-      batches_per_call=None if placement == 'device' else config.steps_per_call,
+      train.make_feed(run.images, mesh, placement), len(run.images), config, mesh,
+      streamed=placement == 'host',
       noise_rng=jax.random.PRNGKey(train.EVAL_NOISE_SEED) if noisy else None)
 
 

@@ -196,11 +196,14 @@ def eval_batch_size(config, num_examples: int, num_devices: int) -> int:
   return -(-size // num_devices) * num_devices
 
 
-def evaluate_split(eval_fn, variables, feed, num_examples, batch_size, mesh, *,
-                   batches_per_call=None, noise_rng=None) -> dict[str, float]:
-  """Mean metrics over every example of a split that `feed` serves."""
+def evaluate_split(eval_fn, variables, feed, num_examples, config, mesh, *, streamed: bool,
+                   noise_rng=None) -> dict[str, float]:
+  """Mean metrics over every example of a split that `feed` serves: all its batches in one call
+  where the images are on the devices, config.steps_per_call a call where they are `streamed`
+  from host memory."""
+  batch_size = eval_batch_size(config, num_examples, mesh.size)
   rows, mask = padded_batches(num_examples, batch_size)
-  per_call = batches_per_call or len(rows)
+  per_call = min(config.steps_per_call, len(rows)) if streamed else len(rows)
   mask_sharding = NamedSharding(mesh, P(None, 'data'))
   sums = None
   for first in range(0, len(rows), per_call):
@@ -228,7 +231,7 @@ def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples).astype(np.int32)
 
 
-def choose_feed(data_config, images_bytes: int, mesh) -> str:
+def choose_feed(data_config, images_bytes: int) -> str:
   """'device' or 'host': where the training data lives (config.data.placement)."""
   if data_config.placement != 'auto':
     return data_config.placement
@@ -356,7 +359,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   if steps_per_epoch < 1:
     raise UserError(f'config.batch_size={config.batch_size} is larger than the {num_train} '
                     'training images: use a smaller batch')
-  placement = choose_feed(config.data, train_images.nbytes + val_images.nbytes, mesh)
+  placement = choose_feed(config.data, train_images.nbytes + val_images.nbytes)
   if jax.process_index() == 0:
     config_lib.write_config(config, workdir)  # the first write, after every check
   _log(f'data: {num_train} train, {len(val_images)} validation'
@@ -472,11 +475,9 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
 
           eval_state = update.from_run_state(state)
           variables = {'params': eval_state.params, 'batch_stats': eval_state.batch_stats}
-          val_loss = evaluate_split(
-              eval_fn, variables, val_feed, len(val_images),
-              eval_batch_size(config, len(val_images), num_devices), mesh,
-              batches_per_call=None if placement == 'device' else max_steps,
-              noise_rng=val_noise_rng)[config.loss]
+          val_loss = evaluate_split(eval_fn, variables, val_feed, len(val_images), config, mesh,
+                                    streamed=placement == 'host',
+                                    noise_rng=val_noise_rng)[config.loss]
           checkpoints.save(manager, eval_state, val_loss)
           grid = plots.image_grid([shown, np.asarray(reconstruct(variables, shown))])
           row = dict(epoch=epoch + 1, step=int(eval_state.step), loss=config.loss,

@@ -139,10 +139,11 @@ def jax_child(model: str, folder: str, launched: float, full_epochs: bool) -> di
   def evaluate(images, metrics):
     eval_fn = train.make_eval_fn(model_def, config, mesh, metrics=metrics)
     feed = train.make_feed(images, mesh, 'device')
-    batch_size = train.eval_batch_size(config, len(images), mesh.size)
-    train.evaluate_split(eval_fn, variables, feed, len(images), batch_size, mesh)  # compiles
+    evaluate_ = functools.partial(train.evaluate_split, eval_fn, variables, feed, len(images),
+                                  config, mesh, streamed=False)
+    evaluate_()  # compiles
     start = time.perf_counter()
-    train.evaluate_split(eval_fn, variables, feed, len(images), batch_size, mesh)
+    evaluate_()
     return time.perf_counter() - start
 
   validation_s = evaluate(splits['validation'].images, ('mse',))
