@@ -25,10 +25,38 @@ def _flag_value(argv, name: str) -> str | None:
   return None
 
 
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+
+
+def _check_config_file(config_file: str) -> None:
+  """A config file that does not exist: say so, and list the configs that do."""
+  path = config_file.split(':', 1)[0]  # config_flags takes 'file.py:argument'
+  if os.path.isfile(path):
+    return
+  folder = os.path.dirname(path) if os.path.isdir(os.path.dirname(path) or '.') else CONFIGS
+  there = sorted(f for f in os.listdir(folder or '.')
+                 if f.endswith('.py') and not f.startswith('_') and f != 'default.py')
+  shown = os.path.relpath(folder) if folder else ''
+  shown = folder if shown.startswith('..') else shown
+  listed = ', '.join(os.path.join(shown, f) for f in there)
+  _fail(f'the config file {path} does not exist' + (f'; the configs are: {listed}' if there
+                                                      else ''), 2)
+
+
+def _unknown_field(e: BaseException) -> str:
+  """ml_collections reports an unknown field as AttributeError(KeyError("'name'\nDid you..."))."""
+  while e.args and isinstance(e.args[0], BaseException):
+    e = e.args[0]
+  detail = ' '.join(str(e.args[0] if e.args else e).split())
+  return (f'no such config field: {detail} '
+          '(the fields and their defaults are in configs/default.py)')
+
+
 def parse_flags(argv):
   """absl's parser, with config-file and config-field mistakes reported in one line."""
   config_file = _flag_value(argv, 'config')
   if config_file:
+    _check_config_file(config_file)
     # configs/cae.py imports configs.default: the folder above configs/ goes on the path, so
     # that a config file works from any directory.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(config_file))))
@@ -40,12 +68,7 @@ def parse_flags(argv):
   except flags.Error as e:
     _fail(f'{e} (see --helpshort)', 2)
   except (AttributeError, KeyError) as e:
-    # ml_collections reports an unknown field as AttributeError(KeyError("'name'\nDid you..."))
-    while e.args and isinstance(e.args[0], BaseException):
-      e = e.args[0]
-    detail = ' '.join(str(e.args[0] if e.args else e).split())
-    _fail(f'no such config field: {detail} '
-          '(the fields and their defaults are in configs/default.py)', 2)
+    _fail(_unknown_field(e), 2)
   except (OSError, SyntaxError) as e:
     _fail(' '.join(str(e).split()), 2)
 
@@ -69,22 +92,69 @@ def run(main):
   app.run(wrapped, flags_parser=parse_flags)
 
 
+RUNS = 'runs'  # where training puts a run without --workdir: runs/<config file name>
+
+
+def default_workdir(config_file: str) -> str:
+  """configs/cae.py -> runs/cae, relative to the current folder."""
+  name = os.path.splitext(os.path.basename(config_file.split(':', 1)[0]))[0]
+  return os.path.join(RUNS, name)
+
+
+def latest_run(root: str = RUNS) -> str | None:
+  """The workdir under `root` whose checkpoints, metrics or config changed last, or None."""
+  newest, found = -1.0, None
+  for folder, subfolders, files in os.walk(root):
+    if 'config.json' not in files:
+      continue
+    subfolders.clear()  # a run's own folders hold no other run
+    times = [os.path.getmtime(os.path.join(folder, name))
+             for name in ('config.json', 'metrics.jsonl', 'checkpoints')
+             if os.path.exists(os.path.join(folder, name))]
+    if max(times) > newest:
+      newest, found = max(times), folder
+  return found
+
+
 def define_run_flags(argv) -> None:
-  """Flags of the commands that read a trained run: --workdir, --checkpoint, --split, and
-  --config, the run's own config.json, whose fields can be overridden like training's
-  (e.g. --config.data.path=... to evaluate on other files)."""
+  """Flags of the commands that read a trained run: --workdir (default: the run under runs/
+  that trained last), --checkpoint, --split, and --config, the run's own config.json, whose
+  fields can be overridden like training's (e.g. --config.data.path=... to evaluate on other
+  files)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from ae_jax import config_lib  # pylint: disable=g-import-not-at-top
 
-  flags.DEFINE_string('workdir', None, 'The --workdir of a training run.')
+  workdir = _flag_value(argv, 'workdir')
+  if workdir is None:
+    workdir = latest_run()
+    if workdir is not None:
+      print(f'{workdir}: the run under {RUNS}/ that trained last (give a workdir for another)')
+  flags.DEFINE_string('workdir', workdir, 'The --workdir of a training run (default: the run '
+                      f'under {RUNS}/ that trained last).')
   flags.DEFINE_string('checkpoint', 'best',
                       "'best' (lowest validation loss), 'latest', or a step number.")
-  flags.DEFINE_string('split', 'test', 'test, validation or train.')
-  flags.mark_flags_as_required(['workdir'])
-  workdir = _flag_value(argv, 'workdir')
+  flags.DEFINE_string('split', None, 'test, validation or train (default: test where the data '
+                      'has a test split, else validation).')
   config = ml_collections.ConfigDict()
   if workdir and os.path.exists(os.path.join(workdir, 'config.json')):
-    config = config_lib.load_config(workdir)
-  config_flags.DEFINE_config_dict('config', config, "The run's config (from its config.json).",
-                                  lock_config=True)
+    try:
+      config = config_lib.load_config(workdir)
+    except UserError as e:
+      _fail(str(e))
+  try:
+    # config_flags reads the --config.FIELD overrides in argv already here
+    config_flags.DEFINE_config_dict('config', config, "The run's config (from its config.json).",
+                                    lock_config=True)
+  except (AttributeError, KeyError) as e:
+    _fail(_unknown_field(e), 2)
+
+
+def run_workdir(workdir: str | None) -> str:
+  """The --workdir of eval and t-SNE, or a UserError where there is none."""
+  if workdir == '':
+    raise UserError('--workdir is empty: name the folder of a training run')
+  if workdir is None:
+    raise UserError(f'no training run under {RUNS}/: train one first (python -m ae_jax.main '
+                    '--config=configs/quickstart.py), or name its folder: scripts/eval.sh WORKDIR')
+  return workdir

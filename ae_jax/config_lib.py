@@ -26,6 +26,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _one_of(config.optimizer, OPTIMIZERS, 'config.optimizer')
   _one_of(config.loss, LOSSES, 'config.loss')
   _one_of(config.parallel, PARALLEL, 'config.parallel')
+  if not 0 <= config.seed < 2**63:
+    raise UserError(f'config.seed={config.seed} must be a whole number from 0 to 2**63 - 1')
+  if config.num_summary_images < 0:
+    raise UserError(f'config.num_summary_images={config.num_summary_images} must be 0 (none) '
+                    'or more')
   if config.batch_size < 1:
     raise UserError(f'config.batch_size={config.batch_size} must be at least 1')
   if config.eval_batch_size < 1:
@@ -68,10 +73,21 @@ def display_name(config) -> str:
   return ('D' if is_denoising(config) else '') + config.model.name
 
 
-def _describe(config) -> dict:
-  """What a run must keep to resume: the model, the noise it trains against, the optimizer."""
-  return json.loads(json.dumps({'model': config.model.to_dict(), 'noise': config.noise.to_dict(),
+def _describe(config) -> dict[str, object]:
+  """What a run must keep to resume: the model, the noise it trains against, the optimizer;
+  as {'model.name': 'CAE', ...}."""
+  tree = json.loads(json.dumps({'model': config.model.to_dict(), 'noise': config.noise.to_dict(),
                                 'optimizer': config.optimizer}))
+  flat = {}
+
+  def walk(prefix, node):
+    for key, value in node.items():
+      if isinstance(value, dict):
+        walk(f'{prefix}{key}.', value)
+      else:
+        flat[f'{prefix}{key}'] = value
+  walk('', tree)
+  return flat
 
 
 def check_workdir(config, workdir: str) -> None:
@@ -85,11 +101,13 @@ def check_workdir(config, workdir: str) -> None:
     raise UserError(f'cannot write to the workdir {workdir} ({existing} is not writable): '
                     'choose another --workdir')
   if os.path.exists(os.path.join(workdir, 'config.json')):
-    saved = _describe(load_config(workdir))
-    if saved != _describe(config):
-      raise UserError(
-          f'{workdir} holds a run of another model ({saved}; asked for: {_describe(config)}). '
-          f'Use a new --workdir, or delete {workdir} to start afresh')
+    saved, asked = _describe(load_config(workdir)), _describe(config)
+    differ = [f'config.{key} is {saved.get(key, "absent")!r} there, {asked.get(key, "absent")!r} '
+              'here' for key in sorted(saved.keys() | asked.keys())
+              if saved.get(key) != asked.get(key)]
+    if differ:
+      raise UserError(f'{workdir} holds a run of another model ({"; ".join(differ)}): use a '
+                      f'new --workdir, or delete {workdir} to start afresh')
 
 
 def write_config(config, workdir: str) -> None:
@@ -110,5 +128,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise UserError(f'{path} does not exist: is {workdir!r} the --workdir of a training run?')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise UserError(f'{path} is not valid JSON ({e}): restore it from a copy, or delete '
+                    f'{workdir} to start afresh') from None
+  except OSError as e:
+    raise UserError(f'cannot read {path}: {e.strerror}') from None

@@ -1,8 +1,9 @@
 """Evaluates a trained run: MSE, binary cross-entropy and PSNR on a split, and a figure.
 
-  scripts/eval.sh runs/cae [--split=test] [--checkpoint=best] [--num_examples=10]
+  scripts/eval.sh [runs/cae] [--split=test] [--checkpoint=best] [--num_examples=10]
 
-Writes workdir/eval/<split>.json and workdir/eval/<split>_reconstructions.png. Denoising models
+Without a workdir: the run under runs/ that trained last. Without --split: the test split where
+the run's data has one, else validation. Writes workdir/eval/<split>.json and workdir/eval/<split>_reconstructions.png. Denoising models
 are measured twice: on noisy inputs (noise from a fixed seed, so two runs agree) and on clean
 ones; the target is always the clean image.
 """
@@ -33,21 +34,29 @@ class TrainedRun(NamedTuple):
   model: Any
   variables: dict
   step: int
-  images: np.ndarray  # the evaluated split
+  split: str  # the evaluated split
+  images: np.ndarray
   labels: np.ndarray | None
   label_names: tuple[str, ...] | None
   splits: dict  # all splits, for what needs the training data too
   mesh: Any
 
 
-def load_run(workdir: str, config, checkpoint: str, split: str) -> TrainedRun:
-  """The model of `workdir` at `checkpoint` (only its variables are read) and the data."""
-  if split not in SPLITS:
+def load_run(workdir: str, config, checkpoint: str, split: str | None) -> TrainedRun:
+  """The model of `workdir` at `checkpoint` (only its variables are read) and the data.
+
+  `split` None: the test split where the data has one, else validation (and it says so).
+  """
+  if split is not None and split not in SPLITS:
     raise UserError(f'--split={split!r} is not one of: {", ".join(SPLITS)}')
   config_lib.load_config(workdir)  # a clear error if this is no training run
   with checkpoints.create_manager(workdir, read_only=True) as manager:
     step = checkpoints.resolve_step(manager, checkpoint)
     splits = input_pipeline.load_splits(config.data)
+    if split is None:
+      split = 'test' if 'test' in splits else 'validation'
+      print(f'split: {split} (' + ('' if split == 'test' else 'the data has no test split; ')
+            + '--split=validation or train for another)'.replace(f'{split} or ', ''))
     if split not in splits:
       raise UserError(f'the data of this run has no {split} split (config.data.test_split is '
                       "empty): use --split=validation, or name a test split with "
@@ -58,8 +67,8 @@ def load_run(workdir: str, config, checkpoint: str, split: str) -> TrainedRun:
                               jax.random.PRNGKey(0))
     variables = checkpoints.restore_variables(manager, step, abstract, NamedSharding(mesh, P()))
   data = splits[split]
-  return TrainedRun(config, model, variables, step, data.images, data.labels, data.label_names,
-                    splits, mesh)
+  return TrainedRun(config, model, variables, step, split, data.images, data.labels,
+                    data.label_names, splits, mesh)
 
 
 def evaluate(run: TrainedRun, noisy: bool) -> dict[str, float]:
@@ -93,8 +102,11 @@ def reconstruction_rows(run: TrainedRun, num_examples: int, seed: int = 0) -> di
   return rows, titles
 
 
-def main(workdir: str, config, checkpoint: str, split: str, num_examples: int) -> dict:
+def main(workdir: str, config, checkpoint: str, split: str | None, num_examples: int) -> dict:
+  if num_examples < 1:
+    raise UserError(f'--num_examples={num_examples}: the figure needs at least 1 image')
   run = load_run(workdir, config, checkpoint, split)
+  split = run.split
   results = {'clean': evaluate(run, noisy=False)}
   if config_lib.is_denoising(config):
     results = {'noisy': evaluate(run, noisy=True), **results}
@@ -127,5 +139,5 @@ if __name__ == '__main__':
   cli.define_run_flags(sys.argv)
   flags.DEFINE_integer('num_examples', 10, 'Images in the reconstruction figure.')
   FLAGS = flags.FLAGS
-  cli.run(lambda argv: main(FLAGS.workdir, FLAGS.config, FLAGS.checkpoint, FLAGS.split,
+  cli.run(lambda argv: main(cli.run_workdir(FLAGS.workdir), FLAGS.config, FLAGS.checkpoint, FLAGS.split,
                             FLAGS.num_examples))

@@ -30,6 +30,7 @@ class Split(NamedTuple):
   images: np.ndarray  # uint8 (N, H, W, C)
   labels: np.ndarray | None  # int32 (N,), or None for unlabelled data
   label_names: tuple[str, ...] | None = None  # names of the labels 0, 1, ...; None: the numbers
+  note: str | None = None  # what the user may not expect of this data, for the data line
 
 
 def load_splits(data_config) -> dict[str, Split]:
@@ -63,16 +64,17 @@ def load_splits(data_config) -> dict[str, Split]:
 
 def finish(split: Split, data_config, where: str) -> Split:
   """Grayscale and resizing as the config asks; checks that the images have 1 or 3 channels."""
-  images = split.images
+  images, note = split.images, split.note
   if images.shape[-1] not in (1, 3):
     raise UserError(f'{where} have {images.shape[-1]} channels: ae_jax takes 1 (grayscale) or '
                     '3 (colour)')
   if data_config.grayscale and images.shape[-1] == 3:
     images = to_grayscale(images)
+    note = None  # the note of mixed colour and grayscale files no longer holds
   size = data_config.image_size
   if size and images.shape[1:3] != (size, size):
     images = resize(images, size)
-  return split._replace(images=images)
+  return split._replace(images=images, note=note)
 
 
 def to_grayscale(images: np.ndarray) -> np.ndarray:
@@ -196,17 +198,23 @@ def read_idx_folder(data_config, wanted) -> dict[str, Split]:
     if images.ndim != 3:
       raise UserError(f'{images_path} holds an array of shape {images.shape}, not images')
     labels_path = _find(folder, labels_stem)
-    labels = None
-    if labels_path is not None:
+    labels = note = None
+    if labels_path is None:
+      note = (f'unlabelled: {folder} has no {labels_stem}[.gz], so the t-SNE map has one colour '
+              'and no kNN or linear-probe accuracy')
+    else:
       labels = read_idx(labels_path).astype(np.int32)
       if labels.shape != images.shape[:1]:
         raise UserError(f'{labels_path} has {len(labels)} labels for {len(images)} images in '
                         f'{images_path}')
-    splits[role] = take_slice(Split(images[..., None], labels), spec)
+    splits[role] = take_slice(Split(images[..., None], labels, note=note), spec)
   return splits
 
 
 # --- tensorflow-datasets -------------------------------------------------------------------
+
+IDX_DATASETS = ('mnist', 'fashion_mnist', 'kmnist')  # tfds datasets made of IDX files
+
 
 def _can_reach(url: str, timeout: float = 5.0) -> bool:
   """Whether `url`'s server answers within `timeout` seconds (any HTTP answer counts)."""
@@ -242,14 +250,28 @@ def _check_can_prepare(builder, data_config) -> None:
   if not url_infos or _can_reach(next(iter(url_infos))):
     return
   idx_hint = ''
-  if builder.name in ('mnist', 'fashion_mnist', 'kmnist'):
+  if builder.name in IDX_DATASETS:
     idx_hint = (' Or read IDX files directly: --config.data.source=idx '
                 '--config.data.path=FOLDER (train-images-idx3-ubyte[.gz] and friends).')
   where = f'{manual_dir} (config.data.manual_dir) lacks' if manual_dir else 'it needs'
   raise UserError(
       f'tfds cannot download {builder.name!r}: no network, and {where} '
       f'{", ".join(missing)}. Put the files {", ".join(files)} (with their official '
-      f'checksums) in a folder and pass --config.data.manual_dir=FOLDER.{idx_hint}')
+      f'checksums) in a folder and pass --config.data.manual_dir=FOLDER.{idx_hint} Or try '
+      'configs/quickstart.py, which needs no network and no files.')
+
+
+def _checksum_message(error: str, name: str) -> str:
+  """tfds's NonMatchingChecksumError (a paragraph) -> which file, and what to do."""
+  path = re.search(r'downloaded to (\S+?),? has wrong checksum', error)
+  sizes = re.findall(r'size=([^,]+),', error)
+  file = path.group(1) if path else 'a file'
+  size = f' ({sizes[1]}, where the official file has {sizes[0]})' if len(sizes) == 2 else ''
+  fix = ('Replace it with the official file, or read the folder as IDX files, which has no '
+         'checksum check: --config.data.source=idx --config.data.path=FOLDER'
+         if name in IDX_DATASETS else 'Replace it with the official file')
+  return (f'{file} is not the official file that tfds registers for {name!r}: its checksum '
+          f'differs{size}. {fix}')
 
 
 def _tfds_builder(tfds, data_config):
@@ -285,8 +307,11 @@ def read_tfds(data_config, wanted) -> dict[str, Split]:
                     '--config.data.image_size=N (e.g. 64)')
   if not builder.is_prepared():
     _check_can_prepare(builder, data_config)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=data_config.manual_dir))
+    try:
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(manual_dir=data_config.manual_dir))
+    except tfds.download.download_manager.NonMatchingChecksumError as e:
+      raise UserError(_checksum_message(str(e), builder.name)) from None
   available = set(builder.info.splits)
   wanted = dict(wanted)
   if 'validation' in available and parse_split(wanted['train'])[0] != 'validation':
@@ -347,12 +372,17 @@ def _decode(path: str, size):
   return array[..., None] if array.ndim == 2 else array
 
 
-def read_images(paths: list[str], size) -> np.ndarray:
-  """Decodes image files (in parallel threads: PIL releases the GIL) to (N, H, W, C) uint8."""
+def read_images(paths: list[str], size) -> tuple[np.ndarray, str | None]:
+  """Decodes image files (in parallel threads: PIL releases the GIL) to (N, H, W, C) uint8, and
+  a note where grayscale files were made colour."""
   with futures.ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
     images = list(pool.map(lambda p: _decode(p, size), paths))
-  if any(image.shape[-1] == 3 for image in images):  # a colour image makes every image colour
+  note = None
+  grey = sum(image.shape[-1] == 1 for image in images)
+  if 0 < grey < len(images):  # a colour image makes every image colour
     images = [np.repeat(image, 3, -1) if image.shape[-1] == 1 else image for image in images]
+    note = (f'{grey:,} of the {len(images):,} files are grayscale and {len(images) - grey:,} '
+            'colour: all are trained as colour (--config.data.grayscale=true makes them grayscale)')
   shapes = {}
   for path, image in zip(paths, images):
     shapes.setdefault(image.shape[:2], path)
@@ -360,7 +390,7 @@ def read_images(paths: list[str], size) -> np.ndarray:
     (a, path_a), (b, path_b) = list(shapes.items())[:2]
     raise UserError(f'the images differ in size ({path_a} is {a[1]}x{a[0]}, {path_b} is '
                     f'{b[1]}x{b[0]}): choose one with --config.data.image_size=N')
-  return np.stack(images)
+  return np.stack(images), note
 
 
 def _read_image_folder(folder: str, size, class_names=None) -> Split:
@@ -377,7 +407,8 @@ def _read_image_folder(folder: str, size, class_names=None) -> Split:
     raise UserError(f'{folder} holds no image files ({", ".join(IMAGE_EXTENSIONS)}), and no '
                     'folders of them')
   if files:
-    return Split(read_images(files, size), None)
+    images, note = read_images(files, size)
+    return Split(images, None, note=note)
   class_names = class_names or subfolders
   unknown = [c for c in subfolders if c not in class_names]
   if unknown:
@@ -388,7 +419,8 @@ def _read_image_folder(folder: str, size, class_names=None) -> Split:
     class_files = [p for p in class_files if _is_image(p)]
     paths += class_files
     labels += [class_names.index(c)] * len(class_files)
-  return Split(read_images(paths, size), np.array(labels, np.int32), tuple(class_names))
+  images, note = read_images(paths, size)
+  return Split(images, np.array(labels, np.int32), tuple(class_names), note)
 
 
 def read_image_folder(data_config, wanted) -> dict[str, Split]:

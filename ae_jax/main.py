@@ -1,6 +1,7 @@
-"""Trains an autoencoder: python -m ae_jax.main --config=configs/cae.py --workdir=runs/cae
+"""Trains an autoencoder: python -m ae_jax.main --config=configs/cae.py [--workdir=runs/cae]
 
-Running the same command again resumes from the latest checkpoint in the workdir. Across
+The workdir defaults to runs/<config file name>. Running the same command again resumes from
+the latest checkpoint in the workdir. Across
 several processes (hosts), start the same command in each with --coordinator_address,
 --num_processes and --process_id, or --distributed where JAX detects the cluster (SLURM, ...).
 """
@@ -16,7 +17,8 @@ from ae_jax import cli
 from ae_jax import train
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Folder for checkpoints, metrics and figures.')
+flags.DEFINE_string('workdir', None, 'Folder for checkpoints, metrics and figures '
+                    '(default: runs/<config file name>, e.g. runs/cae for configs/cae.py).')
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
 flags.DEFINE_string('coordinator_address', None,
                     'host:port of process 0, to train across processes (jax.distributed).')
@@ -24,7 +26,7 @@ flags.DEFINE_integer('num_processes', None, 'How many processes train together.'
 flags.DEFINE_integer('process_id', None, 'This process: 0, 1, ... num_processes - 1.')
 flags.DEFINE_bool('distributed', False,
                   'Start jax.distributed from what the cluster (SLURM, Cloud TPU, ...) says.')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
@@ -37,9 +39,18 @@ def main(argv):
     except (ValueError, RuntimeError) as e:
       raise UserError(f'cannot start jax.distributed: {" ".join(str(e).split())[:400]} (check '
                       '--coordinator_address, --num_processes and --process_id)') from None
+  workdir = FLAGS.workdir
+  if workdir == '':
+    raise UserError('--workdir is empty (an unset shell variable?): name a folder, or leave the '
+                    'flag out for runs/<config file name>')
+  if workdir is None:
+    workdir = cli.default_workdir(config_flags.get_config_filename(FLAGS['config']))
+  if jax.process_index() == 0:
+    print(f'training into {workdir}' + ('' if FLAGS['workdir'].present else
+                                        ' (--workdir=FOLDER for another)'), flush=True)
   logging.info('JAX process %d / %d, local devices %r', jax.process_index(),
                jax.process_count(), jax.local_devices())
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  train.train_and_evaluate(FLAGS.config, workdir)
 
 
 if __name__ == '__main__':

@@ -118,7 +118,8 @@ class RunLog:
       self._writer.scalar('val/loss', row['val_loss'], step)
       self._writer.scalar('train/epoch_loss', row['train_loss'], step)
       self._writer.scalar('train/images_per_sec', row['images_per_sec'], step)
-      self._writer.image('val/reconstructions', reconstructions, step)
+      if reconstructions is not None:
+        self._writer.image('val/reconstructions', reconstructions, step)
       self._writer.flush()
     self._submit(write)
 

@@ -367,7 +367,8 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
        + f' images of {image_shape}, '
        + ('held on the devices' if placement == 'device' else 'streamed from host memory')
        + f'; {num_devices} {mesh.devices.flat[0].platform} device(s)'
-       + (f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''))
+       + (f' in {jax.process_count()} processes' if jax.process_count() > 1 else '')
+       + ''.join(f'; {note}' for note in dict.fromkeys(s.note for s in splits.values() if s.note)))
 
   # --- The model and the train state.
   model = models.create_model(config.model, image_shape)
@@ -433,11 +434,14 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
             bad = np.flatnonzero(~np.isfinite(losses))
             if bad.size:
               bar.close()
+              latest = manager.latest_step()
               raise UserError(
                   f'the loss became {losses[bad[0]]} at step '
                   f'{epoch * steps_per_epoch + call_first + int(bad[0]) + 1} (epoch {epoch + 1}): '
                   f'training diverged. Lower config.learning_rate (now {config.learning_rate}); '
-                  f'the latest checkpoint, in {manager.directory}, is from before it')
+                  + (f'the latest checkpoint, of step {latest} in {manager.directory}, is from '
+                     'before it' if latest is not None else
+                     'no checkpoint was saved, so the run starts afresh'))
             epoch_losses.extend(losses.tolist())
             run_log.train_losses(epoch * steps_per_epoch + call_first + 1, losses)
             bar.update(call_steps)
@@ -479,7 +483,8 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
                                     streamed=placement == 'host',
                                     noise_rng=val_noise_rng)[config.loss]
           checkpoints.save(manager, eval_state, val_loss)
-          grid = plots.image_grid([shown, np.asarray(reconstruct(variables, shown))])
+          grid = plots.image_grid([shown, np.asarray(reconstruct(variables, shown))]) if len(
+              shown) else None
           row = dict(epoch=epoch + 1, step=int(eval_state.step), loss=config.loss,
                      train_loss=float(np.mean(epoch_losses)), val_loss=val_loss,
                      images_per_sec=(steps_per_epoch - first) * config.batch_size / train_seconds,

@@ -1,6 +1,9 @@
 """The latent space of a trained run in 2-D (t-SNE), and numbers that say how good it is.
 
-  scripts/tsne.sh runs/cae [--split=test] [--num_points=10000] [--checkpoint=best]
+  scripts/tsne.sh [runs/cae] [--split=test] [--num_points=10000] [--checkpoint=best]
+
+Without a workdir: the run under runs/ that trained last. Without --split: the test split where
+the run's data has one, else validation.
 
 Writes to workdir/tsne/:
   <split>.png  the map: one colour per label, digit thumbnails where they don't overlap;
@@ -66,8 +69,12 @@ def subsample(num_examples: int, labels, num_points: int, seed: int) -> np.ndarr
   """Indices of `num_points` examples (all if fewer), stratified by label where there are labels."""
   if num_points >= num_examples:
     return np.arange(num_examples)
-  if labels is not None and np.unique(labels, return_counts=True)[1].min() < 2:
-    labels = None  # a class of one cannot be stratified: a plain random sample instead
+  if labels is not None:
+    counts = np.unique(labels, return_counts=True)[1]
+    # scikit-learn stratifies only with a class in each part, and two examples in each class:
+    # where it cannot, a plain random sample instead
+    if counts.min() < 2 or min(num_points, num_examples - num_points) < len(counts):
+      labels = None
   chosen, _ = model_selection.train_test_split(
       np.arange(num_examples), train_size=num_points, random_state=seed, stratify=labels)
   return np.sort(chosen)
@@ -89,9 +96,43 @@ def embed(latents: np.ndarray, perplexity: float, angle: float, seed: int) -> np
                        random_state=seed).fit_transform(latents)
 
 
+def min_points(perplexity: float) -> int:
+  """The fewest points a map can have: t-SNE needs more than its perplexity, trustworthiness
+  more than twice its neighbours."""
+  return max(int(perplexity) + 1, 2 * KNN_NEIGHBOURS + 1)
+
+
+def check_flags(num_points, num_train_points, perplexity, seed, angle) -> None:
+  if not perplexity > 0:
+    raise UserError(f'--perplexity={perplexity} must be positive (30 is the usual value)')
+  if not 0 <= angle <= 1:
+    raise UserError(f'--angle={angle} must be between 0 and 1 ({ANGLE} is the default)')
+  if seed < 0:
+    raise UserError(f'--seed={seed} must not be negative')
+  if num_points < min_points(perplexity):
+    raise UserError(
+        f'--num_points={num_points} is too few: a t-SNE map with perplexity {perplexity:g} needs '
+        f'at least {min_points(perplexity)} points (more than the perplexity, and more than '
+        f'{2 * KNN_NEIGHBOURS} for its trustworthiness); use {min_points(perplexity)} or more, '
+        'or a lower --perplexity')
+  if num_train_points < KNN_NEIGHBOURS + 1:
+    raise UserError(f'--num_train_points={num_train_points} is too few for a '
+                    f'{KNN_NEIGHBOURS}-nearest-neighbour classifier: use {KNN_NEIGHBOURS + 1} '
+                    'or more')
+
+
 def main(workdir, config, checkpoint, split, num_points, num_train_points, perplexity, seed,
          angle=ANGLE):
+  check_flags(num_points, num_train_points, perplexity, seed, angle)
   run = evaluate.load_run(workdir, config, checkpoint, split)
+  split = run.split
+  if len(run.images) < min_points(perplexity):
+    raise UserError(f'the {split} split has {len(run.images)} images, too few for a t-SNE map '
+                    f'with perplexity {perplexity:g} (it needs {min_points(perplexity)}): '
+                    'choose a larger --split, or a lower --perplexity')
+  if num_points > len(run.images):
+    print(f'mapping all {len(run.images):,} images of the {split} split (fewer than '
+          f'--num_points={num_points})')
   chosen = subsample(len(run.images), run.labels, num_points, seed)
   images = run.images[chosen]
   labels = None if run.labels is None else run.labels[chosen]
@@ -106,7 +147,8 @@ def main(workdir, config, checkpoint, split, num_points, num_train_points, perpl
     if train_split.labels is not None:
       train_labels = train_split.labels[train_chosen]
   if latent_size > PCA_DIMS:
-    pca = decomposition.PCA(PCA_DIMS, random_state=seed).fit(train_latents)
+    pca = decomposition.PCA(min(PCA_DIMS, len(train_latents)), random_state=seed).fit(
+        train_latents)
     latents, train_latents = pca.transform(latents), pca.transform(train_latents)
 
   start = time.time()
@@ -149,8 +191,11 @@ def main(workdir, config, checkpoint, split, num_points, num_train_points, perpl
   return report
 
 
-def redraw(workdir: str, split: str) -> None:
-  """Redraws workdir/tsne/<split>.png from its .npz, without recomputing anything."""
+def redraw(workdir: str, split: str | None) -> None:
+  """Redraws workdir/tsne/<split>.png from its .npz, without recomputing anything (`split`
+  None: the test split's map where there is one, else validation's)."""
+  if split is None:
+    split = 'test' if os.path.exists(os.path.join(workdir, 'tsne', 'test.npz')) else 'validation'
   stem = os.path.join(workdir, 'tsne', split)
   if not os.path.exists(stem + '.npz'):
     raise UserError(f'{stem}.npz does not exist: run scripts/tsne.sh {workdir} first')
@@ -178,8 +223,8 @@ if __name__ == '__main__':
 
   def _main(argv):
     if FLAGS.redraw:
-      return redraw(FLAGS.workdir, FLAGS.split)
-    return main(FLAGS.workdir, FLAGS.config, FLAGS.checkpoint, FLAGS.split, FLAGS.num_points,
+      return redraw(cli.run_workdir(FLAGS.workdir), FLAGS.split)
+    return main(cli.run_workdir(FLAGS.workdir), FLAGS.config, FLAGS.checkpoint, FLAGS.split, FLAGS.num_points,
                 FLAGS.num_train_points, FLAGS.perplexity, FLAGS.seed, FLAGS.angle)
 
   cli.run(_main)

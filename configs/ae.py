@@ -1,6 +1,6 @@
 """Dense autoencoder (784-256-32-256-784, ReLU, dropout 0.1) on MNIST.
 
-  python -m ae_jax.main --config=configs/ae.py --workdir=runs/ae
+  python -m ae_jax.main --config=configs/ae.py     # into runs/ae
 
 Validation MSE after 10 epochs (noisy inputs for the denoising models):
 0.0113 on Fashion-MNIST (48,000 train / 12,000 validation images, `--config.data.source=idx

@@ -1,6 +1,6 @@
 """Convolutional autoencoder (3x3 convolutions with BatchNorm, a 7x7x256 latent) on MNIST.
 
-  python -m ae_jax.main --config=configs/cae.py --workdir=runs/cae
+  python -m ae_jax.main --config=configs/cae.py     # into runs/cae
 
 On the 10,000 real MNIST test images used as data (8,000 train / 2,000 validation,
 `--config.data.source=idx --config.data.path=../shared/data/mnist --config.data.train_split=test

@@ -1,6 +1,6 @@
 """Denoising dense autoencoder: the AE trained on inputs with Gaussian noise (std 0.1).
 
-  python -m ae_jax.main --config=configs/dae.py --workdir=runs/dae
+  python -m ae_jax.main --config=configs/dae.py     # into runs/dae
 
 Validation MSE after 10 epochs (noisy inputs for the denoising models):
 0.0117 on Fashion-MNIST (48,000 train / 12,000 validation images, `--config.data.source=idx

@@ -1,8 +1,8 @@
 """The first thing to try, on any machine: an AE on scikit-learn's 8x8 digits, no download.
 
-  python -m ae_jax.main --config=configs/quickstart.py --workdir=runs/quickstart
-  scripts/eval.sh runs/quickstart --split=validation
-  scripts/tsne.sh runs/quickstart --split=validation
+  python -m ae_jax.main --config=configs/quickstart.py     # into runs/quickstart
+  scripts/eval.sh     # the run that trained last, on the validation split (no test split)
+  scripts/tsne.sh
 
 1,438 training and 359 validation digits (the digits have no test split): 8x8 images through
 a 128-unit hidden layer to an 8-number latent and back. Reaches a validation MSE of 0.0153

@@ -30,12 +30,38 @@ def small_config(name: str, *, num_train: int = 256, batch_size: int = 32, **ove
   return config
 
 
-def run_module(module: str, *args: str, devices: int = 1, timeout: float = 600, env=None):
+def _environment(devices: int, env) -> dict:
+  # this interpreter for the scripts' `python` too
+  return {**os.environ, **(env or {}), 'VIRTUAL_ENV': sys.prefix,
+          'PATH': os.path.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', ''),
+          'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
+
+
+def run_module(module: str, *args: str, devices: int = 1, timeout: float = 600, env=None,
+               cwd=ROOT):
   """Runs `python -m module args` in a fresh process with `devices` CPU devices."""
-  environment = {**os.environ, **(env or {}),
-                 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, env=environment,
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=cwd,
+                        env=_environment(devices, env), capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def run_script(script: str, *args: str, cwd=ROOT, timeout: float = 600):
+  """Runs scripts/<script> (eval.sh, tsne.sh) as a user types it, in `cwd`."""
+  return subprocess.run([os.path.join(ROOT, 'scripts', script), *args], cwd=cwd,
+                        env=_environment(1, None), capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def assert_one_line_error(result, *fragments):
+  """A non-zero exit, no traceback, and a last line that starts with 'error:' and says it all."""
+  output = (result.stdout + result.stderr).strip()
+  assert result.returncode != 0, output
+  assert 'Traceback' not in output, output
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: '), output
+  assert sum(l.startswith('error: ') for l in result.stderr.splitlines()) == 1, output
+  for fragment in fragments:
+    assert fragment in last, last
 
 
 @pytest.fixture

@@ -110,6 +110,8 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     train.train_and_evaluate(diverging, workdir)
   assert checkpoints.create_manager(workdir, read_only=True).latest_step() == 4
   assert len(metric_writers.read_metrics(os.path.join(workdir, 'metrics.jsonl'))) == 1
+  with pytest.raises(UserError, match='the loss became nan .* no checkpoint was saved'):
+    train.train_and_evaluate(diverging, str(tmp_path / 'fresh'))
 
 
 @pytest.mark.slow

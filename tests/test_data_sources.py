@@ -91,6 +91,24 @@ def test_colour_folder_to_grayscale_and_resized(tmp_path):
   assert splits['train'].images.shape[1:] == (16, 16, 1)
 
 
+def test_what_the_user_may_not_expect_is_on_the_data_line(tmp_path, capsys):
+  _write_pngs(tmp_path / 'mixed', DIGITS[:30])
+  _write_pngs(tmp_path / 'mixed', _colour(DIGITS[30:40]), {i: f'c{i}' for i in range(10)})
+  config = _config('folder', str(tmp_path / 'mixed'))
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert ('30 of the 40 files are grayscale and 10 colour: all are trained as colour '
+          '(--config.data.grayscale=true makes them grayscale)') in capsys.readouterr().out
+  config.data.grayscale = True
+  assert input_pipeline.load_splits(config.data)['train'].note is None
+
+  images_only = tmp_path / 'images_only'
+  images_only.mkdir()
+  os.symlink(os.path.join(MNIST_SMALL, 'train-images-idx3-ubyte.gz'),
+             images_only / 'train-images-idx3-ubyte.gz')
+  note = input_pipeline.load_splits(_config('idx', str(images_only)).data)['train'].note
+  assert note.startswith('unlabelled') and 'the t-SNE map has one colour' in note
+
+
 def test_images_of_different_sizes_need_image_size(tmp_path):
   _write_pngs(tmp_path / 'images', DIGITS[:5])
   Image.fromarray(DIGITS[5][:20, :24]).save(tmp_path / 'images' / 'odd.png')

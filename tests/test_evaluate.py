@@ -6,7 +6,9 @@ import pytest
 
 from ae_jax import UserError
 from ae_jax import evaluate
+from conftest import assert_one_line_error
 from conftest import run_module
+from conftest import run_script
 from conftest import save_untrained
 
 
@@ -93,3 +95,24 @@ def test_the_script_passes_flags_on_and_fails_in_one_line(trained_ae):
   result = run_module('ae_jax.evaluate', f'--workdir={workdir}', '--config.model.name=CAE')
   assert result.returncode == 1 and 'Traceback' not in result.stderr
   assert result.stderr.strip().startswith('error: the checkpoint of step')
+
+
+@pytest.mark.parametrize('flag, fragment', [
+    ('--num_examples=0', '--num_examples=0: the figure needs at least 1 image'),
+    ('--num_examples=-1', '--num_examples=-1'),
+    ('--config.model.latnt_dim=3', 'no such config field'),
+])
+def test_bad_flags_are_one_line_and_write_nothing(trained_ae, flag, fragment):
+  workdir, _ = trained_ae
+  before = sorted(os.listdir(workdir))
+  assert_one_line_error(run_script('eval.sh', workdir, flag), fragment)
+  assert sorted(os.listdir(workdir)) == before
+
+
+def test_without_a_split_the_test_split_where_there_is_one(trained_ae, capsys):
+  workdir, config = trained_ae
+  assert evaluate.main(workdir, config, 'best', None, num_examples=2)['split'] == 'test'
+  no_test = config.copy_and_resolve_references()
+  no_test.data.test_split = ''
+  assert evaluate.main(workdir, no_test, 'best', None, num_examples=2)['split'] == 'validation'
+  assert 'split: validation (the data has no test split' in capsys.readouterr().out

@@ -6,7 +6,10 @@ import time
 import pytest
 
 from conftest import MNIST_SMALL
+from conftest import ROOT
+from conftest import assert_one_line_error
 from conftest import run_module
+from conftest import run_script
 
 SMALL = ['--config.data.source=idx', f'--config.data.path={MNIST_SMALL}',
          '--config.data.train_split=train[:160]', '--config.batch_size=32']
@@ -16,13 +19,7 @@ def _train(workdir, *flags, config='configs/ae.py', **kwargs):
   return run_module('ae_jax.main', f'--config={config}', f'--workdir={workdir}', *flags, **kwargs)
 
 
-def _assert_one_line_error(result, *fragments):
-  assert result.returncode != 0
-  assert 'Traceback' not in result.stderr, result.stderr
-  lines = [l for l in result.stderr.splitlines() if l.startswith('error: ')]
-  assert len(lines) == 1, result.stderr
-  for fragment in fragments:
-    assert fragment in lines[0], lines[0]
+_assert_one_line_error = assert_one_line_error
 
 
 @pytest.mark.parametrize('flag, fragments', [
@@ -38,7 +35,57 @@ def test_bad_config_is_one_clear_line(workdir, flag, fragments):
 
 
 def test_missing_config_file_is_one_clear_line(workdir):
-  _assert_one_line_error(_train(workdir, config='configs/nope.py'), 'configs/nope.py')
+  _assert_one_line_error(_train(workdir, config='configs/nope.py'),
+                         'the config file configs/nope.py does not exist',
+                         'configs/cae.py', 'configs/quickstart.py')
+  assert not os.path.exists(workdir)
+
+
+@pytest.mark.parametrize('flag, fragments', [
+    ('--config.seed=-1', ['config.seed=-1']),
+    ('--config.num_summary_images=-1', ['config.num_summary_images=-1']),
+    ('--workdir=', ['--workdir is empty']),
+])
+def test_more_bad_values_are_one_line_and_write_nothing(tmp_path, flag, fragments):
+  result = run_module('ae_jax.main', f'--config={ROOT}/configs/quickstart.py', flag, cwd=tmp_path)
+  _assert_one_line_error(result, *fragments)
+  assert os.listdir(tmp_path) == []
+
+
+def test_a_workdir_of_another_model_names_the_fields_that_differ(trained_ae):
+  workdir, _ = trained_ae
+  before = {f: os.path.getmtime(os.path.join(workdir, f)) for f in os.listdir(workdir)}
+  result = _train(workdir, *SMALL, '--config.model.latent_dim=16', '--config.noise.std=0.1')
+  _assert_one_line_error(result, 'holds a run of another model',
+                         'config.model.latent_dim is 32 there, 16 here',
+                         'config.noise.std is 0.0 there, 0.1 here')
+  assert 'hidden_dim' not in result.stderr  # only what differs
+  assert before == {f: os.path.getmtime(os.path.join(workdir, f)) for f in os.listdir(workdir)}
+
+
+def test_a_damaged_config_json_is_named(tmp_path):
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / 'config.json').write_text('{"seed": 0,')
+  for result in (_train(str(workdir), *SMALL), run_script('eval.sh', str(workdir))):
+    _assert_one_line_error(result, f'{workdir}/config.json is not valid JSON')
+
+
+SHARED_MNIST = os.path.join(ROOT, '..', 'shared', 'data', 'mnist')
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_MNIST), reason='needs ../shared/data/mnist')
+def test_a_manual_dir_file_with_the_wrong_checksum_is_named(tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  manual = tmp_path / 'manual'
+  shutil.copytree(SHARED_MNIST, manual, ignore=shutil.ignore_patterns('*.md'))
+  # real MNIST images, but not the official file's bytes
+  shutil.copy(os.path.join(MNIST_SMALL, 'train-images-idx3-ubyte.gz'), manual)
+  result = _train(str(tmp_path / 'run'), f'--config.data.data_dir={tmp_path / "tfds"}',
+                  f'--config.data.manual_dir={manual}')
+  _assert_one_line_error(result, f'{manual}/train-images-idx3-ubyte.gz is not the official file',
+                         'its checksum differs', '--config.data.source=idx')
+  assert not os.path.exists(tmp_path / 'run')
 
 
 def test_offline_mnist_fails_within_seconds_and_says_what_to_do(tmp_path):
@@ -50,7 +97,8 @@ def test_offline_mnist_fails_within_seconds_and_says_what_to_do(tmp_path):
                   env=offline, timeout=120)
   assert time.time() - start < 60  # start-up (TensorFlow) included; tfds alone takes minutes
   _assert_one_line_error(result, 'no network', 'train-images-idx3-ubyte.gz',
-                         '--config.data.manual_dir', '--config.data.source=idx')
+                         '--config.data.manual_dir', '--config.data.source=idx',
+                         'configs/quickstart.py')
 
 
 @pytest.mark.slow
@@ -69,3 +117,21 @@ def test_training_twice_in_one_workdir_resumes(workdir):
   assert sorted(os.listdir(workdir)) == sorted(
       ['checkpoints', 'config.json', 'loss_curve.png', 'metrics.jsonl'] +
       [f for f in os.listdir(workdir) if f.startswith('events.out.tfevents')])
+
+
+@pytest.mark.slow
+def test_the_first_commands_work_as_written_without_a_workdir(tmp_path):
+  """python -m ae_jax.main --config=..., then scripts/eval.sh and scripts/tsne.sh, no arguments."""
+  result = run_module('ae_jax.main', f'--config={ROOT}/configs/quickstart.py',
+                      '--config.num_epochs=3', cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.splitlines()[0].startswith('training into runs/quickstart')
+  run = tmp_path / 'runs' / 'quickstart'
+  assert (run / 'checkpoints').is_dir() and (run / 'metrics.jsonl').exists()
+  for script in ('eval.sh', 'tsne.sh'):
+    result = run_script(script, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith('runs/quickstart: the run under runs/ that trained last')
+    assert 'split: validation (the data has no test split' in result.stdout
+  assert (run / 'eval' / 'validation.json').exists()
+  assert (run / 'tsne' / 'validation.png').exists()

@@ -3,9 +3,12 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 
 from ae_jax import tsne
 from conftest import MNIST_SMALL
+from conftest import assert_one_line_error
+from conftest import run_script
 from conftest import save_untrained
 from conftest import small_config
 
@@ -64,3 +67,46 @@ def test_large_latents_are_projected_to_50_dimensions_first(tmp_path):
                      perplexity=10.0, seed=0)
   assert report['latent_size'] == 7 * 7 * 16 and report['pca_dims'] == 50
   assert 0 <= report['knn_accuracy'] <= 1
+
+
+def test_subsample_of_a_few_less_than_all_still_works():
+  labels = np.repeat(np.arange(10), 36)  # 360 points of 10 classes
+  for num_points in range(351, 360):  # fewer left out than there are classes
+    chosen = tsne.subsample(len(labels), labels, num_points, seed=0)
+    assert len(chosen) == num_points and len(set(chosen)) == num_points
+
+
+@pytest.mark.parametrize('flag, fragment', [
+    ('--num_points=10', '--num_points=10 is too few: a t-SNE map with perplexity 30 needs at '
+     'least 31 points'),
+    ('--config.model.latnt_dim=3', 'Did you mean "latent_dim"'),
+])
+def test_bad_flags_are_one_line_and_write_nothing(trained_ae, flag, fragment):
+  workdir, _ = trained_ae
+  before = sorted(os.listdir(workdir))
+  assert_one_line_error(run_script('tsne.sh', workdir, flag), fragment)
+  assert sorted(os.listdir(workdir)) == before
+
+
+@pytest.mark.parametrize('flags, message', [
+    (dict(num_points=0), '--num_points=0 is too few'),
+    (dict(num_points=40, perplexity=40.0), 'use 41 or more, or a lower --perplexity'),
+    (dict(perplexity=0.0), '--perplexity=0.0 must be positive'),
+    (dict(seed=-1), '--seed=-1 must not be negative'),
+    (dict(num_train_points=2), '--num_train_points=2 is too few'),
+])
+def test_which_flag_values_work(flags, message):
+  from ae_jax import UserError  # pylint: disable=g-import-not-at-top
+  flags = {**dict(num_points=100, num_train_points=100, perplexity=30.0, seed=0, angle=0.7),
+           **flags}
+  with pytest.raises(UserError, match=message):
+    tsne.check_flags(**flags)
+
+
+def test_points_from_the_minimum_to_the_whole_split_work(trained_ae, capsys):
+  workdir, config = trained_ae
+  for num_points in (31, 199, 500):  # the fewest, one below the split's 200, more than it
+    report = tsne.main(workdir, config, 'best', 'test', num_points=num_points,
+                       num_train_points=100, perplexity=30.0, seed=0)
+    assert report['num_points'] == min(num_points, 200)
+  assert 'all 200 images of the test split (fewer than --num_points=500)' in capsys.readouterr().out
