@@ -1,19 +1,29 @@
-"""Orbax checkpoints under workdir/checkpoints: the best by validation loss and the latest.
+"""Orbax checkpoints under workdir/checkpoints: the best by validation loss and the two latest.
 
 A checkpoint holds two items, so that evaluation reads only what it needs:
   variables: {'params', 'batch_stats'}, what `model.apply` takes;
   train:     {'opt_state', 'step', 'rng'}, the rest of the train state.
 Orbax writes each checkpoint to a temporary folder and renames it when complete, so a run
-killed while saving leaves the previous checkpoints intact and no half-written one.
+killed while saving leaves the previous checkpoints intact and no half-written one. A failed
+write becomes a UserError that names the path and the fix; a checkpoint whose files are damaged
+is passed over (and, by training, moved aside to STEP.damaged) for the newest one that reads.
 """
 
+import contextlib
+import glob
+import json
 import os
+import re
+import shutil
 
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from ae_jax import UserError
+from ae_jax import cannot_write
+from ae_jax import find_os_error
 
 
 ITEMS = ('variables', 'train')
@@ -26,11 +36,13 @@ def checkpoint_dir(workdir: str) -> str:
 def create_manager(workdir: str, *, read_only: bool = False) -> ocp.CheckpointManager:
   """The manager of workdir/checkpoints. `read_only`: for a reader (evaluation), which must not
   create the folder nor clean up temporary folders, one of which may be a save in progress."""
+  if not read_only:
+    set_aside_damaged_metrics(checkpoint_dir(workdir))  # or orbax's manager cannot start
   val_loss = lambda metrics: metrics['val_loss']
   options = ocp.CheckpointManagerOptions(
       best_fn=val_loss, best_mode='min',  # for best_step()
       preservation_policy=checkpoint_managers.AnyPreservationPolicy([
-          checkpoint_managers.LatestN(n=1),
+          checkpoint_managers.LatestN(n=2),  # the newest that reads, if the last is damaged
           # reverse=True: BestN keeps the end of the sorted list, and a lower loss is better.
           checkpoint_managers.BestN(get_metric_fn=val_loss, reverse=True, n=1,
                                     keep_checkpoints_without_metrics=False),
@@ -43,12 +55,89 @@ def create_manager(workdir: str, *, read_only: bool = False) -> ocp.CheckpointMa
       item_handlers={name: ocp.StandardCheckpointHandler() for name in ITEMS})
 
 
+def _tensorstore_os_error(error: BaseException) -> OSError | None:
+  """tensorstore (orbax's array writer) reports a failed write as a ValueError whose text holds
+  the path and the errno: 'Failed writing: "PATH": ... [os_error_code='28']'."""
+  while error is not None:
+    code = re.search(r"os_error_code='(\d+)'", str(error))
+    if code:
+      path = re.search(r'Failed (?:writing|to open|to create)[^"]*"([^"]+)"', str(error))
+      errno = int(code.group(1))
+      return OSError(errno, os.strerror(errno), path.group(1) if path else None)
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _guarded(manager, fn, *args, **kwargs):
+  """Calls an orbax method; a failed write (here, or in an earlier save's background thread)
+  becomes a UserError that names the path, the reason, the fix and where a rerun resumes."""
+  try:
+    return fn(*args, **kwargs)
+  except Exception as e:  # pylint: disable=broad-except  (orbax wraps and re-raises)
+    os_error = find_os_error(e) or _tensorstore_os_error(e)
+    if os_error is None:
+      raise
+    # what the failed save left, so that the space it took is free again
+    for tmp in glob.glob(os.path.join(manager.directory, '*.orbax-checkpoint-tmp*')):
+      shutil.rmtree(tmp, ignore_errors=True)
+    steps = [int(name) for name in os.listdir(manager.directory) if name.isdigit()]
+    latest = max(steps, default=None)
+    what = 'a checkpoint to'
+    tmp = re.match(r'(.*?/(\d+)\.orbax-checkpoint-tmp)', os_error.filename or '')
+    if tmp:  # the step's folder says more than a file deep inside it
+      what = f'the checkpoint of step {tmp.group(2)} to'
+      os_error = OSError(os_error.errno, os_error.strerror, tmp.group(1))
+    error = cannot_write(os_error, what)
+    raise UserError(f'{error}; then run the same command again: it resumes from '
+                    + ('the start (no checkpoint was saved)' if latest is None else
+                       f'the checkpoint of step {latest}')) from None
+
+
+def check(manager: ocp.CheckpointManager) -> None:
+  """Raises (a UserError) if a background save has failed: cheap, call it often."""
+  _guarded(manager, manager.check_for_errors)
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+  """Waits for the background saves, raising (a UserError) if one failed."""
+  _guarded(manager, manager.wait_until_finished)
+
+
+def close(manager: ocp.CheckpointManager) -> None:
+  """Finishes the saves and closes the manager; after a failed save, closes it all the same."""
+  try:
+    _guarded(manager, manager.close)
+  except Exception:  # pylint: disable=broad-except
+    try:
+      manager.close()  # orbax raises the same error again before closing its threads
+    except Exception:  # pylint: disable=broad-except
+      pass
+    raise
+
+
+@contextlib.contextmanager
+def managed(workdir: str):
+  """create_manager(workdir), closed on the way out; where an error is already on its way out,
+  a second one from closing does not hide it."""
+  manager = create_manager(workdir)
+  try:
+    yield manager
+  except BaseException:
+    try:
+      close(manager)
+    except Exception:  # pylint: disable=broad-except
+      pass
+    raise
+  close(manager)  # or the last save is lost
+
+
 def save(manager: ocp.CheckpointManager, state, val_loss: float | None = None) -> None:
   """Starts saving `state` (saving goes on in the background); `val_loss` ranks it for 'best'."""
   step = int(state.step)
   if step in manager.all_steps():
     return
-  manager.save(
+  _guarded(
+      manager, manager.save,
       step,
       args=ocp.args.Composite(
           variables=ocp.args.StandardSave(
@@ -58,25 +147,174 @@ def save(manager: ocp.CheckpointManager, state, val_loss: float | None = None) -
       metrics=None if val_loss is None else {'val_loss': float(val_loss)})
 
 
-def resolve_step(manager: ocp.CheckpointManager, which: str) -> int:
-  """'best', 'latest' or a step number -> a step that exists, or a UserError that says why not."""
-  steps = manager.all_steps()
-  where = manager.directory
-  if not steps:
-    raise UserError(f'no checkpoint in {where}: train first with '
-                    f'python -m ae_jax.main --config=... --workdir={os.path.dirname(where)}')
-  if which == 'latest':
-    return manager.latest_step()
-  if which == 'best':
-    return manager.best_step()
+# --- Reading, and what to do with a damaged checkpoint -------------------------------------
+
+class Damaged(Exception):
+  """A checkpoint with a missing, truncated or undecodable file; args: (step, what is wrong)."""
+
+
+# tensorstore's status codes for files that are not there, too short, or not what they say
+_TENSORSTORE_DAMAGE = {'NOT_FOUND': 'a file is missing', 'OUT_OF_RANGE': 'a file is truncated',
+                       'DATA_LOSS': 'a file is corrupt'}
+
+
+def _damage(error: BaseException) -> str | None:
+  """What is damaged, where `error` says that a checkpoint's files are (None: not damage)."""
+  while error is not None:
+    text = str(error)
+    if isinstance(error, (json.JSONDecodeError, UnicodeDecodeError)):
+      return f'a file is not valid JSON ({error})'
+    if isinstance(error, FileNotFoundError):
+      return f'{error.filename} is missing'
+    if isinstance(error, EOFError):
+      return 'a file is truncated'
+    code = re.match(r'([A-Z_]+): ', text)
+    if isinstance(error, ValueError) and code and code.group(1) in _TENSORSTORE_DAMAGE:
+      where = re.search(r'local file "([^"]+)"', text)
+      return _TENSORSTORE_DAMAGE[code.group(1)] + (f' in {where.group(1)}' if where else '')
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _step_folders(directory: str) -> list[int]:
+  """The steps of the complete checkpoints in `directory`, newest first."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted((int(name) for name in os.listdir(directory) if name.isdigit()), reverse=True)
+
+
+def _val_loss(directory: str, step: int) -> float | None:
+  """The validation loss that ranks the checkpoint of `step` (None: none was saved)."""
+  path = os.path.join(directory, str(step), 'metrics', 'metrics')
+  if not os.path.exists(path):
+    return None
   try:
-    step = int(which)
-  except ValueError:
-    raise UserError(f'--checkpoint={which!r}: use best, latest or a step number') from None
-  if step not in steps:
-    raise UserError(f'no checkpoint of step {step} in {where}; there are steps '
-                    f'{", ".join(map(str, steps))} (or use --checkpoint=best / latest)')
-  return step
+    with open(path) as f:
+      return float(json.load(f)['val_loss'])
+  except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+    raise Damaged(step, f'{path} is not valid JSON ({e})') from None
+
+
+def set_aside(directory: str, step: int, why: str) -> None:
+  """Renames a damaged step folder to STEP.damaged, which orbax ignores, and says so."""
+  if jax.process_index() == 0:
+    try:
+      os.replace(os.path.join(directory, str(step)), os.path.join(directory, f'{step}.damaged'))
+    except OSError as e:
+      raise UserError(f'the checkpoint of step {step} in {directory} is damaged ({why}), and '
+                      f'cannot be moved aside ({e.strerror}): delete that step folder') from None
+    print(f'skipped the checkpoint of step {step}: {why}; moved it to '
+          f'{os.path.join(directory, f"{step}.damaged")}', flush=True)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f'set aside {step}')
+
+
+def set_aside_damaged_metrics(directory: str) -> None:
+  """Sets aside the checkpoints whose metrics do not read, which orbax's manager cannot open."""
+  for step in _step_folders(directory):
+    try:
+      _val_loss(directory, step)
+    except Damaged as e:
+      set_aside(directory, *e.args)
+
+
+def _read(directory: str, step: int, name: str, target):
+  """Item `name` of the checkpoint of `step`, like the abstract `target`; Damaged if its files
+  are; a UserError if it holds another model."""
+  path = epath.Path(directory) / str(step) / name
+  handler = ocp.StandardCheckpointHandler()  # what the manager reads each item with
+  try:
+    metadata = handler.metadata(path)
+    if metadata is None or metadata.tree is None:
+      raise Damaged(step, f'the metadata in {path} does not read')
+    _check_fits(metadata.tree, target, step, directory)
+    return handler.restore(path, args=ocp.args.StandardRestore(target))
+  except (UserError, Damaged):
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    damage = _damage(e)
+    if damage is None:
+      raise  # not damage: a bug, to be seen whole
+    raise Damaged(step, damage) from None
+  finally:
+    handler.close()
+
+
+def _read_train_state(directory: str, step: int, state, sharding):
+  items = {
+      'variables': _abstract({'params': state.params, 'batch_stats': state.batch_stats},
+                             sharding),
+      'train': _abstract({'opt_state': state.opt_state, 'step': state.step, 'rng': state.rng},
+                         sharding),
+  }
+  restored = {name: _read(directory, step, name, target) for name, target in items.items()}
+  return state.replace(**restored['variables'], **restored['train'])
+
+
+def restore_train_state(manager: ocp.CheckpointManager, step: int, state, sharding):
+  """The train state saved at `step`, with the structure of `state`, placed with `sharding`."""
+  try:
+    return _read_train_state(str(manager.directory), step, state, sharding)
+  except Damaged as e:
+    raise UserError(f'the checkpoint of step {step} in {manager.directory} is damaged: '
+                    f'{e.args[1]}') from None
+
+
+def restore_latest(manager: ocp.CheckpointManager, state, sharding):
+  """The newest train state in `manager`'s folder that reads, like `state`; damaged ones are
+  set aside, with a line each. None where there is none."""
+  directory = str(manager.directory)
+  for step in _step_folders(directory):
+    try:
+      return _read_train_state(directory, step, state, sharding)
+    except Damaged as e:
+      set_aside(directory, *e.args)
+      manager.reload()
+  return None
+
+
+def restore_variables(workdir: str, which: str, variables, sharding) -> tuple[int, dict]:
+  """(step, the model variables saved there) for --checkpoint=`which`: 'best', 'latest' or a
+  step number. 'best' and 'latest' fall back on the next checkpoint that reads, with a line
+  for each that does not; an explicit step that does not read is a UserError. Writes nothing."""
+  directory = checkpoint_dir(workdir)
+  steps = _step_folders(directory)
+  if not steps:
+    raise UserError(f'no checkpoint in {directory}: train first with '
+                    f'python -m ae_jax.main --config=... --workdir={workdir}')
+  target = _abstract(variables, sharding)
+  if which not in ('best', 'latest'):
+    try:
+      step = int(which)
+    except ValueError:
+      raise UserError(f'--checkpoint={which!r}: use best, latest or a step number') from None
+    if step not in steps:
+      raise UserError(f'no checkpoint of step {step} in {directory}; there are steps '
+                      f'{", ".join(map(str, sorted(steps)))} (or use --checkpoint=best / latest)')
+    try:
+      return step, _read(directory, step, 'variables', target)
+    except Damaged as e:
+      raise UserError(f'the checkpoint of step {step} in {directory} is damaged: {e.args[1]}. '
+                      'Use --checkpoint=latest or best, which fall back on the newest that reads'
+                      ) from None
+  order = steps
+  if which == 'best':
+    losses = {}
+    for step in steps:
+      try:
+        losses[step] = _val_loss(directory, step)
+      except Damaged as e:
+        print(f'skipped the checkpoint of step {step}: {e.args[1]}')
+    ranked = sorted((loss, step) for step, loss in losses.items() if loss is not None)
+    order = [step for _, step in ranked] + [s for s in steps if losses.get(s, 0) is None]
+  for step in order:
+    try:
+      return step, _read(directory, step, 'variables', target)
+    except Damaged as e:
+      print(f'skipped the checkpoint of step {step}: {e.args[1]}')
+  raise UserError(f'no checkpoint in {directory} can be read (each is named above): train '
+                  'again, or restore the folder from a copy')
 
 
 def _abstract(tree, sharding):
@@ -96,44 +334,13 @@ def _shapes(tree) -> dict[str, tuple[int, ...]]:
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _check_fits(manager, step, name, target):
+def _check_fits(saved_tree, target, step, directory):
   """Refuses a checkpoint of another model before reading it, naming a parameter that differs."""
-  saved, wanted = _shapes(manager.item_metadata(step)[name].tree), _shapes(target)
+  saved, wanted = _shapes(saved_tree), _shapes(target)
   for key in sorted(saved.keys() | wanted.keys()):
     if saved.get(key) != wanted.get(key):
       describe = lambda shape: 'absent' if shape is None else f'of shape {shape}'
       raise UserError(
-          f'the checkpoint of step {step} in {manager.directory} does not fit this model: '
+          f'the checkpoint of step {step} in {directory} does not fit this model: '
           f'{key} is {describe(saved.get(key))} there, {describe(wanted.get(key))} here. Was '
           'it trained with a different config.model, config.optimizer or image shape?')
-
-
-def _restore(manager, step, items: dict):
-  try:
-    for name, target in items.items():
-      _check_fits(manager, step, name, target)
-    return manager.restore(step, args=ocp.args.Composite(
-        **{name: ocp.args.StandardRestore(target) for name, target in items.items()}))
-  except UserError:
-    raise
-  except Exception as e:  # pylint: disable=broad-except  (damaged files: any reader error)
-    raise UserError(
-        f'the checkpoint of step {step} in {manager.directory} cannot be read '
-        f'({type(e).__name__}: {str(e).splitlines()[0][:300]}); delete that step folder to '
-        'fall back on an earlier checkpoint') from None
-
-
-def restore_train_state(manager, step: int, state, sharding):
-  """The train state saved at `step`, with the structure of `state`, placed with `sharding`."""
-  restored = _restore(manager, step, {
-      'variables': _abstract({'params': state.params, 'batch_stats': state.batch_stats},
-                             sharding),
-      'train': _abstract({'opt_state': state.opt_state, 'step': state.step, 'rng': state.rng},
-                         sharding),
-  })
-  return state.replace(**restored['variables'], **restored['train'])
-
-
-def restore_variables(manager, step: int, variables, sharding):
-  """Only the model variables saved at `step` (what evaluation needs), like `variables`."""
-  return _restore(manager, step, {'variables': _abstract(variables, sharding)})['variables']

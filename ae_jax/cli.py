@@ -1,7 +1,10 @@
 """What every ae_jax command does with its command line: errors as one line, never a traceback."""
 
+import logging as logging_lib
 import os
 import sys
+import threading
+import traceback
 
 from absl import app
 from absl import flags
@@ -12,7 +15,48 @@ from ae_jax import UserError
 
 def _fail(message: str, code: int = 1):
   print(f'error: {message}', file=sys.stderr)
+  _exit(code)
+
+
+def fail(message: str, code: int = 1):
+  """Prints `message` as the one error line and ends the process now, from any thread."""
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(code)  # pylint: disable=protected-access
+
+
+def _exit(code: int):
+  """sys.exit, unless a library's thread would keep the process alive (orbax's, after a failed
+  save): then os._exit, as nothing of ours is left to finish."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  if any(t.is_alive() and not t.daemon for t in threading.enumerate()
+         if t is not threading.main_thread()):
+    os._exit(code)  # pylint: disable=protected-access
   sys.exit(code)
+
+
+class _QuietLibraryErrors(logging_lib.Filter):
+  """Drops the tracebacks that orbax and asyncio log from their threads: the error reaches
+  the main thread and is reported there, as one line (--verbosity=1 shows them)."""
+
+  def filter(self, record):
+    return not (record.levelno >= logging_lib.ERROR and (
+        '/orbax/' in record.pathname or record.name in LIBRARY_LOGGERS))
+
+
+LIBRARY_LOGGERS = ('asyncio', 'concurrent.futures')
+
+
+def _quiet_unraisablehook(previous):
+  """After a failed save, tensorstore's threads print 'Event loop is closed' tracebacks (as
+  unraisable exceptions) for callbacks into orbax's finished event loops: noise, once the
+  failure is reported."""
+  def hook(unraisable):
+    value = unraisable.exc_value
+    if not (isinstance(value, RuntimeError) and str(value) == 'Event loop is closed'):
+      previous(unraisable)
+  return hook
 
 
 def _flag_value(argv, name: str) -> str | None:
@@ -79,15 +123,23 @@ def run(main):
   def wrapped(argv):
     if not flags.FLAGS['verbosity'].present:
       logging.set_verbosity(logging.WARNING)  # orbax and others log every save at INFO
+      quiet = _QuietLibraryErrors()
+      for handler in logging_lib.getLogger().handlers + [logging.get_absl_handler()]:
+        handler.addFilter(quiet)
+      for name in LIBRARY_LOGGERS:
+        logging_lib.getLogger(name).addFilter(quiet)
+      sys.unraisablehook = _quiet_unraisablehook(sys.unraisablehook)
     from ae_jax import train  # pylint: disable=g-import-not-at-top
     try:
       main(argv)
     except UserError as e:
+      if flags.FLAGS.verbosity >= 1:  # for a bug report: where it came from
+        traceback.print_exc()
       _fail(str(e))
     except train.Interrupted as e:
       signum, message = e.args
       print(message, file=sys.stderr)
-      sys.exit(128 + signum)
+      _exit(128 + signum)
 
   app.run(wrapped, flags_parser=parse_flags)
 

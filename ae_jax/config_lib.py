@@ -1,11 +1,13 @@
 """The checks that a config makes sense, and the config saved in a workdir."""
 
 import json
+import contextlib
 import os
 
 import ml_collections
 
 from ae_jax import UserError
+from ae_jax import cannot_write
 from ae_jax import input_pipeline
 from ae_jax import models
 
@@ -113,14 +115,16 @@ def check_workdir(config, workdir: str) -> None:
 def write_config(config, workdir: str) -> None:
   """Creates `workdir` and writes config.json there (after check_workdir)."""
   path = os.path.join(workdir, 'config.json')
+  tmp = path + '.tmp'
   try:
     os.makedirs(workdir, exist_ok=True)
-    tmp = path + '.tmp'
     with open(tmp, 'w') as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
     os.replace(tmp, path)
   except OSError as e:
-    raise UserError(f'cannot write to the workdir {workdir}: {e.strerror}') from None
+    with contextlib.suppress(OSError):
+      os.remove(tmp)  # a full disk leaves no empty config.json.tmp behind
+    raise cannot_write(e, 'the config to') from None
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

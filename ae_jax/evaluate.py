@@ -19,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from ae_jax import UserError
+from ae_jax import cannot_write
 from ae_jax import checkpoints
 from ae_jax import config_lib
 from ae_jax import input_pipeline
@@ -50,22 +51,21 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None) -> Traine
   if split is not None and split not in SPLITS:
     raise UserError(f'--split={split!r} is not one of: {", ".join(SPLITS)}')
   config_lib.load_config(workdir)  # a clear error if this is no training run
-  with checkpoints.create_manager(workdir, read_only=True) as manager:
-    step = checkpoints.resolve_step(manager, checkpoint)
-    splits = input_pipeline.load_splits(config.data)
-    if split is None:
-      split = 'test' if 'test' in splits else 'validation'
-      print(f'split: {split} (' + ('' if split == 'test' else 'the data has no test split; ')
-            + '--split=validation or train for another)'.replace(f'{split} or ', ''))
-    if split not in splits:
-      raise UserError(f'the data of this run has no {split} split (config.data.test_split is '
-                      "empty): use --split=validation, or name a test split with "
-                      '--config.data.test_split=...')
-    model = models.create_model(config.model, splits['train'].images.shape[1:])
-    mesh = train.create_mesh()
-    abstract = jax.eval_shape(functools.partial(models.init_variables, model),
-                              jax.random.PRNGKey(0))
-    variables = checkpoints.restore_variables(manager, step, abstract, NamedSharding(mesh, P()))
+  splits = input_pipeline.load_splits(config.data)
+  if split is None:
+    split = 'test' if 'test' in splits else 'validation'
+    print(f'split: {split} (' + ('' if split == 'test' else 'the data has no test split; ')
+          + '--split=validation or train for another)'.replace(f'{split} or ', ''))
+  if split not in splits:
+    raise UserError(f'the data of this run has no {split} split (config.data.test_split is '
+                    "empty): use --split=validation, or name a test split with "
+                    '--config.data.test_split=...')
+  model = models.create_model(config.model, splits['train'].images.shape[1:])
+  mesh = train.create_mesh()
+  abstract = jax.eval_shape(functools.partial(models.init_variables, model),
+                            jax.random.PRNGKey(0))
+  step, variables = checkpoints.restore_variables(workdir, checkpoint, abstract,
+                                                  NamedSharding(mesh, P()))
   data = splits[split]
   return TrainedRun(config, model, variables, step, split, data.images, data.labels,
                     data.label_names, splits, mesh)
@@ -102,9 +102,25 @@ def reconstruction_rows(run: TrainedRun, num_examples: int, seed: int = 0) -> di
   return rows, titles
 
 
-def main(workdir: str, config, checkpoint: str, split: str | None, num_examples: int) -> dict:
+def output_dir(workdir: str, out_dir: str | None, name: str) -> str:
+  """Where a tool writes: `out_dir`, or workdir/`name`; refused before any work where it cannot
+  be written (a run on a read-only filesystem, say)."""
+  folder = out_dir or os.path.join(workdir, name)
+  existing = folder
+  while existing and not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.access(existing or '.', os.W_OK | os.X_OK) or (
+      os.path.exists(folder) and not os.path.isdir(folder)):
+    raise UserError(f'cannot write to {folder} ({existing or "."} is not writable): '
+                    f'write elsewhere with --out_dir=FOLDER')
+  return folder
+
+
+def main(workdir: str, config, checkpoint: str, split: str | None, num_examples: int,
+         out_dir: str | None = None) -> dict:
   if num_examples < 1:
     raise UserError(f'--num_examples={num_examples}: the figure needs at least 1 image')
+  out_dir = output_dir(workdir, out_dir, 'eval')
   run = load_run(workdir, config, checkpoint, split)
   split = run.split
   results = {'clean': evaluate(run, noisy=False)}
@@ -113,14 +129,16 @@ def main(workdir: str, config, checkpoint: str, split: str | None, num_examples:
   report = {'workdir': os.path.abspath(workdir), 'split': split, 'checkpoint_step': run.step,
             'num_images': len(run.images), **results}
 
-  out_dir = os.path.join(workdir, 'eval')
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, f'{split}.json'), 'w') as f:
-    json.dump(report, f, indent=2)
   rows, titles = reconstruction_rows(run, num_examples)
   figure = os.path.join(out_dir, f'{split}_reconstructions.png')
-  plots.reconstructions(rows, titles, figure,
-                        title=f'{config_lib.display_name(config)}, {split} split, step {run.step}')
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f'{split}.json'), 'w') as f:
+      json.dump(report, f, indent=2)
+    plots.reconstructions(rows, titles, figure,
+                          title=f'{config_lib.display_name(config)}, {split} split, step {run.step}')
+  except OSError as e:
+    raise cannot_write(e, 'the evaluation to') from None
 
   print(f'{config_lib.display_name(config)} in {workdir}, checkpoint of step {run.step} ({checkpoint}), '
         f'{split} split: {len(run.images):,} images')
@@ -138,6 +156,7 @@ if __name__ == '__main__':
 
   cli.define_run_flags(sys.argv)
   flags.DEFINE_integer('num_examples', 10, 'Images in the reconstruction figure.')
+  flags.DEFINE_string('out_dir', None, 'Where to write (default: WORKDIR/eval).')
   FLAGS = flags.FLAGS
-  cli.run(lambda argv: main(cli.run_workdir(FLAGS.workdir), FLAGS.config, FLAGS.checkpoint, FLAGS.split,
-                            FLAGS.num_examples))
+  cli.run(lambda argv: main(cli.run_workdir(FLAGS.workdir), FLAGS.config, FLAGS.checkpoint,
+                            FLAGS.split, FLAGS.num_examples, FLAGS.out_dir))

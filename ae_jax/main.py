@@ -6,6 +6,8 @@ several processes (hosts), start the same command in each with --coordinator_add
 --num_processes and --process_id, or --distributed where JAX detects the cluster (SLURM, ...).
 """
 
+import threading
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -24,27 +26,55 @@ flags.DEFINE_string('coordinator_address', None,
                     'host:port of process 0, to train across processes (jax.distributed).')
 flags.DEFINE_integer('num_processes', None, 'How many processes train together.')
 flags.DEFINE_integer('process_id', None, 'This process: 0, 1, ... num_processes - 1.')
+flags.DEFINE_integer('coordinator_timeout', 300,
+                     'Seconds to wait for every process to join (jax.distributed).')
 flags.DEFINE_bool('distributed', False,
                   'Start jax.distributed from what the cluster (SLURM, Cloud TPU, ...) says.')
 flags.mark_flags_as_required(['config'])
 
 
+def join_processes():
+  """jax.distributed.initialize, saying what it waits for, for at most --coordinator_timeout."""
+  if FLAGS.coordinator_timeout < 1:
+    raise UserError(f'--coordinator_timeout={FLAGS.coordinator_timeout} must be at least 1 second')
+  where = FLAGS.coordinator_address or 'the address the cluster names'
+  if FLAGS.coordinator_address:
+    print(f'waiting for the coordinator at {where} as process {FLAGS.process_id} of '
+          f'{FLAGS.num_processes} (for at most {FLAGS.coordinator_timeout} s: '
+          '--coordinator_timeout)', flush=True)
+  else:
+    print(f'joining the processes that the cluster starts (for at most '
+          f'{FLAGS.coordinator_timeout} s: --coordinator_timeout)', flush=True)
+  # XLA aborts the process when its own wait runs out: this watchdog says why, a little earlier.
+  watchdog = threading.Timer(FLAGS.coordinator_timeout, cli.fail, [
+      f'not every process joined within {FLAGS.coordinator_timeout} s at the coordinator {where}: '
+      'check that process 0 runs and listens on that host and port, that this host can reach it '
+      f'(firewall), and that all {FLAGS.num_processes} processes were started; raise '
+      '--coordinator_timeout where the others start later'])
+  watchdog.daemon = True
+  watchdog.start()
+  try:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                               FLAGS.process_id,
+                               initialization_timeout=FLAGS.coordinator_timeout + 30)
+  except (ValueError, RuntimeError) as e:
+    raise UserError(f'cannot start jax.distributed: {" ".join(str(e).split())[:400]} (check '
+                    '--coordinator_address, --num_processes and --process_id)') from None
+  finally:
+    watchdog.cancel()
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if FLAGS.coordinator_address or FLAGS.distributed:
-    try:
-      jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
-                                 FLAGS.process_id)
-    except (ValueError, RuntimeError) as e:
-      raise UserError(f'cannot start jax.distributed: {" ".join(str(e).split())[:400]} (check '
-                      '--coordinator_address, --num_processes and --process_id)') from None
   workdir = FLAGS.workdir
   if workdir == '':
     raise UserError('--workdir is empty (an unset shell variable?): name a folder, or leave the '
                     'flag out for runs/<config file name>')
   if workdir is None:
     workdir = cli.default_workdir(config_flags.get_config_filename(FLAGS['config']))
+  if FLAGS.coordinator_address or FLAGS.distributed:
+    join_processes()
   if jax.process_index() == 0:
     print(f'training into {workdir}' + ('' if FLAGS['workdir'].present else
                                         ' (--workdir=FOLDER for another)'), flush=True)

@@ -5,6 +5,7 @@ TensorFlow, which takes seconds to import and is not otherwise needed unless tfd
 """
 
 from concurrent import futures
+import contextlib
 import io
 import json
 import os
@@ -15,6 +16,9 @@ import numpy as np
 from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
+
+from ae_jax import UserError
+from ae_jax import cannot_write
 
 
 class SummaryWriter:
@@ -68,10 +72,15 @@ def read_metrics(path: str) -> list[dict]:
 def write_metrics(path: str, rows: list[dict]) -> None:
   """Rewrites metrics.jsonl with `rows`, atomically, so that a crash never leaves half a file."""
   tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    for row in rows:
-      f.write(json.dumps(row) + '\n')
-  os.replace(tmp, path)
+  try:
+    with open(tmp, 'w') as f:
+      for row in rows:
+        f.write(json.dumps(row) + '\n')
+    os.replace(tmp, path)
+  except OSError:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
 
 
 class RunLog:
@@ -88,14 +97,24 @@ class RunLog:
     # Rows from after the checkpoint a run resumes from belong to work that was lost.
     self.rows = [r for r in read_metrics(self._metrics_path) if r['step'] <= start_step]
     self._enabled = enabled
-    self._writer = SummaryWriter(workdir) if enabled else None
+    try:
+      self._writer = SummaryWriter(workdir) if enabled else None
+    except OSError as e:
+      raise cannot_write(e, 'the TensorBoard events to') from None
     self._executor = futures.ThreadPoolExecutor(max_workers=1)
     self._pending = []
+
+  @staticmethod
+  def _result(future):
+    try:
+      return future.result()
+    except OSError as e:
+      raise cannot_write(e, 'the metrics, figures or TensorBoard events to') from None
 
   def _submit(self, fn, *args):
     for done in [f for f in self._pending if f.done()]:
       self._pending.remove(done)
-      done.result()
+      self._result(done)
     if self._enabled:
       self._pending.append(self._executor.submit(fn, *args))
 
@@ -123,10 +142,17 @@ class RunLog:
       self._writer.flush()
     self._submit(write)
 
-  def close(self) -> None:
-    """Waits for everything to be written."""
+  def close(self, quietly: bool = False) -> None:
+    """Waits for everything to be written; `quietly`: without raising what failed."""
     self._executor.shutdown(wait=True)
-    for f in self._pending:
-      f.result()
-    if self._writer:
-      self._writer.close()
+    try:
+      for f in self._pending:
+        self._result(f)
+      if self._writer:
+        try:
+          self._writer.close()
+        except OSError as e:
+          raise cannot_write(e, 'the TensorBoard events to') from None
+    except UserError:
+      if not quietly:
+        raise

@@ -1,5 +1,6 @@
 """Every figure ae_jax draws, with matplotlib's object API (no pyplot, no global state)."""
 
+import contextlib
 import os
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -11,8 +12,13 @@ import numpy as np
 def _save(fig: Figure, path: str, tight: bool = True) -> None:
   FigureCanvasAgg(fig)
   tmp = path + '.tmp.png'
-  fig.savefig(tmp, dpi=fig.dpi, bbox_inches='tight' if tight else None)
-  os.replace(tmp, path)  # a viewer never sees a half-written figure
+  try:
+    fig.savefig(tmp, dpi=fig.dpi, bbox_inches='tight' if tight else None)
+    os.replace(tmp, path)  # a viewer never sees a half-written figure
+  except OSError:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
 
 
 def loss_curve(rows: list[dict], path: str) -> None:

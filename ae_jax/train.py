@@ -395,10 +395,11 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   reconstruct = jax.jit(lambda variables, x: model.apply(variables, x, train=False)[0],
                         compiler_options=models.COMPILE_ONCE_OPTIONS)  # a few images an epoch
 
-  with checkpoints.create_manager(workdir) as manager:
+  with checkpoints.managed(workdir) as manager:
     # --- Load a checkpoint.
-    if manager.latest_step() is not None:
-      state = checkpoints.restore_train_state(manager, manager.latest_step(), state, replicated)
+    restored = checkpoints.restore_latest(manager, state, replicated)
+    if restored is not None:
+      state = restored
       _log(f'resumed from the checkpoint of step {int(state.step)} in {manager.directory}')
     start_step = int(state.step)
     if start_step >= config.num_epochs * steps_per_epoch:
@@ -428,6 +429,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
             nonlocal steps_per_second, last_read
             losses, call_first, call_steps = pending
             losses = update.losses(losses)[:call_steps]
+            checkpoints.check(manager)  # a failed background save stops the run now
             now = time.time()
             steps_per_second = call_steps / max(now - last_read, 1e-6)
             last_read = now
@@ -457,7 +459,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
               bar.close()
               state = update.from_run_state(state)
               checkpoints.save(manager, state)
-              manager.wait_until_finished()
+              checkpoints.wait(manager)
               signum = received[0] if received else signal.SIGTERM
               raise Interrupted(signum, (
                   f'{signal.Signals(signum).name}: saved the checkpoint of step '
@@ -493,7 +495,8 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
           _log(f'epoch {epoch + 1}/{config.num_epochs}: train_loss {row["train_loss"]:.5f}  '
                f'val_loss {val_loss:.5f}  {row["images_per_sec"]:,.0f} images/s  '
                f'{row["seconds"]:.1f} s')
-        return update.from_run_state(state)
-    finally:
-      manager.wait_until_finished()  # or the last save is lost
-      run_log.close()
+    except BaseException:
+      run_log.close(quietly=True)  # what is on its way out says more than a second error
+      raise
+    run_log.close()
+    return update.from_run_state(state)

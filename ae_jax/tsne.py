@@ -38,6 +38,7 @@ from sklearn import pipeline
 from sklearn import preprocessing
 
 from ae_jax import UserError
+from ae_jax import cannot_write
 from ae_jax import config_lib
 from ae_jax import evaluate
 from ae_jax import input_pipeline
@@ -122,8 +123,9 @@ def check_flags(num_points, num_train_points, perplexity, seed, angle) -> None:
 
 
 def main(workdir, config, checkpoint, split, num_points, num_train_points, perplexity, seed,
-         angle=ANGLE):
+         angle=ANGLE, out_dir=None):
   check_flags(num_points, num_train_points, perplexity, seed, angle)
+  out_dir = evaluate.output_dir(workdir, out_dir, 'tsne')
   run = evaluate.load_run(workdir, config, checkpoint, split)
   split = run.split
   if len(run.images) < min_points(perplexity):
@@ -160,24 +162,29 @@ def main(workdir, config, checkpoint, split, num_points, num_train_points, perpl
   numbers['trustworthiness'] = float(
       manifold.trustworthiness(latents, embedding, n_neighbors=KNN_NEIGHBOURS))
 
-  out_dir = os.path.join(workdir, 'tsne')
-  os.makedirs(out_dir, exist_ok=True)
   stem = os.path.join(out_dir, split)
   title = (f'{config_lib.display_name(config)} latents ({latent_size:,} dimensions), {split} split, '
            f'step {run.step}')
-  np.savez_compressed(
-      stem + '.npz', embedding=embedding.astype(np.float32), indices=chosen, images=images,
-      labels=np.array([]) if labels is None else labels,
-      label_names=np.array(run.label_names or []), title=np.array(title))
-  start = time.time()
-  plots.tsne_map(embedding, images, labels, run.label_names, stem + '.png', title)
-  figure_seconds = time.time() - start
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+    np.savez_compressed(
+        stem + '.npz', embedding=embedding.astype(np.float32), indices=chosen, images=images,
+        labels=np.array([]) if labels is None else labels,
+        label_names=np.array(run.label_names or []), title=np.array(title))
+    start = time.time()
+    plots.tsne_map(embedding, images, labels, run.label_names, stem + '.png', title)
+    figure_seconds = time.time() - start
+  except OSError as e:
+    raise cannot_write(e, 'the t-SNE map to') from None
   report = {'workdir': os.path.abspath(workdir), 'split': split, 'checkpoint_step': run.step,
             'num_points': len(chosen), 'latent_size': latent_size,
             'pca_dims': min(latent_size, PCA_DIMS), 'perplexity': perplexity, 'angle': angle,
             'tsne_seconds': tsne_seconds, 'figure_seconds': figure_seconds, **numbers}
-  with open(stem + '.json', 'w') as f:
-    json.dump(report, f, indent=2)
+  try:
+    with open(stem + '.json', 'w') as f:
+      json.dump(report, f, indent=2)
+  except OSError as e:
+    raise cannot_write(e, 'the t-SNE numbers to') from None
 
   print(f'{config_lib.display_name(config)} in {workdir}, checkpoint of step {run.step}, {split} split: '
         f't-SNE of {len(chosen):,} latents of {latent_size:,} dimensions'
@@ -191,18 +198,22 @@ def main(workdir, config, checkpoint, split, num_points, num_train_points, perpl
   return report
 
 
-def redraw(workdir: str, split: str | None) -> None:
-  """Redraws workdir/tsne/<split>.png from its .npz, without recomputing anything (`split`
-  None: the test split's map where there is one, else validation's)."""
+def redraw(workdir: str, split: str | None, out_dir: str | None = None) -> None:
+  """Redraws <split>.png in workdir/tsne (or `out_dir`) from its .npz, without recomputing
+  anything (`split` None: the test split's map where there is one, else validation's)."""
+  folder = out_dir or os.path.join(workdir, 'tsne')
   if split is None:
-    split = 'test' if os.path.exists(os.path.join(workdir, 'tsne', 'test.npz')) else 'validation'
-  stem = os.path.join(workdir, 'tsne', split)
+    split = 'test' if os.path.exists(os.path.join(folder, 'test.npz')) else 'validation'
+  stem = os.path.join(folder, split)
   if not os.path.exists(stem + '.npz'):
     raise UserError(f'{stem}.npz does not exist: run scripts/tsne.sh {workdir} first')
   data = np.load(stem + '.npz')
   labels = data['labels'] if data['labels'].size else None
-  plots.tsne_map(data['embedding'], data['images'], labels,
-                 tuple(data['label_names']) or None, stem + '.png', str(data['title']))
+  try:
+    plots.tsne_map(data['embedding'], data['images'], labels,
+                   tuple(data['label_names']) or None, stem + '.png', str(data['title']))
+  except OSError as e:
+    raise cannot_write(e, 'the t-SNE map to') from None
   print(f'wrote {stem}.png')
 
 
@@ -219,12 +230,14 @@ if __name__ == '__main__':
   flags.DEFINE_integer('seed', 0, 'Seed of the subsamples and of t-SNE.')
   flags.DEFINE_float('angle', ANGLE, "Barnes-Hut angle (scikit-learn's default: 0.5).")
   flags.DEFINE_bool('redraw', False, 'Only redraw the figure from the saved .npz.')
+  flags.DEFINE_string('out_dir', None, 'Where to write (default: WORKDIR/tsne).')
   FLAGS = flags.FLAGS
 
   def _main(argv):
     if FLAGS.redraw:
-      return redraw(cli.run_workdir(FLAGS.workdir), FLAGS.split)
+      return redraw(cli.run_workdir(FLAGS.workdir), FLAGS.split, FLAGS.out_dir)
     return main(cli.run_workdir(FLAGS.workdir), FLAGS.config, FLAGS.checkpoint, FLAGS.split, FLAGS.num_points,
-                FLAGS.num_train_points, FLAGS.perplexity, FLAGS.seed, FLAGS.angle)
+                FLAGS.num_train_points, FLAGS.perplexity, FLAGS.seed, FLAGS.angle,
+                FLAGS.out_dir)
 
   cli.run(_main)

@@ -116,3 +116,18 @@ def test_without_a_split_the_test_split_where_there_is_one(trained_ae, capsys):
   no_test.data.test_split = ''
   assert evaluate.main(workdir, no_test, 'best', None, num_examples=2)['split'] == 'validation'
   assert 'split: validation (the data has no test split' in capsys.readouterr().out
+
+
+def test_a_run_that_cannot_be_written_to_is_evaluated_elsewhere(trained_ae, tmp_path,
+                                                                 monkeypatch):
+  workdir, config = trained_ae
+  real_access = os.access
+  read_only = lambda path, mode: (not mode & os.W_OK) and real_access(path, mode) if str(
+      path).startswith(workdir) else real_access(path, mode)
+  monkeypatch.setattr(os, 'access', read_only)  # as on a read-only filesystem
+  with pytest.raises(UserError, match=r'cannot write to .*/eval .* --out_dir=FOLDER'):
+    evaluate.main(workdir, config, 'best', 'test', num_examples=2)
+  report = evaluate.main(workdir, config, 'best', 'test', num_examples=2,
+                         out_dir=str(tmp_path / 'elsewhere'))
+  assert report['num_images'] == 200
+  assert sorted(os.listdir(tmp_path / 'elsewhere')) == ['test.json', 'test_reconstructions.png']

