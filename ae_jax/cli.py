@@ -117,6 +117,31 @@ def parse_flags(argv):
     _fail(' '.join(str(e).split()), 2)
 
 
+flags.DEFINE_string(
+    'compilation_cache',
+    os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'ae_jax',
+                 'jax'),
+    "JAX's persistent compilation cache: a second start of the same model and shapes (resuming, "
+    "eval.sh, tsne.sh, a study's members) compiles nothing. '' turns it off.")
+
+
+def use_compilation_cache(folder: str) -> None:
+  """Compiled programs are kept in `folder` (if it can be written) and reused across processes."""
+  if not folder:
+    return
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError:
+    return  # a cache is a convenience: without one, everything still works
+  if not os.access(folder, os.W_OK):
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_compilation_cache_dir', folder)
+  # every program: the CAE's take seconds to compile, the small ones add up in a study
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
 def run(main):
   """app.run(main), with UserError printed as one line and a quiet log by default."""
 
@@ -129,6 +154,7 @@ def run(main):
       for name in LIBRARY_LOGGERS:
         logging_lib.getLogger(name).addFilter(quiet)
       sys.unraisablehook = _quiet_unraisablehook(sys.unraisablehook)
+    use_compilation_cache(flags.FLAGS.compilation_cache)
     from ae_jax import train  # pylint: disable=g-import-not-at-top
     try:
       main(argv)

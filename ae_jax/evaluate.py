@@ -23,6 +23,7 @@ from ae_jax import cannot_write
 from ae_jax import checkpoints
 from ae_jax import config_lib
 from ae_jax import input_pipeline
+from ae_jax import metrics
 from ae_jax import models
 from ae_jax import plots
 from ae_jax import train
@@ -43,15 +44,18 @@ class TrainedRun(NamedTuple):
   mesh: Any
 
 
-def load_run(workdir: str, config, checkpoint: str, split: str | None) -> TrainedRun:
+def load_run(workdir: str, config, checkpoint: str, split: str | None,
+             splits=None) -> TrainedRun:
   """The model of `workdir` at `checkpoint` (only its variables are read) and the data.
 
   `split` None: the test split where the data has one, else validation (and it says so).
+  `splits`: the data, where the caller has read it already.
   """
   if split is not None and split not in SPLITS:
     raise UserError(f'--split={split!r} is not one of: {", ".join(SPLITS)}')
   config_lib.load_config(workdir)  # a clear error if this is no training run
-  splits = input_pipeline.load_splits(config.data)
+  if splits is None:
+    splits = input_pipeline.load_splits(config.data)
   if split is None:
     split = 'test' if 'test' in splits else 'validation'
     print(f'split: {split} (' + ('' if split == 'test' else 'the data has no test split; ')
@@ -75,11 +79,11 @@ def evaluate(run: TrainedRun, noisy: bool) -> dict[str, float]:
   """Mean MSE, BCE and PSNR over every image of the split (the last batch padded, not dropped)."""
   mesh, config = run.mesh, run.config
   placement = train.choose_feed(config.data, run.images.nbytes)
-  return train.evaluate_split(
-      train.make_eval_fn(run.model, config, mesh), run.variables,
+  return metrics.evaluate_split(
+      metrics.make_eval_fn(run.model, config, mesh), run.variables,
       train.make_feed(run.images, mesh, placement), len(run.images), config, mesh,
       streamed=placement == 'host',
-      noise_rng=jax.random.PRNGKey(train.EVAL_NOISE_SEED) if noisy else None)
+      noise_rng=jax.random.PRNGKey(metrics.EVAL_NOISE_SEED) if noisy else None)
 
 
 def reconstruction_rows(run: TrainedRun, num_examples: int, seed: int = 0) -> dict:
@@ -90,7 +94,7 @@ def reconstruction_rows(run: TrainedRun, num_examples: int, seed: int = 0) -> di
   rows = {'input': images}
   inputs = images
   if config_lib.is_denoising(run.config):
-    inputs = np.asarray(train.add_noise(jax.random.PRNGKey(train.EVAL_NOISE_SEED), images,
+    inputs = np.asarray(metrics.add_noise(jax.random.PRNGKey(metrics.EVAL_NOISE_SEED), images,
                                         run.config.noise.mean, run.config.noise.std))
     rows['noisy input'] = inputs
   reconstruct = jax.jit(lambda v, x: run.model.apply(v, x, train=False)[0])

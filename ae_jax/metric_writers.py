@@ -62,6 +62,42 @@ class SummaryWriter:
     self._writer.close()
 
 
+def write_hparams(logdir: str, hparams: dict, metrics: dict) -> None:
+  """A run's settings and final numbers for TensorBoard's HParams view: the session start that
+  names the settings, the numbers as scalars, and the session end."""
+  from tensorboard.plugins.hparams import api_pb2  # pylint: disable=g-import-not-at-top
+  from tensorboard.plugins.hparams import metadata  # pylint: disable=g-import-not-at-top
+  from tensorboard.plugins.hparams import plugin_data_pb2  # pylint: disable=g-import-not-at-top
+
+  def plugin_summary(tag, data):
+    value = summary_pb2.Summary.Value(tag=tag, metadata=metadata.create_summary_metadata(data))
+    value.tensor.dtype = 1  # an empty float tensor, as tensorboard's own summaries write it
+    return value
+
+  start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+  for name, value in hparams.items():
+    if isinstance(value, bool):
+      start.hparams[name].bool_value = value
+    elif isinstance(value, (int, float)):
+      start.hparams[name].number_value = float(value)
+    else:
+      start.hparams[name].string_value = str(value)
+  end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time())
+  try:
+    writer = SummaryWriter(logdir)
+    writer._summary(0, plugin_summary(  # pylint: disable=protected-access
+        metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(
+            session_start_info=start)))
+    for name, value in metrics.items():
+      writer.scalar(f'study/{name}', value, 0)
+    writer._summary(0, plugin_summary(  # pylint: disable=protected-access
+        metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(
+            session_end_info=end)))
+    writer.close()
+  except OSError as e:
+    raise cannot_write(e, 'the TensorBoard hparams to') from None
+
+
 def read_metrics(path: str) -> list[dict]:
   if not os.path.exists(path):
     return []
@@ -93,6 +129,7 @@ class RunLog:
 
   def __init__(self, workdir: str, start_step: int, enabled: bool = True):
     self._metrics_path = os.path.join(workdir, 'metrics.jsonl')
+    self._partial_path = os.path.join(workdir, 'partial_epoch.json')
     self._curve_path = os.path.join(workdir, 'loss_curve.png')
     # Rows from after the checkpoint a run resumes from belong to work that was lost.
     self.rows = [r for r in read_metrics(self._metrics_path) if r['step'] <= start_step]
@@ -118,6 +155,25 @@ class RunLog:
     if self._enabled:
       self._pending.append(self._executor.submit(fn, *args))
 
+  def save_partial_epoch(self, step: int, losses: list[float]) -> None:
+    """The losses of the current epoch's steps up to `step`, the step of the checkpoint that
+    an interrupted run saves mid-epoch, so that the resumed epoch's train_loss counts them."""
+    if self._enabled:
+      try:
+        with open(self._partial_path, 'w') as f:
+          json.dump({'step': step, 'losses': [float(l) for l in losses]}, f)
+      except OSError as e:
+        raise cannot_write(e, 'the partial epoch to') from None
+
+  def partial_epoch(self, step: int) -> list[float]:
+    """The losses save_partial_epoch saved at `step` (none where it saved another step)."""
+    try:
+      with open(self._partial_path) as f:
+        saved = json.load(f)
+    except (OSError, ValueError):
+      return []
+    return list(saved['losses']) if saved.get('step') == step else []
+
   def train_losses(self, first_step: int, losses) -> None:
     """The losses of steps first_step, first_step + 1, ... (numbered from 1)."""
     def write():
@@ -132,6 +188,8 @@ class RunLog:
     def write():
       from ae_jax import plots  # pylint: disable=g-import-not-at-top  (matplotlib, on this thread)
       write_metrics(self._metrics_path, rows)
+      if os.path.exists(self._partial_path):
+        os.remove(self._partial_path)  # its epoch is complete
       plots.loss_curve(rows, self._curve_path)
       step = row['step']
       self._writer.scalar('val/loss', row['val_loss'], step)

@@ -140,3 +140,47 @@ def tsne_map(embedding, images, labels, label_names, path: str, title: str) -> N
   ax.set_yticks([])
   ax.set_title(title)
   _save(fig, path)
+
+
+def _point_label(point) -> str:
+  """((path, value), ...) -> 'noise.std=0.1, model.latent_dim=16'."""
+  return ', '.join(f'{path}={value}' for path, value in point) or 'all'
+
+
+def study_number(summary: list[dict], axes, name: str, path: str) -> None:
+  """A study's number against each grid axis (one panel each): the mean over seeds with error
+  bars of one standard deviation; one line per setting of the other axes."""
+  fig = Figure(figsize=(4.5 * max(len(axes), 1), 3.6), dpi=100)
+  panels = fig.subplots(1, max(len(axes), 1), squeeze=False)[0]
+  for ax, (axis, values) in zip(panels, axes):
+    others = [p for p, _ in axes if p != axis]
+    lines = {}
+    for entry in summary:
+      lines.setdefault(tuple((p, entry[f'config.{p}']) for p in others), []).append(entry)
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    for other, entries in lines.items():
+      entries = sorted(entries, key=lambda e: values.index(e[f'config.{axis}']))
+      xs = [e[f'config.{axis}'] if numeric else values.index(e[f'config.{axis}'])
+            for e in entries]
+      ax.errorbar(xs, [e[name][0] for e in entries], yerr=[e[name][1] for e in entries],
+                  marker='o', capsize=4, label=_point_label(other) if others else None)
+    if not numeric:
+      ax.set_xticks(range(len(values)), [str(v) for v in values])
+    ax.set_xlabel(axis)
+    ax.set_ylabel(name)
+    ax.grid(True, alpha=0.3)
+    if others:
+      ax.legend(fontsize=8)
+  seeds = max(e['seeds'] for e in summary)
+  fig.suptitle(f'{name}: mean and standard deviation over {seeds} seed(s)', fontsize=11)
+  _save(fig, path)
+
+
+def study_reconstructions(by_point: dict, path: str) -> None:
+  """The same images reconstructed at every grid point of a study: one row per point."""
+  first = next(iter(by_point.values()))
+  rows = {'input': first['input']}
+  for point, images in by_point.items():
+    rows[_point_label(point)] = images['reconstruction']
+  reconstructions(rows, None, path, 'reconstructions at each grid point (inputs noisy where '
+                  'the member trains on noise)')

@@ -1,4 +1,4 @@
-"""Training: the train state, train_step, eval_step and train_and_evaluate(config, workdir)."""
+"""Training: the train state, train_step and train_and_evaluate(config, workdir)."""
 
 import contextlib
 import functools
@@ -24,6 +24,7 @@ from ae_jax import checkpoints
 from ae_jax import config_lib
 from ae_jax import input_pipeline
 from ae_jax import metric_writers
+from ae_jax import metrics
 from ae_jax import models
 from ae_jax import plots
 
@@ -50,42 +51,6 @@ def create_train_state(model, tx, seed: int) -> TrainState:
                     opt_state=tx.init(variables['params']), rng=rng)
 
 
-# --- losses and metrics -------------------------------------------------------------------
-
-def to_float(images):
-  return images.astype(jnp.float32) / 255.0
-
-
-def _pixel_mean(x):
-  return jnp.mean(x, axis=tuple(range(1, x.ndim)))
-
-
-def per_example_mse(reconstruction, target):
-  return _pixel_mean((reconstruction - target) ** 2)
-
-
-def per_example_bce(reconstruction, target):
-  r = jnp.clip(reconstruction, 1e-7, 1 - 1e-7)  # PyTorch's BCELoss clamps its logs likewise
-  return -_pixel_mean(target * jnp.log(r) + (1 - target) * jnp.log1p(-r))
-
-
-def per_example_psnr(reconstruction, target):
-  """In dB, for images in [0, 1]."""
-  return -10.0 * jnp.log10(jnp.maximum(per_example_mse(reconstruction, target), 1e-10))
-
-
-LOSSES = {'mse': per_example_mse, 'bce': per_example_bce}
-# The noise of every evaluation, validation included: the same draw every time, so that
-# eval.sh on the validation split of a denoising model prints the validation loss training logged.
-EVAL_NOISE_SEED = 0
-METRICS = {**LOSSES, 'psnr': per_example_psnr}
-
-
-def add_noise(key, images, mean: float, std: float, axis_name=None):
-  noise = models.draw_for_global_batch(key, jax.random.normal, images.shape, axis_name)
-  return images + mean + std * noise
-
-
 # --- the update step ----------------------------------------------------------------------
 
 def train_step(state: TrainState, images, *, model, tx, loss: str, noise_mean: float,
@@ -96,17 +61,17 @@ def train_step(state: TrainState, images, *, model, tx, loss: str, noise_mean: f
   cross-device reductions. Under pmap (axis_name set) gradients and the loss are averaged over
   the axis here; BatchNorm averages its statistics over it itself.
   """
-  target = to_float(images)
+  target = metrics.to_float(images)
   noise_rng, dropout_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
   inputs = target
   if noise_std > 0:
-    inputs = add_noise(noise_rng, target, noise_mean, noise_std, axis_name)
+    inputs = metrics.add_noise(noise_rng, target, noise_mean, noise_std, axis_name)
 
   def loss_fn(params):
     (reconstruction, _), updates = model.apply(
         {'params': params, 'batch_stats': state.batch_stats}, inputs, train=True,
         rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
-    return jnp.mean(LOSSES[loss](reconstruction, target)), updates.get('batch_stats', {})
+    return jnp.mean(metrics.LOSSES[loss](reconstruction, target)), updates.get('batch_stats', {})
 
   (loss_value, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   if axis_name is not None:
@@ -139,84 +104,6 @@ def train_loop(state, images, indices, num_steps, *, step_fn, batch_sharding=Non
   losses = jnp.full(indices.shape[:1], jnp.nan, jnp.float32)
   _, state, losses = jax.lax.while_loop(cond, body, (0, state, losses))
   return state, losses
-
-
-# --- evaluation ---------------------------------------------------------------------------
-
-def eval_step(variables, images, mask, noise_rng, *, model, noise_mean, noise_std,
-              metrics=tuple(METRICS)):
-  """Sums of the per-example `metrics` over the examples where `mask` is true, and their count."""
-  target = to_float(images)
-  inputs = target if noise_rng is None else add_noise(noise_rng, target, noise_mean, noise_std)
-  reconstruction, _ = model.apply(variables, inputs, train=False)
-  sums = {name: jnp.sum(jnp.where(mask, METRICS[name](reconstruction, target), 0.0))
-          for name in metrics}
-  return {**sums, 'count': jnp.sum(mask)}
-
-
-def eval_loop(variables, images, indices, mask, first_batch, noise_rng, *, step_fn,
-              batch_sharding=None):
-  """Metric sums over the batches images[indices[i]] (masked where padded). Batch i draws its
-  noise from fold_in(noise_rng, first_batch + i), whichever call it is evaluated in."""
-  def body(i, sums):
-    batch = images[indices[i]]
-    if batch_sharding is not None:
-      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    rng = None if noise_rng is None else jax.random.fold_in(noise_rng, first_batch + i)
-    return jax.tree.map(jnp.add, sums, step_fn(variables, batch, mask[i], rng))
-
-  zeros = jax.eval_shape(step_fn, variables, images[indices[0]], mask[0], noise_rng)
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
-  return jax.lax.fori_loop(0, indices.shape[0], body, zeros)
-
-
-def make_eval_fn(model, config, mesh, metrics=tuple(METRICS)):
-  return jax.jit(functools.partial(
-      eval_loop,
-      step_fn=functools.partial(eval_step, model=model, noise_mean=config.noise.mean,
-                                noise_std=config.noise.std, metrics=metrics),
-      batch_sharding=NamedSharding(mesh, P('data'))))
-
-
-def padded_batches(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """Indices (num_batches, batch_size) covering every example once, and the mask of real ones.
-
-  The last batch is padded (with example 0) rather than dropped, so every example counts.
-  """
-  num_batches = -(-num_examples // batch_size)
-  indices = np.arange(num_batches * batch_size, dtype=np.int32)
-  mask = indices < num_examples
-  return np.where(mask, indices, 0).reshape(num_batches, batch_size), mask.reshape(
-      num_batches, batch_size)
-
-
-def eval_batch_size(config, num_examples: int, num_devices: int) -> int:
-  """config.eval_batch_size, no larger than the split needs, a multiple of the device count."""
-  size = min(config.eval_batch_size, num_examples)
-  return -(-size // num_devices) * num_devices
-
-
-def evaluate_split(eval_fn, variables, feed, num_examples, config, mesh, *, streamed: bool,
-                   noise_rng=None) -> dict[str, float]:
-  """Mean metrics over every example of a split that `feed` serves: all its batches in one call
-  where the images are on the devices, config.steps_per_call a call where they are `streamed`
-  from host memory."""
-  batch_size = eval_batch_size(config, num_examples, mesh.size)
-  rows, mask = padded_batches(num_examples, batch_size)
-  per_call = min(config.steps_per_call, len(rows)) if streamed else len(rows)
-  mask_sharding = NamedSharding(mesh, P(None, 'data'))
-  sums = None
-  for first in range(0, len(rows), per_call):
-    call_rows = np.zeros((per_call, batch_size), np.int32)
-    call_mask = np.zeros((per_call, batch_size), bool)
-    call_rows[:len(rows) - first] = rows[first:first + per_call]
-    call_mask[:len(rows) - first] = mask[first:first + per_call]
-    images, indices = feed(call_rows)
-    result = eval_fn(variables, images, indices, input_pipeline.to_device(call_mask, mask_sharding),
-                     first, noise_rng)
-    sums = result if sums is None else jax.tree.map(jnp.add, sums, result)
-  sums = jax.device_get(sums)
-  return {name: float(value / sums['count']) for name, value in sums.items() if name != 'count'}
 
 
 # --- devices and data ---------------------------------------------------------------------
@@ -330,13 +217,99 @@ def _log(*args):
 SECONDS_PER_CALL = 1.0
 
 
+class Loop(NamedTuple):
+  """What every epoch of a run uses."""
+  config: Any
+  update: Update
+  run_steps: Any  # update.run, compiled for calls of up to max_steps steps
+  manager: Any  # the checkpoint manager
+  run_log: metric_writers.RunLog
+  received: list  # the signals received (signals_caught)
+  num_train: int
+  steps_per_epoch: int
+  max_steps: int
+
+
+def train_epoch(loop: Loop, state, epoch: int, first: int, num_steps: int, losses: list):
+  """Runs the steps first, first + 1, ... of `epoch` in compiled calls of about SECONDS_PER_CALL
+  (`num_steps` steps to start with). Returns the state, the epoch's losses (after `losses`, those
+  of its steps before `first`) and the call size reached. On SIGINT / SIGTERM it saves a
+  checkpoint of the current step and raises Interrupted; on a non-finite loss, a UserError."""
+  config, update, manager = loop.config, loop.update, loop.manager
+  steps_per_epoch = loop.steps_per_epoch
+  order = epoch_permutation(config.seed, epoch, loop.num_train)
+  order = order[:steps_per_epoch * config.batch_size].reshape(steps_per_epoch, -1)
+  bar = tqdm.tqdm(total=steps_per_epoch, initial=first, unit='step', leave=False,
+                  desc=f'epoch {epoch + 1}/{config.num_epochs}',
+                  disable=jax.process_index() != 0)
+  steps_per_second, last_read = None, time.time()
+
+  def read(pending):
+    """Waits for a call's losses: the only place where the host waits for the device."""
+    nonlocal steps_per_second, last_read
+    call_losses, call_first, call_steps = pending
+    call_losses = update.losses(call_losses)[:call_steps]
+    checkpoints.check(manager)  # a failed background save stops the run now
+    now = time.time()
+    steps_per_second = call_steps / max(now - last_read, 1e-6)
+    last_read = now
+    bad = np.flatnonzero(~np.isfinite(call_losses))
+    if bad.size:
+      bar.close()
+      latest = manager.latest_step()
+      raise UserError(
+          f'the loss became {call_losses[bad[0]]} at step '
+          f'{epoch * steps_per_epoch + call_first + int(bad[0]) + 1} (epoch {epoch + 1}): '
+          f'training diverged. Lower config.learning_rate (now {config.learning_rate}); '
+          + (f'the latest checkpoint, of step {latest} in {manager.directory}, is from '
+             'before it' if latest is not None else
+             'no checkpoint was saved, so the run starts afresh'))
+    losses.extend(call_losses.tolist())
+    loop.run_log.train_losses(epoch * steps_per_epoch + call_first + 1, call_losses)
+    bar.update(call_steps)
+    bar.set_postfix(loss=f'{np.mean(losses):.5f}')
+
+  pending = None
+  call_first = first
+  while call_first < steps_per_epoch:
+    num_steps, stop = agree(num_steps, bool(loop.received))
+    if stop:
+      if pending:
+        read(pending)
+      bar.close()
+      state = update.from_run_state(state)
+      checkpoints.save(manager, state)
+      checkpoints.wait(manager)
+      loop.run_log.save_partial_epoch(int(state.step), losses)
+      signum = loop.received[0] if loop.received else signal.SIGTERM
+      raise Interrupted(signum, (
+          f'{signal.Signals(signum).name}: saved the checkpoint of step '
+          f'{int(state.step)} (epoch {epoch + 1}, step {call_first} of {steps_per_epoch}) '
+          f'in {manager.directory}; run the same command again to resume'))
+    call_steps = min(num_steps, steps_per_epoch - call_first)
+    rows = np.zeros((loop.max_steps, config.batch_size), np.int32)
+    rows[:call_steps] = order[call_first:call_first + call_steps]
+    state, call_losses = loop.run_steps(state, *update.feed(rows), call_steps)
+    # Read the previous call's results only now, while this one runs.
+    if pending:
+      read(pending)
+      num_steps = int(np.clip(round(SECONDS_PER_CALL * steps_per_second), 1, loop.max_steps))
+    pending = (call_losses, call_first, call_steps)
+    call_first += call_steps
+  read(pending)
+  bar.close()
+  return state, losses, num_steps
+
+
 # --- the whole run ------------------------------------------------------------------------
 
-def train_and_evaluate(config, workdir: str) -> TrainState:
+def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
   """Trains the model that `config` describes, checkpointing to `workdir` every epoch.
 
   Resumes from the latest checkpoint in `workdir` if there is one. Returns the final state.
   Every check on the config and the data comes before anything is written to `workdir`.
+  `splits`: the data that config.data names, already read (input_pipeline.load_splits), for a
+  caller that trains several runs on it.
   """
   config_lib.validate(config)
   workdir = os.path.abspath(workdir)
@@ -351,7 +324,8 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
                     f'{num_devices} devices: use a multiple of {num_devices}')
 
   # --- The input pipeline.
-  splits = input_pipeline.load_splits(config.data)
+  if splits is None:
+    splits = input_pipeline.load_splits(config.data)
   train_images, val_images = splits['train'].images, splits['validation'].images
   image_shape = train_images.shape[1:]
   num_train = len(train_images)
@@ -386,11 +360,12 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
                                *update.feed(np.zeros((max_steps, config.batch_size), np.int32)),
                                max_steps).compile()
   _log(f'compiled the update function in {time.time() - compile_start:.1f} s')
-  eval_fn = make_eval_fn(model, config, mesh, metrics=(config.loss,))
+  eval_fn = metrics.make_eval_fn(model, config, mesh, metrics=(config.loss,))
   val_feed = make_feed(val_images, mesh, placement)
   # Denoising models are validated on their training task: noisy inputs (the same noise every
   # epoch, so that epochs compare), clean targets.
-  val_noise_rng = jax.random.PRNGKey(EVAL_NOISE_SEED) if config_lib.is_denoising(config) else None
+  val_noise_rng = (jax.random.PRNGKey(metrics.EVAL_NOISE_SEED)
+                   if config_lib.is_denoising(config) else None)
   shown = val_images[:config.num_summary_images].astype(np.float32) / 255.0
   reconstruct = jax.jit(lambda variables, x: model.apply(variables, x, train=False)[0],
                         compiler_options=models.COMPILE_ONCE_OPTIONS)  # a few images an epoch
@@ -408,87 +383,31 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
       return state
     run_log = metric_writers.RunLog(workdir, start_step, enabled=jax.process_index() == 0)
 
-    # --- The loop.
+    # --- The loop: an epoch of compiled calls, then validation, a checkpoint and the logs.
     try:
       with signals_caught() as received:
+        loop = Loop(config, update, run_steps, manager, run_log, received, num_train,
+                    steps_per_epoch, max_steps)
         state = update.to_run_state(state)
         num_steps = 1  # grows to what takes SECONDS_PER_CALL once the speed is known
         for epoch in range(start_step // steps_per_epoch, config.num_epochs):
           epoch_start = time.time()
-          order = epoch_permutation(config.seed, epoch, num_train)
-          order = order[:steps_per_epoch * config.batch_size].reshape(steps_per_epoch, -1)
           first = max(start_step - epoch * steps_per_epoch, 0)
-          bar = tqdm.tqdm(total=steps_per_epoch, initial=first, unit='step', leave=False,
-                          desc=f'epoch {epoch + 1}/{config.num_epochs}',
-                          disable=jax.process_index() != 0)
-          epoch_losses = []
-          steps_per_second, last_read = None, time.time()
-
-          def read(pending):
-            """Waits for a call's losses: the only place where the host waits for the device."""
-            nonlocal steps_per_second, last_read
-            losses, call_first, call_steps = pending
-            losses = update.losses(losses)[:call_steps]
-            checkpoints.check(manager)  # a failed background save stops the run now
-            now = time.time()
-            steps_per_second = call_steps / max(now - last_read, 1e-6)
-            last_read = now
-            bad = np.flatnonzero(~np.isfinite(losses))
-            if bad.size:
-              bar.close()
-              latest = manager.latest_step()
-              raise UserError(
-                  f'the loss became {losses[bad[0]]} at step '
-                  f'{epoch * steps_per_epoch + call_first + int(bad[0]) + 1} (epoch {epoch + 1}): '
-                  f'training diverged. Lower config.learning_rate (now {config.learning_rate}); '
-                  + (f'the latest checkpoint, of step {latest} in {manager.directory}, is from '
-                     'before it' if latest is not None else
-                     'no checkpoint was saved, so the run starts afresh'))
-            epoch_losses.extend(losses.tolist())
-            run_log.train_losses(epoch * steps_per_epoch + call_first + 1, losses)
-            bar.update(call_steps)
-            bar.set_postfix(loss=f'{np.mean(epoch_losses):.5f}')
-
-          pending = None
-          call_first = first
-          while call_first < steps_per_epoch:
-            num_steps, stop = agree(num_steps, bool(received))
-            if stop:
-              if pending:
-                read(pending)
-              bar.close()
-              state = update.from_run_state(state)
-              checkpoints.save(manager, state)
-              checkpoints.wait(manager)
-              signum = received[0] if received else signal.SIGTERM
-              raise Interrupted(signum, (
-                  f'{signal.Signals(signum).name}: saved the checkpoint of step '
-                  f'{int(state.step)} (epoch {epoch + 1}, step {call_first} of {steps_per_epoch}) '
-                  f'in {manager.directory}; run the same command again to resume'))
-            call_steps = min(num_steps, steps_per_epoch - call_first)
-            rows = np.zeros((max_steps, config.batch_size), np.int32)
-            rows[:call_steps] = order[call_first:call_first + call_steps]
-            state, losses = run_steps(state, *update.feed(rows), call_steps)
-            # Read the previous call's results only now, while this one runs.
-            if pending:
-              read(pending)
-              num_steps = int(np.clip(round(SECONDS_PER_CALL * steps_per_second), 1, max_steps))
-            pending = (losses, call_first, call_steps)
-            call_first += call_steps
-          read(pending)
-          bar.close()
+          # the losses of this epoch's steps before a mid-epoch resume count too
+          losses = run_log.partial_epoch(start_step) if first else []
+          state, losses, num_steps = train_epoch(loop, state, epoch, first, num_steps, losses)
           train_seconds = time.time() - epoch_start
 
           eval_state = update.from_run_state(state)
           variables = {'params': eval_state.params, 'batch_stats': eval_state.batch_stats}
-          val_loss = evaluate_split(eval_fn, variables, val_feed, len(val_images), config, mesh,
-                                    streamed=placement == 'host',
-                                    noise_rng=val_noise_rng)[config.loss]
+          val_loss = metrics.evaluate_split(eval_fn, variables, val_feed, len(val_images), config,
+                                            mesh, streamed=placement == 'host',
+                                            noise_rng=val_noise_rng)[config.loss]
           checkpoints.save(manager, eval_state, val_loss)
           grid = plots.image_grid([shown, np.asarray(reconstruct(variables, shown))]) if len(
               shown) else None
           row = dict(epoch=epoch + 1, step=int(eval_state.step), loss=config.loss,
-                     train_loss=float(np.mean(epoch_losses)), val_loss=val_loss,
+                     train_loss=float(np.mean(losses)), val_loss=val_loss,
                      images_per_sec=(steps_per_epoch - first) * config.batch_size / train_seconds,
                      seconds=time.time() - epoch_start)
           run_log.epoch(row, grid)

@@ -26,6 +26,7 @@ the trustworthiness.
 import json
 import os
 import time
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -42,10 +43,12 @@ from ae_jax import cannot_write
 from ae_jax import config_lib
 from ae_jax import evaluate
 from ae_jax import input_pipeline
+from ae_jax import metrics
 from ae_jax import plots
-from ae_jax import train
 
 PCA_DIMS = 50
+PERPLEXITY = 30.0
+NUM_TRAIN_POINTS = 10_000
 KNN_NEIGHBOURS = 5
 ANGLE = 0.7
 
@@ -53,12 +56,12 @@ ANGLE = 0.7
 def encode(run: evaluate.TrainedRun, images: np.ndarray) -> np.ndarray:
   """The latents of `images`, flattened: (N, latent size)."""
   mesh = run.mesh
-  batch_size = train.eval_batch_size(run.config, len(images), mesh.size)
-  indices, _ = train.padded_batches(len(images), batch_size)
+  batch_size = metrics.eval_batch_size(run.config, len(images), mesh.size)
+  indices, _ = metrics.padded_batches(len(images), batch_size)
 
   @jax.jit
   def encode_batches(variables, images, indices):
-    encode_batch = lambda idx: run.model.apply(variables, train.to_float(images[idx]),
+    encode_batch = lambda idx: run.model.apply(variables, metrics.to_float(images[idx]),
                                                method='encode')
     return jax.lax.map(encode_batch, indices)
 
@@ -122,19 +125,24 @@ def check_flags(num_points, num_train_points, perplexity, seed, angle) -> None:
                     'or more')
 
 
-def main(workdir, config, checkpoint, split, num_points, num_train_points, perplexity, seed,
-         angle=ANGLE, out_dir=None):
-  check_flags(num_points, num_train_points, perplexity, seed, angle)
-  out_dir = evaluate.output_dir(workdir, out_dir, 'tsne')
-  run = evaluate.load_run(workdir, config, checkpoint, split)
-  split = run.split
+class LatentSpace(NamedTuple):
+  """A split's latents in 2-D and the numbers that say how good they are."""
+  numbers: dict  # knn_accuracy, linear_probe_accuracy (labelled data), trustworthiness
+  embedding: np.ndarray  # (N, 2)
+  chosen: np.ndarray  # which examples of the split
+  images: np.ndarray
+  labels: np.ndarray | None
+  latent_size: int
+  tsne_seconds: float
+
+
+def latent_space(run: evaluate.TrainedRun, num_points: int, num_train_points: int,
+                 perplexity: float, seed: int, angle: float = ANGLE) -> LatentSpace:
+  """Encodes (a stratified sample of) the run's split, embeds it with t-SNE and scores it."""
   if len(run.images) < min_points(perplexity):
-    raise UserError(f'the {split} split has {len(run.images)} images, too few for a t-SNE map '
-                    f'with perplexity {perplexity:g} (it needs {min_points(perplexity)}): '
+    raise UserError(f'the {run.split} split has {len(run.images)} images, too few for a t-SNE '
+                    f'map with perplexity {perplexity:g} (it needs {min_points(perplexity)}): '
                     'choose a larger --split, or a lower --perplexity')
-  if num_points > len(run.images):
-    print(f'mapping all {len(run.images):,} images of the {split} split (fewer than '
-          f'--num_points={num_points})')
   chosen = subsample(len(run.images), run.labels, num_points, seed)
   images = run.images[chosen]
   labels = None if run.labels is None else run.labels[chosen]
@@ -161,6 +169,21 @@ def main(workdir, config, checkpoint, split, num_points, num_train_points, perpl
     numbers.update(latent_scores(train_latents, train_labels, latents, labels))
   numbers['trustworthiness'] = float(
       manifold.trustworthiness(latents, embedding, n_neighbors=KNN_NEIGHBOURS))
+  return LatentSpace(numbers, embedding, chosen, images, labels, latent_size, tsne_seconds)
+
+
+def main(workdir, config, checkpoint, split, num_points, num_train_points, perplexity, seed,
+         angle=ANGLE, out_dir=None):
+  check_flags(num_points, num_train_points, perplexity, seed, angle)
+  out_dir = evaluate.output_dir(workdir, out_dir, 'tsne')
+  run = evaluate.load_run(workdir, config, checkpoint, split)
+  split = run.split
+  if num_points > len(run.images):
+    print(f'mapping all {len(run.images):,} images of the {split} split (fewer than '
+          f'--num_points={num_points})')
+  space = latent_space(run, num_points, num_train_points, perplexity, seed, angle)
+  embedding, chosen, images, labels = space.embedding, space.chosen, space.images, space.labels
+  latent_size, tsne_seconds, numbers = space.latent_size, space.tsne_seconds, space.numbers
 
   stem = os.path.join(out_dir, split)
   title = (f'{config_lib.display_name(config)} latents ({latent_size:,} dimensions), {split} split, '
@@ -224,9 +247,9 @@ if __name__ == '__main__':
 
   cli.define_run_flags(sys.argv)
   flags.DEFINE_integer('num_points', 10_000, 'Points of the split to embed (a stratified subsample).')
-  flags.DEFINE_integer('num_train_points', 10_000,
+  flags.DEFINE_integer('num_train_points', NUM_TRAIN_POINTS,
                        'Train-split latents that fit the kNN classifier, the probe and the PCA.')
-  flags.DEFINE_float('perplexity', 30.0, 't-SNE perplexity.')
+  flags.DEFINE_float('perplexity', PERPLEXITY, 't-SNE perplexity.')
   flags.DEFINE_integer('seed', 0, 'Seed of the subsamples and of t-SNE.')
   flags.DEFINE_float('angle', ANGLE, "Barnes-Hut angle (scikit-learn's default: 0.5).")
   flags.DEFINE_bool('redraw', False, 'Only redraw the figure from the saved .npz.')

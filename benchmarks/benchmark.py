@@ -80,7 +80,7 @@ def is_slow(model: str, platform_name: str) -> bool:
 def jax_child(model: str, folder: str, launched: float, full_epochs: bool) -> dict:
   sys.path.insert(0, ROOT)
   import importlib  # pylint: disable=g-import-not-at-top
-  from ae_jax import metric_writers, train  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from ae_jax import metric_writers, metrics, train  # pylint: disable=g-import-not-at-top,g-multiple-import
 
   config = importlib.import_module(f'configs.{model.lower()}').get_config()
   config.data.source, config.data.path = 'idx', folder
@@ -136,10 +136,10 @@ def jax_child(model: str, folder: str, launched: float, full_epochs: bool) -> di
   # everything that evaluate.py reports (MSE, binary cross-entropy and PSNR).
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
 
-  def evaluate(images, metrics):
-    eval_fn = train.make_eval_fn(model_def, config, mesh, metrics=metrics)
+  def evaluate(images, names):
+    eval_fn = metrics.make_eval_fn(model_def, config, mesh, metrics=names)
     feed = train.make_feed(images, mesh, 'device')
-    evaluate_ = functools.partial(train.evaluate_split, eval_fn, variables, feed, len(images),
+    evaluate_ = functools.partial(metrics.evaluate_split, eval_fn, variables, feed, len(images),
                                   config, mesh, streamed=False)
     evaluate_()  # compiles
     start = time.perf_counter()
@@ -148,8 +148,8 @@ def jax_child(model: str, folder: str, launched: float, full_epochs: bool) -> di
 
   validation_s = evaluate(splits['validation'].images, ('mse',))
   result['eval_images_per_s'] = len(test_images) / evaluate(test_images, ('mse',))
-  result['eval_all_metrics_images_per_s'] = len(test_images) / evaluate(test_images,
-                                                                        tuple(train.METRICS))
+  result['eval_all_metrics_images_per_s'] = len(test_images) / evaluate(
+      test_images, tuple(metrics.METRICS))
 
   # An epoch: the program's own loop (checkpoint, metrics, figures included), or an estimate.
   if slow and not full_epochs:

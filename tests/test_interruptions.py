@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from ae_jax import checkpoints
+from ae_jax import metric_writers
 from ae_jax import train
 from conftest import ROOT
 from conftest import run_module
@@ -33,10 +34,15 @@ def _config():
 
 
 @pytest.fixture(scope='module')
-def uninterrupted(tmp_path_factory):
-  """The final train state of a run that was never stopped."""
+def uninterrupted_run(tmp_path_factory):
+  """The workdir and final train state of a run that was never stopped."""
   workdir = str(tmp_path_factory.mktemp('uninterrupted') / 'run')
-  return train.train_and_evaluate(_config(), workdir)
+  return workdir, train.train_and_evaluate(_config(), workdir)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(uninterrupted_run):
+  return uninterrupted_run[1]
 
 
 def _final_state(workdir):
@@ -117,7 +123,8 @@ def test_sigkill_while_a_checkpoint_is_being_written(tmp_path, uninterrupted):
 @pytest.mark.slow
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_save_the_current_step_and_say_how_to_resume(
-    tmp_path, uninterrupted, signum):
+    tmp_path, uninterrupted_run, signum):
+  uninterrupted_workdir, uninterrupted = uninterrupted_run
   workdir, marker = str(tmp_path / 'run'), tmp_path / 'marker'
   process = _start(workdir, marker, STEP_DELAY='0.3')
   _wait_for(marker, lambda l: _steps(l) and max(_steps(l)) >= 6, process)  # mid epoch 2
@@ -131,3 +138,7 @@ def test_sigterm_and_sigint_save_the_current_step_and_say_how_to_resume(
   result = _finish(workdir)
   assert f'resumed from the checkpoint of step {step}' in result.stdout
   _assert_same_state(_final_state(workdir), uninterrupted)
+  # the resumed epoch's train_loss averages all its steps, those before the resume too
+  metrics = lambda w: metric_writers.read_metrics(os.path.join(w, 'metrics.jsonl'))
+  assert [r['train_loss'] for r in metrics(workdir)] == pytest.approx(
+      [r['train_loss'] for r in metrics(uninterrupted_workdir)], rel=1e-6)

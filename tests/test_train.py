@@ -12,6 +12,7 @@ from ae_jax import UserError
 from ae_jax import checkpoints
 from ae_jax import input_pipeline
 from ae_jax import metric_writers
+from ae_jax import metrics
 from ae_jax import models
 from ae_jax import train
 from conftest import MNIST_SMALL
@@ -65,7 +66,7 @@ def test_train_loop_stops_at_a_non_finite_loss():
 
 
 def test_padded_batches_cover_every_example_once():
-  indices, mask = train.padded_batches(10, 4)
+  indices, mask = metrics.padded_batches(10, 4)
   assert indices.shape == (3, 4)
   assert sorted(indices[mask].tolist()) == list(range(10))
   assert mask.sum() == 10

@@ -1,0 +1,341 @@
+"""A grid of runs over config settings and seeds, each trained, evaluated and scored, in one table.
+
+  python -m ae_jax.study --config=configs/dae.py --workdir=studies/noise \
+      --grid=noise.std=0,0.1,0.2,0.3,0.5 --seeds=0,1,2
+
+Each member (a grid point and a seed) is an ordinary run in its own sub-workdir, named after its
+settings (studies/noise/noise.std=0.1_seed=0): train.train_and_evaluate trains it, and eval.sh
+and tsne.sh work on it. Running the study again skips the members it has scored and resumes an
+interrupted one. `--grid` may be given more than once (the product of the axes); a config file
+may name its grid and seeds in config.study (configs/study_noise.py). --config.FIELD=... applies
+to every member.
+
+After training, every member is scored on its test split (else validation), best checkpoint:
+MSE, BCE and PSNR (clean, and noisy for denoising members), and the kNN accuracy, linear-probe
+accuracy and trustworthiness of its latent space (tsne.latent_space; a map is drawn only with
+--maps). The study writes to its workdir:
+  results.csv    a row per member: its settings, seed, every number, its workdir;
+  results.md     a row per grid point: mean and standard deviation over the seeds, best in bold;
+  <number>.png   ... against each grid axis, with error bars over the seeds;
+  reconstructions.png  the same test images reconstructed at every grid point (seed of the first);
+and TensorBoard's HParams view shows the members' settings against their numbers
+(tensorboard --logdir studies/noise).
+
+The data is read once for all members that share config.data, and JAX's compilation cache
+(cli.py) lets members with the same shapes reuse one compilation. Members run one after another,
+each on all devices.
+"""
+
+import ast
+import csv
+import itertools
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from ae_jax import UserError
+from ae_jax import cannot_write
+from ae_jax import config_lib
+from ae_jax import evaluate
+from ae_jax import input_pipeline
+from ae_jax import metric_writers
+from ae_jax import plots
+from ae_jax import train
+from ae_jax import tsne
+
+# The numbers of a member, and whether lower is better.
+LOWER_IS_BETTER = {'mse': True, 'bce': True, 'psnr': False, 'knn_accuracy': False,
+                   'linear_probe_accuracy': False, 'trustworthiness': False}
+SCORE_FILE = 'study.json'  # in a member's workdir, once it is scored
+
+
+# --- The grid -------------------------------------------------------------------------------
+
+def _field(config, path: str):
+  """(the ConfigDict that holds `path`, its last name); a UserError where there is no such field."""
+  node = config
+  parts = path.split('.')
+  for part in parts[:-1]:
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      raise UserError(f'--grid: no such config field: {path} (the fields are in '
+                      'configs/default.py)')
+    node = node[part]
+  if not isinstance(node, ml_collections.ConfigDict) or parts[-1] not in node:
+    raise UserError(f'--grid: no such config field: {path} (the fields are in configs/default.py)')
+  return node, parts[-1]
+
+
+def _parse(text: str, kind, path: str):
+  """One grid value, read as the field's type (ml_collections checks the assignment again)."""
+  text = text.strip()
+  try:
+    if kind is bool:
+      if text.lower() not in ('true', 'false', '1', '0'):
+        raise ValueError
+      return text.lower() in ('true', '1')
+    if kind is int:
+      return int(text)
+    if kind is float:
+      return float(text)
+    if kind is str:
+      return text
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    raise UserError(f'--grid={path}=...: {text!r} is not a {getattr(kind, "__name__", kind)}, '
+                    f'the type of config.{path}') from None
+
+
+def parse_grid(config, specs) -> list[tuple[str, list]]:
+  """['noise.std=0,0.1', ...] -> [('noise.std', [0.0, 0.1]), ...], each value checked."""
+  axes = []
+  for spec in specs:
+    path, sep, values = spec.partition('=')
+    if not sep or not values.strip():
+      raise UserError(f'--grid={spec!r}: write FIELD=VALUE,VALUE,... '
+                      '(e.g. --grid=noise.std=0,0.1,0.2)')
+    if path.strip() == 'seed':
+      raise UserError('--grid=seed=...: give the seeds with --seeds=0,1,2')
+    node, name = _field(config, path.strip())
+    kind = node.get_type(name)
+    parsed = [_parse(v, kind, path) for v in values.split(',')]
+    if len(set(map(repr, parsed))) != len(parsed):
+      raise UserError(f'--grid={spec!r} names a value twice')
+    axes.append((path.strip(), parsed))
+  if len({path for path, _ in axes}) != len(axes):
+    raise UserError('--grid names a field twice: give each field once, with all its values')
+  return axes
+
+
+def parse_seeds(text: str) -> list[int]:
+  try:
+    seeds = [int(s) for s in text.split(',')]
+  except ValueError:
+    raise UserError(f'--seeds={text!r}: write whole numbers separated by commas, e.g. 0,1,2'
+                    ) from None
+  if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+    raise UserError(f'--seeds={text!r}: give distinct seeds, 0 or more')
+  return seeds
+
+
+def _value_name(value) -> str:
+  return str(value).replace('/', '_').replace(' ', '')
+
+
+def members(config, axes, seeds) -> list[tuple[str, dict, ml_collections.ConfigDict]]:
+  """(name, settings, config) of every member: each grid point with each seed."""
+  found = []
+  for values in itertools.product(*[v for _, v in axes]):
+    for seed in seeds:
+      member = config.copy_and_resolve_references()
+      settings = dict(zip([path for path, _ in axes], values))
+      for path, value in settings.items():
+        node, name = _field(member, path)
+        try:
+          node[name] = value
+        except TypeError as e:
+          raise UserError(f'--grid: config.{path}={value!r}: {e}') from None
+      member.seed = seed
+      config_lib.validate(member)  # the same checks as training, before any member trains
+      name = '_'.join(f'{path}={_value_name(v)}' for path, v in settings.items())
+      found.append(((name + '_' if name else '') + f'seed={seed}', settings, member))
+  return found
+
+
+# --- A member -------------------------------------------------------------------------------
+
+def score(workdir: str, config, splits, num_points: int, draw_map: bool) -> tuple[dict, dict]:
+  """The numbers of a trained member (and its reconstructions, for the study's figure)."""
+  run = evaluate.load_run(workdir, config, 'best', None, splits=splits)
+  numbers = {f'clean_{k}': v for k, v in evaluate.evaluate(run, noisy=False).items()}
+  if config_lib.is_denoising(config):
+    numbers.update({f'noisy_{k}': v for k, v in evaluate.evaluate(run, noisy=True).items()})
+  space = tsne.latent_space(run, num_points, num_train_points=tsne.NUM_TRAIN_POINTS,
+                            perplexity=tsne.PERPLEXITY, seed=0)
+  numbers.update(space.numbers)
+  if draw_map:
+    plots.tsne_map(space.embedding, space.images, space.labels, run.label_names,
+                   os.path.join(workdir, f'tsne_{run.split}.png'),
+                   f'{config_lib.display_name(config)} latents, {run.split} split')
+  rows, _ = evaluate.reconstruction_rows(run, 10)
+  return {'split': run.split, 'checkpoint_step': run.step, **numbers}, rows
+
+
+# --- The whole study ------------------------------------------------------------------------
+
+def run_study(config, workdir: str, axes, seeds, *, num_points: int = 2000,
+              draw_maps: bool = False) -> list[dict]:
+  """Trains, scores and tabulates every member; returns the rows of results.csv."""
+  found = members(config, axes, seeds)
+  os.makedirs(workdir, exist_ok=True)
+  print(f'study in {workdir}: {len(found)} members ({len(found) // len(seeds)} grid points x '
+        f'{len(seeds)} seeds)')
+  data = {}  # config.data as JSON -> its splits: read once
+  rows, reconstructions = [], {}
+  start = time.time()
+  for i, (name, settings, member) in enumerate(found):
+    member_dir = os.path.join(workdir, name)
+    scored = os.path.join(member_dir, SCORE_FILE)
+    if os.path.exists(scored):
+      with open(scored) as f:
+        row = json.load(f)
+      print(f'[{i + 1}/{len(found)}] {name}: scored already')
+    else:
+      print(f'[{i + 1}/{len(found)}] {name}')
+      key = member.data.to_json()
+      if key not in data:
+        data[key] = input_pipeline.load_splits(member.data)
+      train.train_and_evaluate(member, member_dir, splits=data[key])
+      numbers, rows_of_images = score(member_dir, member, data[key], num_points, draw_maps)
+      row = {**{f'config.{k}': v for k, v in settings.items()}, 'seed': member.seed,
+             **numbers, 'workdir': member_dir}
+      if jax.process_index() == 0:  # the others trained and scored alike
+        metric_writers.write_hparams(member_dir, {**settings, 'seed': member.seed},
+                                     {k: numbers[k] for k in _numbers([numbers])})
+        np.savez_compressed(os.path.join(member_dir, 'reconstructions.npz'), **rows_of_images)
+        _write_json(scored, row)
+    rows.append(row)
+    point = tuple(settings.items())
+    if point not in reconstructions:
+      path = os.path.join(member_dir, 'reconstructions.npz')
+      if os.path.exists(path):
+        reconstructions[point] = dict(np.load(path))
+  if jax.process_index() == 0:
+    write_results(workdir, axes, rows, reconstructions)
+  print(f'study of {len(found)} members in {time.time() - start:.0f} s: wrote '
+        f'{os.path.join(workdir, "results.csv")}, results.md and figures')
+  return rows
+
+
+def _write_json(path, value):
+  try:
+    with open(path + '.tmp', 'w') as f:
+      json.dump(value, f, indent=2)
+    os.replace(path + '.tmp', path)
+  except OSError as e:
+    raise cannot_write(e, 'the study results to') from None
+
+
+def _numbers(rows) -> list[str]:
+  """The numbers that any row has (noisy_* only denoising members), in a fixed order."""
+  names = []
+  for prefix in ('clean_', 'noisy_', ''):
+    for metric in LOWER_IS_BETTER:
+      name = prefix + metric
+      if (prefix or metric not in ('mse', 'bce', 'psnr')) and any(name in r for r in rows):
+        names.append(name)
+  return names
+
+
+def _better(name: str) -> bool:
+  """Whether a lower value of the number `name` is better."""
+  return LOWER_IS_BETTER[name.removeprefix('noisy_').removeprefix('clean_')]
+
+
+def summarize(axes, rows) -> list[dict]:
+  """A row per grid point: its settings, and (mean, std) over its seeds of each number."""
+  names = _numbers(rows)
+  fields = [f'config.{path}' for path, _ in axes]
+  points = {}
+  for row in rows:
+    points.setdefault(tuple(row[f] for f in fields), []).append(row)
+  summary = []
+  for point, members_of_point in points.items():
+    entry = dict(zip(fields, point))
+    entry['seeds'] = len(members_of_point)
+    for name in names:
+      values = np.array([m[name] for m in members_of_point if name in m], float)
+      if len(values):
+        entry[name] = (float(values.mean()),
+                       float(values.std(ddof=1)) if len(values) > 1 else 0.0)
+    summary.append(entry)
+  return summary
+
+
+def write_results(workdir: str, axes, rows, reconstructions) -> None:
+  names = _numbers(rows)
+  fields = [f'config.{path}' for path, _ in axes]
+  summary = summarize(axes, rows)
+  try:
+    with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
+      writer = csv.DictWriter(f, fieldnames=fields + ['seed', 'split', 'checkpoint_step'] + names
+                              + ['workdir'], extrasaction='ignore')
+      writer.writeheader()
+      writer.writerows(rows)
+    with open(os.path.join(workdir, 'results.md'), 'w') as f:
+      f.write(markdown_table(summary, fields, names))
+    for name in names:
+      plots.study_number([e for e in summary if name in e], axes, name,
+                         os.path.join(workdir, f'{name}.png'))
+    if reconstructions:
+      plots.study_reconstructions(reconstructions, os.path.join(workdir, 'reconstructions.png'))
+  except OSError as e:
+    raise cannot_write(e, 'the study results to') from None
+
+
+def markdown_table(summary, fields, names) -> str:
+  """Mean ± std over seeds per grid point; the best mean of each column in bold."""
+  best = {}
+  for name in names:
+    means = [entry[name][0] for entry in summary if name in entry]
+    best[name] = min(means) if _better(name) else max(means)
+  header = ' | '.join([f.removeprefix('config.') for f in fields] + ['seeds'] + names)
+  lines = [f'| {header} |', '|' + ' --- |' * (len(fields) + 1 + len(names))]
+  for entry in summary:
+    cells = [str(entry[f]) for f in fields] + [str(entry['seeds'])]
+    for name in names:
+      if name not in entry:
+        cells.append('')
+        continue
+      mean, std = entry[name]
+      digits = 5 if 'mse' in name or 'bce' in name else 4 if 'psnr' not in name else 2
+      cell = f'{mean:.{digits}f} ± {std:.{digits}f}'
+      cells.append(f'**{cell}**' if mean == best[name] else cell)
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def main(config, workdir: str, grid_specs, seeds_text, num_points: int, draw_maps: bool):
+  study_config = config.get('study') or {}
+  specs = grid_specs or list(study_config.get('grid', ()))
+  seeds = parse_seeds(seeds_text or study_config.get('seeds', '0'))
+  axes = parse_grid(config, specs)
+  if num_points < tsne.min_points(tsne.PERPLEXITY):
+    raise UserError(f'--num_points={num_points} is too few for a t-SNE map: use '
+                    f'{tsne.min_points(tsne.PERPLEXITY)} or more')
+  return run_study(config, workdir, axes, seeds, num_points=num_points, draw_maps=draw_maps)
+
+
+if __name__ == '__main__':
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from ae_jax import cli  # pylint: disable=g-import-not-at-top
+
+  config_flags.DEFINE_config_file('config', None, 'The config every member starts from.',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Folder of the study (default: studies/<config name>).')
+  flags.DEFINE_multi_string('grid', [], 'FIELD=VALUE,VALUE,... (repeat for a product of axes); '
+                            'default: the config file\'s config.study.grid.')
+  flags.DEFINE_string('seeds', None, 'Seeds of each grid point, e.g. 0,1,2 (default: '
+                      'config.study.seeds, else 0).')
+  flags.DEFINE_integer('num_points', 2000, 'Test points that each member\'s latent space is '
+                       'scored on (t-SNE for the trustworthiness).')
+  flags.DEFINE_bool('maps', False, 'Also draw a t-SNE map per member.')
+  flags.mark_flags_as_required(['config'])
+  FLAGS = flags.FLAGS
+
+  def _main(argv):
+    del argv
+    workdir = FLAGS.workdir
+    if workdir == '':
+      raise UserError('--workdir is empty: name a folder, or leave the flag out for '
+                      'studies/<config file name>')
+    if workdir is None:
+      workdir = os.path.join('studies', os.path.splitext(os.path.basename(
+          config_flags.get_config_filename(FLAGS['config'])))[0])
+    main(FLAGS.config, workdir, FLAGS.grid, FLAGS.seeds, FLAGS.num_points, FLAGS.maps)
+
+  cli.run(_main)

@@ -1,0 +1,107 @@
+"""A grid of runs over settings and seeds: every member an ordinary run, trained by
+train.train_and_evaluate, scored, and tabulated; a second start retrains nothing."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ae_jax import UserError
+from ae_jax import study
+from ae_jax import train
+from conftest import ROOT
+from conftest import small_config
+
+
+def _config():
+  config = small_config('ae', num_train=128, batch_size=32, num_epochs=2)
+  config.data.test_split = 'test'
+  return config
+
+
+@pytest.mark.parametrize('specs, message', [
+    (['noise.sdt=0,0.1'], 'no such config field: noise.sdt'),
+    (['noise.std=0,abc'], "'abc' is not a float"),
+    (['model.latent_dim=8,1.5'], "'1.5' is not a int"),
+    (['noise.std'], 'write FIELD=VALUE,VALUE'),
+    (['noise.std=0,0'], 'names a value twice'),
+    (['seed=0,1'], '--seeds=0,1,2'),
+])
+def test_a_bad_grid_is_one_clear_error(specs, message):
+  with pytest.raises(UserError, match=message):
+    study.parse_grid(_config(), specs)
+
+
+def test_members_are_the_product_of_the_axes_and_the_seeds():
+  axes = study.parse_grid(_config(), ['noise.std=0,0.1', 'model.latent_dim=8,16'])
+  found = study.members(_config(), axes, [0, 1])
+  assert len(found) == 8
+  name, settings, config = found[3]
+  assert name == 'noise.std=0.0_model.latent_dim=16_seed=1'
+  assert settings == {'noise.std': 0.0, 'model.latent_dim': 16}
+  assert config.noise.std == 0.0 and config.model.latent_dim == 16 and config.seed == 1
+  with pytest.raises(UserError, match='config.model.latent_dim=0 must be at least 1'):
+    study.members(_config(), study.parse_grid(_config(), ['model.latent_dim=0,8']), [0])
+
+
+def test_a_study_trains_scores_tabulates_and_a_second_start_retrains_nothing(tmp_path,
+                                                                             monkeypatch):
+  workdir = str(tmp_path / 'study')
+  axes = study.parse_grid(_config(), ['noise.std=0,0.3'])
+  rows = study.run_study(_config(), workdir, axes, [0, 1], num_points=60)
+  with open(os.path.join(workdir, 'results.csv')) as f:
+    table = list(csv.DictReader(f))
+  assert len(table) == 4 and [r['seed'] for r in table] == ['0', '1', '0', '1']
+  assert all(0 < float(r['knn_accuracy']) <= 1 and float(r['clean_mse']) > 0 for r in table)
+  assert table[2]['noisy_mse'] and not table[0]['noisy_mse']  # denoising members only
+  assert table[0]['split'] == 'test'
+  with open(os.path.join(workdir, 'results.md')) as f:
+    markdown = f.read()
+  assert markdown.count('\n') == 4 and '**' in markdown and ' ± ' in markdown
+  for figure in ('knn_accuracy.png', 'clean_mse.png', 'reconstructions.png'):
+    assert os.path.getsize(os.path.join(workdir, figure)) > 1000
+  # each member is an ordinary run, with its settings and numbers in TensorBoard's HParams
+  member = os.path.join(workdir, 'noise.std=0.3_seed=1')
+  assert {'checkpoints', 'config.json', 'metrics.jsonl'} <= set(os.listdir(member))
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  events = event_accumulator.EventAccumulator(member)
+  events.Reload()
+  assert '_hparams_/session_start_info' in events.Tags()['tensors']
+  assert 'study/knn_accuracy' in events.Tags()['scalars']
+
+  def must_not_train(*args, **kwargs):
+    raise AssertionError('a scored member was trained again')
+  monkeypatch.setattr(train, 'train_and_evaluate', must_not_train)
+  assert study.run_study(_config(), workdir, axes, [0, 1], num_points=60) == rows
+
+
+@pytest.mark.slow
+def test_a_study_killed_mid_member_finishes_with_the_same_command(tmp_path):
+  workdir = tmp_path / 'study'
+  command = [sys.executable, '-m', 'ae_jax.study', f'--config={ROOT}/configs/quickstart.py',
+             f'--workdir={workdir}', '--grid=model.latent_dim=8', '--seeds=0,1',
+             '--config.num_epochs=30', '--num_points=100']
+  process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  second = workdir / 'model.latent_dim=8_seed=1' / 'checkpoints'
+  deadline = time.time() + 300
+  while not (second.is_dir() and any(n.isdigit() for n in os.listdir(second))):
+    assert process.poll() is None and time.time() < deadline, 'the study never reached member 2'
+    time.sleep(0.2)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  first = workdir / 'model.latent_dim=8_seed=0' / study.SCORE_FILE
+  before = json.loads(first.read_text())
+  assert not (workdir / 'model.latent_dim=8_seed=1' / study.SCORE_FILE).exists()
+  result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert '[1/2] model.latent_dim=8_seed=0: scored already' in result.stdout
+  assert 'resumed from the checkpoint of step' in result.stdout
+  assert json.loads(first.read_text()) == before
+  with open(workdir / 'results.csv') as f:
+    assert len(list(csv.DictReader(f))) == 2
