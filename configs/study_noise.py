@@ -2,13 +2,14 @@
 claim, tested: the AE on full Fashion-MNIST at five noise levels, three seeds each.
 
   sudo apt-get install dataset-fashion-mnist     # or any folder of the four IDX files
-  python -m ae_jax.study --config=configs/study_noise.py     # into studies/study_noise
+  python -m ae_jax.study --config=configs/study_noise.py --num_points=10000   # studies/study_noise
 
 15 members of 10 epochs (48,000 train / 12,000 validation images), each scored on the 10,000
-test images (--num_points=10000 for the latent numbers, as in the README). Result (README, "A
-study"): noise makes reconstructions of clean images worse (test MSE 0.0111 at std 0 to 0.0168
-at std 0.5) and does not make the latent space measurably better: kNN accuracy 0.829-0.833 at
-every noise level, within about two standard deviations over seeds.
+test images; 17 minutes on 2 CPU cores. Result (README, "A study"): noise does not make the
+latent space better by kNN accuracy (0.831 +- 0.003 at std 0, 0.822 +- 0.003 at std 0.5) nor,
+beyond one standard deviation, by the linear probe (0.809 to 0.813); the map's trustworthiness
+rises a little (0.9973 to 0.9984); reconstructions of clean images get worse (test MSE 0.0116
+at std 0 to 0.0151 at std 0.5).
 """
 
 import ml_collections

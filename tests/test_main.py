@@ -155,3 +155,30 @@ def test_verbosity_shows_the_whole_traceback_for_a_bug_report(tmp_path):
                       '--config.seed=-1', '--verbosity=1', cwd=tmp_path)
   assert 'Traceback' in result.stderr and 'config_lib.py' in result.stderr
   assert any(l.startswith('error: config.seed=-1') for l in result.stderr.splitlines())
+
+
+def test_ae_jax_commands_restart_themselves_with_huge_pages(monkeypatch):
+  import platform  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import ae_jax  # pylint: disable=g-import-not-at-top
+  if sys.platform != 'linux' or platform.libc_ver()[0] != 'glibc':
+    pytest.skip('glibc only')
+  calls = []
+  monkeypatch.setattr(os, 'execv', lambda *args: calls.append(args))
+  monkeypatch.delenv('GLIBC_TUNABLES', raising=False)
+  monkeypatch.delenv('AE_JAX_HUGE_PAGES', raising=False)
+  command = [sys.executable, '-m', 'ae_jax.main', '--config=configs/cae.py']
+  monkeypatch.setattr(sys, 'orig_argv', command)
+  monkeypatch.setattr(sys, 'argv', ['-m', '--config=configs/cae.py'])  # as while -m imports
+  ae_jax._restart_with_huge_pages()  # pylint: disable=protected-access
+  assert calls == [(sys.executable, command)]
+  assert os.environ['GLIBC_TUNABLES'] == 'glibc.malloc.hugetlb=1'
+  ae_jax._restart_with_huge_pages()  # pylint: disable=protected-access
+  assert len(calls) == 1  # once set, never again
+  monkeypatch.setenv('GLIBC_TUNABLES', '')
+  monkeypatch.setenv('AE_JAX_HUGE_PAGES', '0')
+  ae_jax._restart_with_huge_pages()  # pylint: disable=protected-access
+  monkeypatch.delenv('AE_JAX_HUGE_PAGES')
+  monkeypatch.setattr(sys, 'orig_argv', [sys.executable, '-m', 'pytest'])
+  ae_jax._restart_with_huge_pages()  # pylint: disable=protected-access
+  assert len(calls) == 1  # switched off, or not an ae_jax command
