@@ -30,6 +30,23 @@ def _restart_with_huge_pages() -> None:
     os.execv(sys.executable, sys.orig_argv)
 
 
+def _check_installed() -> None:
+  """An ae_jax command run by a Python without ae_jax's dependencies (the virtual environment
+  not activated, say): one line that says so, not an ImportError."""
+  module = sys.orig_argv[2] if sys.orig_argv[1:2] == ['-m'] and len(sys.orig_argv) > 2 else ''
+  if sys.argv[:1] != ['-m'] or not module.startswith('ae_jax.'):
+    return
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  missing = [name for name in ('absl', 'jax', 'flax', 'orbax', 'ml_collections')
+             if importlib.util.find_spec(name) is None]
+  if missing:
+    print(f'error: {sys.executable} lacks {", ".join(missing)}: activate the virtual environment '
+          "that has ae_jax (. .venv/bin/activate), or install it: pip install -e '.[test]'",
+          file=sys.stderr)
+    sys.exit(1)
+
+
+_check_installed()
 _restart_with_huge_pages()
 
 

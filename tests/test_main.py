@@ -182,3 +182,19 @@ def test_ae_jax_commands_restart_themselves_with_huge_pages(monkeypatch):
   monkeypatch.setattr(sys, 'orig_argv', [sys.executable, '-m', 'pytest'])
   ae_jax._restart_with_huge_pages()  # pylint: disable=protected-access
   assert len(calls) == 1  # switched off, or not an ae_jax command
+
+
+def test_a_python_without_the_dependencies_is_told_to_activate_the_environment(monkeypatch,
+                                                                               capsys):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import ae_jax  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(sys, 'orig_argv', ['python', '-m', 'ae_jax.main'])
+  monkeypatch.setattr(sys, 'argv', ['-m'])
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, 'find_spec',
+                      lambda name, *a: None if name == 'jax' else real(name, *a))
+  with pytest.raises(SystemExit):
+    ae_jax._check_installed()  # pylint: disable=protected-access
+  err = capsys.readouterr().err
+  assert err.startswith('error: ') and 'lacks jax' in err and '. .venv/bin/activate' in err
