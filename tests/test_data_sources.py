@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 from ae_jax import UserError
 from ae_jax import evaluate
 from ae_jax import input_pipeline
+from ae_jax.input_pipeline.sources import tfds as tfds_source
 from ae_jax import metric_writers
 from ae_jax import train
 from ae_jax import tsne
@@ -204,7 +205,7 @@ def test_scikit_learn_digits(tmp_path):
 
 
 def test_any_tfds_image_dataset(tmp_path, monkeypatch):
-  monkeypatch.setattr(input_pipeline, '_can_reach', lambda url: True)  # mock_data needs none
+  monkeypatch.setattr(tfds_source, '_can_reach', lambda url: True)  # mock_data needs none
   config = _config('tfds', name='cifar10', data_dir=str(tmp_path / 'tfds'))
   with tfds.testing.mock_data(num_examples=40):
     splits = input_pipeline.load_splits(config.data)
@@ -215,7 +216,7 @@ def test_any_tfds_image_dataset(tmp_path, monkeypatch):
 
 
 def test_tfds_images_of_varying_size_need_image_size(tmp_path, monkeypatch):
-  monkeypatch.setattr(input_pipeline, '_can_reach', lambda url: True)
+  monkeypatch.setattr(tfds_source, '_can_reach', lambda url: True)
   config = _config('tfds', name='oxford_flowers102', data_dir=str(tmp_path / 'tfds'))
   with pytest.raises(UserError, match='differ in size: choose one with --config.data.image_size'):
     input_pipeline.load_splits(config.data)

@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 
 from ae_jax import UserError
 from ae_jax import input_pipeline
+from ae_jax.input_pipeline.sources import tfds as tfds_source
 from conftest import MNIST_SMALL
 from configs import default
 
@@ -85,7 +86,7 @@ def test_unknown_source_lists_the_choices():
 
 
 def test_tfds_source_with_mock_data(tmp_path, monkeypatch):
-  monkeypatch.setattr(input_pipeline, '_can_reach', lambda url: True)  # mock_data needs none
+  monkeypatch.setattr(tfds_source, '_can_reach', lambda url: True)  # mock_data needs none
   with tfds.testing.mock_data(num_examples=40):
     splits = input_pipeline.load_splits(_data_config(data_dir=str(tmp_path)))
   assert splits['train'].images.shape == (32, 28, 28, 1)
@@ -94,7 +95,7 @@ def test_tfds_source_with_mock_data(tmp_path, monkeypatch):
 
 
 def test_offline_tfds_fails_within_seconds_and_says_what_to_do(tmp_path, monkeypatch):
-  monkeypatch.setattr(input_pipeline, '_can_reach', lambda url: False)
+  monkeypatch.setattr(tfds_source, '_can_reach', lambda url: False)
   manual_dir = tmp_path / 'manual'
   manual_dir.mkdir()
   if os.path.isdir(SHARED_MNIST):  # three of the four official files
@@ -119,10 +120,10 @@ def test_can_reach_answers_quickly_on_loopback():
   with socket.socket() as s:  # a port that nothing listens on
     s.bind(('127.0.0.1', 0))
     closed_port = s.getsockname()[1]
-  assert not input_pipeline._can_reach(f'http://127.0.0.1:{closed_port}/', timeout=3)
+  assert not tfds_source._can_reach(f'http://127.0.0.1:{closed_port}/', timeout=3)
   server = http.server.HTTPServer(('127.0.0.1', 0), http.server.BaseHTTPRequestHandler)
   threading.Thread(target=server.handle_request, daemon=True).start()
   try:  # any HTTP answer (here: 501, HEAD not implemented) means the network is there
-    assert input_pipeline._can_reach(f'http://127.0.0.1:{server.server_port}/', timeout=3)
+    assert tfds_source._can_reach(f'http://127.0.0.1:{server.server_port}/', timeout=3)
   finally:
     server.server_close()

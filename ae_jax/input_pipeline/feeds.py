@@ -1,0 +1,67 @@
+"""How batches reach the devices: from a copy of the split on every device, or gathered in
+host memory and sent over, a call at a time."""
+
+import os
+
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+
+
+# A compiled loop takes (images, indices) and reads batch i as images[indices[i]]. A feed turns
+# the rows of a few batches, (num_batches, batch_size) indices into a split, into those two
+# arrays: from a copy of the split on every device, or gathered in host memory and sent over.
+# Either way every device reads its own part of every batch locally.
+
+def to_device(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A global array with `sharding` from a host array that every process can index in full.
+
+  Each process reads only the parts that its own devices hold.
+  """
+  return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def fits_on_device(num_bytes: int, device) -> bool:
+  """Whether `num_bytes` of data can live on each device and leave room for training."""
+  stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
+  if stats and 'bytes_limit' in stats:
+    free = stats['bytes_limit'] - stats.get('bytes_in_use', 0)
+  else:  # a CPU: its memory is the host's
+    free = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  return num_bytes <= free // 4
+
+
+def device_feed(images: np.ndarray, mesh):
+  """Keeps `images` on every device; a call sends only the indices of its batches."""
+  on_device = to_device(images, NamedSharding(mesh, P()))
+  index_sharding = NamedSharding(mesh, P(None, 'data'))
+  return lambda rows: (on_device, to_device(rows, index_sharding))
+
+
+def host_feed(images: np.ndarray, mesh):
+  """Gathers each call's batches in host memory and sends them over, device by device.
+
+  The gathered images are laid out device-major: device d holds its slice of every batch, so
+  that batch i, indices[i], is read without communication, and each process gathers only the
+  images of its own devices.
+  """
+  data_sharding = NamedSharding(mesh, P('data'))
+  index_sharding = NamedSharding(mesh, P(None, 'data'))
+  num_devices = mesh.size
+
+  def feed(rows):
+    num_batches, batch_size = rows.shape
+    per_device = batch_size // num_devices
+    device_major = rows.reshape(num_batches, num_devices, per_device).transpose(1, 0, 2)
+    flat = device_major.reshape(-1)
+    gathered = jax.make_array_from_callback(
+        (len(flat), *images.shape[1:]), data_sharding, lambda index: images[flat[index[0]]])
+    # where batch i's part on device d lies in the device-major layout
+    positions = (np.arange(num_devices)[:, None, None] * num_batches * per_device
+                 + np.arange(num_batches)[None, :, None] * per_device
+                 + np.arange(per_device)[None, None, :])
+    indices = positions.transpose(1, 0, 2).reshape(num_batches, batch_size).astype(np.int32)
+    return gathered, to_device(indices, index_sharding)
+
+  return feed

@@ -1,0 +1,68 @@
+"""Arrays: a .npy of images, or a .npz of images and labels, per split or not."""
+
+import os
+
+import numpy as np
+
+from ae_jax import UserError
+from ae_jax.input_pipeline.splits import FOLDER_SPLITS
+from ae_jax.input_pipeline.splits import Split
+from ae_jax.input_pipeline.splits import choose
+
+
+def _check_images(images, where: str) -> np.ndarray:
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise UserError(f'{where} has shape {images.shape}: images must be (N, H, W) or '
+                    '(N, H, W, C) with C = 1 or 3')
+  if images.dtype == np.uint8:
+    return images
+  if np.issubdtype(images.dtype, np.floating) and images.size and (
+      images.min() >= 0 and images.max() <= 1):
+    return np.round(images * 255).astype(np.uint8)
+  if np.issubdtype(images.dtype, np.integer) and images.size and (
+      images.min() >= 0 and images.max() <= 255):
+    return images.astype(np.uint8)
+  raise UserError(f'{where} holds {images.dtype} values in [{images.min()}, {images.max()}]: '
+                  'give uint8 (0-255) or floats in [0, 1]')
+
+
+def _check_labels(labels, num_images: int, where: str) -> np.ndarray:
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or (
+      labels.size and labels.min() < 0):
+    raise UserError(f'{where} must be a vector of class numbers 0, 1, ..., not '
+                    f'{labels.dtype} of shape {labels.shape}')
+  if len(labels) != num_images:
+    raise UserError(f'{where} has {len(labels)} labels for {num_images} images')
+  return labels.astype(np.int32)
+
+
+def read_arrays(data_config, wanted) -> dict[str, Split]:
+  """A .npy of images, or a .npz with `images` [and `labels`], or with train_images,
+  validation_images, test_images [and train_labels, ...]; `label_names` optional."""
+  path = data_config.path
+  if not path or not os.path.isfile(path):
+    raise UserError(f'config.data.path={path!r} is not a file: with config.data.source='
+                    "'arrays' it must name a .npy or .npz file of images")
+  try:
+    data = np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError) as e:
+    raise UserError(f'cannot read {path} as a NumPy .npy or .npz file: {e}') from None
+  if isinstance(data, np.ndarray):
+    return choose({'train': Split(_check_images(data, path), None)}, wanted, path)
+  keys = set(data.files)
+  names = tuple(str(n) for n in data['label_names']) if 'label_names' in keys else None
+  prefixes = [''] if 'images' in keys else [f'{s}_' for s in FOLDER_SPLITS
+                                            if f'{s}_images' in keys]
+  if not prefixes:
+    raise UserError(f'{path} has the arrays {", ".join(sorted(keys))}: name the images '
+                    "'images' (and 'labels'), or 'train_images', 'test_images', ... ")
+  splits = {}
+  for prefix in prefixes:
+    images = _check_images(data[f'{prefix}images'], f'{path}[{prefix}images]')
+    labels = None
+    if f'{prefix}labels' in keys:
+      labels = _check_labels(data[f'{prefix}labels'], len(images), f'{path}[{prefix}labels]')
+    splits[prefix.rstrip('_') or 'train'] = Split(images, labels, names)
+  return choose(splits, wanted, path)

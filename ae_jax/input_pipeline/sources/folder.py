@@ -1,0 +1,106 @@
+"""A folder of image files: flat (unlabelled), one subfolder per class, and/or train/ test/."""
+
+from concurrent import futures
+import os
+
+import numpy as np
+
+from ae_jax import UserError
+from ae_jax.input_pipeline.splits import FOLDER_SPLITS
+from ae_jax.input_pipeline.splits import Split
+from ae_jax.input_pipeline.splits import choose
+from ae_jax.input_pipeline.splits import folder_path
+
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp')
+
+
+def _is_image(path: str) -> bool:
+  return os.path.isfile(path) and path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _decode(path: str, size):
+  """One image file -> uint8 (H, W, 1 or 3)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as image:
+      image.load()  # a truncated file fails here, not later
+      grey = image.mode in ('1', 'L', 'LA', 'I', 'I;16', 'F')
+      if image.mode in ('I', 'I;16', 'F'):  # 16-bit and float grayscale: to 8 bits
+        array = np.asarray(image, np.float32)
+        image = Image.fromarray(np.uint8(np.clip(array / max(array.max(), 1) * 255, 0, 255)))
+      image = image.convert('L' if grey else 'RGB')
+      if size and image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+      array = np.asarray(image)
+  except (OSError, ValueError, SyntaxError) as e:
+    raise UserError(f'cannot read the image {path}: {e}. Delete or replace the file') from None
+  return array[..., None] if array.ndim == 2 else array
+
+
+def read_images(paths: list[str], size) -> tuple[np.ndarray, str | None]:
+  """Decodes image files (in parallel threads: PIL releases the GIL) to (N, H, W, C) uint8, and
+  a note where grayscale files were made colour."""
+  with futures.ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+    images = list(pool.map(lambda p: _decode(p, size), paths))
+  note = None
+  grey = sum(image.shape[-1] == 1 for image in images)
+  if 0 < grey < len(images):  # a colour image makes every image colour
+    images = [np.repeat(image, 3, -1) if image.shape[-1] == 1 else image for image in images]
+    note = (f'{grey:,} of the {len(images):,} files are grayscale and {len(images) - grey:,} '
+            'colour: all are trained as colour (--config.data.grayscale=true makes them grayscale)')
+  shapes = {}
+  for path, image in zip(paths, images):
+    shapes.setdefault(image.shape[:2], path)
+  if len(shapes) > 1:
+    (a, path_a), (b, path_b) = list(shapes.items())[:2]
+    raise UserError(f'the images differ in size ({path_a} is {a[1]}x{a[0]}, {path_b} is '
+                    f'{b[1]}x{b[0]}): choose one with --config.data.image_size=N')
+  return np.stack(images), note
+
+
+def _read_image_folder(folder: str, size, class_names=None) -> Split:
+  """A flat folder of images (no labels), or one subfolder of images per class."""
+  entries = sorted(os.listdir(folder))
+  files = [os.path.join(folder, e) for e in entries if _is_image(os.path.join(folder, e))]
+  subfolders = [e for e in entries if os.path.isdir(os.path.join(folder, e))
+                and any(_is_image(os.path.join(folder, e, f))
+                        for f in os.listdir(os.path.join(folder, e)))]
+  if files and subfolders:
+    raise UserError(f'{folder} holds both image files and class folders ({subfolders[0]}/): put '
+                    'every image in a class folder, or none')
+  if not files and not subfolders:
+    raise UserError(f'{folder} holds no image files ({", ".join(IMAGE_EXTENSIONS)}), and no '
+                    'folders of them')
+  if files:
+    images, note = read_images(files, size)
+    return Split(images, None, note=note)
+  class_names = class_names or subfolders
+  unknown = [c for c in subfolders if c not in class_names]
+  if unknown:
+    raise UserError(f'{folder} has classes that the train split lacks: {", ".join(unknown)}')
+  paths, labels = [], []
+  for c in subfolders:
+    class_files = [os.path.join(folder, c, f) for f in sorted(os.listdir(os.path.join(folder, c)))]
+    class_files = [p for p in class_files if _is_image(p)]
+    paths += class_files
+    labels += [class_names.index(c)] * len(class_files)
+  images, note = read_images(paths, size)
+  return Split(images, np.array(labels, np.int32), tuple(class_names), note)
+
+
+def read_image_folder(data_config, wanted) -> dict[str, Split]:
+  """path/ with images (flat or per class), or with train/, validation/, test/ subfolders."""
+  root = folder_path(data_config, 'image files')
+  have = [s for s in FOLDER_SPLITS if os.path.isdir(os.path.join(root, s))]
+  size = data_config.image_size
+  if not have:
+    splits = {'train': _read_image_folder(root, size)}
+  elif 'train' not in have:
+    raise UserError(f'{root} has {", ".join(have)}/ but no train/ folder')
+  else:
+    splits = {'train': _read_image_folder(os.path.join(root, 'train'), size)}
+    names = splits['train'].label_names
+    for s in have[1:]:
+      splits[s] = _read_image_folder(os.path.join(root, s), size, names)
+  return choose(splits, wanted, root)

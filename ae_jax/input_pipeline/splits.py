@@ -1,0 +1,69 @@
+"""The vocabulary every source speaks: a Split of images and labels, split names with tfds's
+slicing syntax, and the splits a source hands back."""
+
+import os
+import re
+from typing import NamedTuple
+
+import numpy as np
+
+from ae_jax import UserError
+
+FOLDER_SPLITS = ('train', 'validation', 'test')  # the splits a folder or an .npz may hold
+
+
+class Split(NamedTuple):
+  images: np.ndarray  # uint8 (N, H, W, C)
+  labels: np.ndarray | None  # int32 (N,), or None for unlabelled data
+  label_names: tuple[str, ...] | None = None  # names of the labels 0, 1, ...; None: the numbers
+  note: str | None = None  # what the user may not expect of this data, for the data line
+
+
+_SPLIT = re.compile(r'^([\w-]+)(?:\[(-?\d*%?):(-?\d*%?)\])?$')
+
+
+def parse_split(spec: str) -> tuple[str, str, str]:
+  """'train[:80%]' -> ('train', '', '80%'): tfds's slicing syntax, for every source."""
+  match = _SPLIT.match(spec.replace(' ', ''))
+  if not match:
+    raise UserError(f'cannot read the split {spec!r}: write a name, optionally sliced like '
+                    "tfds: 'train', 'train[:1000]', 'train[10%:]'")
+  name, start, stop = match.groups()
+  return name, start or '', stop or ''
+
+
+def take_slice(split: Split, spec: str) -> Split:
+  """The part of `split` that the slice in `spec` (if any) selects."""
+  _, start, stop = parse_split(spec)
+  n = len(split.images)
+  bound = lambda b: None if not b else (
+      int(round(n * int(b[:-1]) / 100)) if b.endswith('%') else int(b))
+  part = slice(bound(start), bound(stop))
+  selected = split._replace(images=split.images[part],
+                            labels=None if split.labels is None else split.labels[part])
+  if not len(selected.images):
+    raise UserError(f'the split {spec!r} selects no images (the split has {n})')
+  return selected
+
+
+def folder_path(data_config, what: str) -> str:
+  folder = data_config.path
+  if not folder or not os.path.isdir(folder):
+    raise UserError(f'config.data.path={folder!r} is not a folder: with config.data.source='
+                    f'{data_config.source!r} it must name a folder of {what}')
+  return folder
+
+
+def choose(splits: dict[str, Split], wanted, where) -> dict[str, Split]:
+  """The splits that `wanted` names (sliced), plus the source's own validation split."""
+  chosen = {}
+  for role, spec in wanted.items():
+    name = parse_split(spec)[0]
+    if name in splits:
+      chosen[role] = take_slice(splits[name], spec)
+    elif role == 'train':
+      raise UserError(f'{where} has no {name!r} split (config.data.train_split); it has '
+                      f'{", ".join(splits)}')
+  if 'validation' in splits and parse_split(wanted['train'])[0] != 'validation':
+    chosen['validation'] = splits['validation']
+  return chosen
