@@ -57,7 +57,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if len(config.model.features) != 4 or min(config.model.features) < 1:
       raise UserError(f'config.model.features={tuple(config.model.features)} must be four '
                       'positive channel counts, e.g. (32, 64, 128, 256)')
-  _one_of(config.data.placement, ('auto', 'device', 'host'), 'config.data.placement')
+  _one_of(config.data.placement, ('auto', 'device', 'host', 'disk'), 'config.data.placement')
   _one_of(config.data.source, tuple(input_pipeline.READERS), 'config.data.source')
   if config.data.image_size is not None and config.data.image_size < 1:
     raise UserError(f'config.data.image_size={config.data.image_size} must be at least 1')

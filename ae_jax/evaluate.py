@@ -78,11 +78,11 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
 def evaluate(run: TrainedRun, noisy: bool) -> dict[str, float]:
   """Mean MSE, BCE and PSNR over every image of the split (the last batch padded, not dropped)."""
   mesh, config = run.mesh, run.config
-  placement = train.choose_feed(config.data, run.images.nbytes)
+  placement = train.choose_feed(config.data, run.images)
   return metrics.evaluate_split(
       metrics.make_eval_fn(run.model, config, mesh), run.variables,
       train.make_feed(run.images, mesh, placement), len(run.images), config, mesh,
-      streamed=placement == 'host',
+      streamed_bytes=0 if placement == 'device' else int(np.prod(run.images.shape[1:])),
       noise_rng=jax.random.PRNGKey(metrics.EVAL_NOISE_SEED) if noisy else None)
 
 

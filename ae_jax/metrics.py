@@ -106,14 +106,27 @@ def eval_batch_size(config, num_examples: int, num_devices: int) -> int:
   return -(-size // num_devices) * num_devices
 
 
-def evaluate_split(eval_fn, variables, feed, num_examples, config, mesh, *, streamed: bool,
-                   noise_rng=None) -> dict[str, float]:
+# A call over streamed data holds about this many bytes of images (two calls are in flight): a
+# run that reads from disk holds a few calls' worth of batches, not the dataset.
+STREAMED_CALL_BYTES = 16 << 20
+
+
+def streamed_batches_per_call(config, batch_size: int, example_bytes: int) -> int:
+  """How many batches of streamed examples one call takes: config.steps_per_call, fewer where
+  that many would take more than STREAMED_CALL_BYTES."""
+  return max(1, min(config.steps_per_call, STREAMED_CALL_BYTES // (batch_size * example_bytes)))
+
+
+def evaluate_split(eval_fn, variables, feed, num_examples, config, mesh, *,
+                   streamed_bytes: int = 0, noise_rng=None) -> dict[str, float]:
   """Mean metrics over every example of a split that `feed` serves: all its batches in one call
-  where the images are on the devices, config.steps_per_call a call where they are `streamed`
-  from host memory."""
+  where the images are on the devices; where they are streamed (from host memory or disk; an
+  example `streamed_bytes` large), streamed_batches_per_call a call."""
   batch_size = eval_batch_size(config, num_examples, mesh.size)
   rows, mask = padded_batches(num_examples, batch_size)
-  per_call = min(config.steps_per_call, len(rows)) if streamed else len(rows)
+  per_call = len(rows)
+  if streamed_bytes:
+    per_call = min(streamed_batches_per_call(config, batch_size, streamed_bytes), len(rows))
   mask_sharding = NamedSharding(mesh, P(None, 'data'))
   sums = None
   for first in range(0, len(rows), per_call):

@@ -118,14 +118,19 @@ def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples).astype(np.int32)
 
 
-def choose_feed(data_config, images_bytes: int) -> str:
-  """'device' or 'host': where the training data lives (config.data.placement)."""
-  if data_config.placement != 'auto':
+def choose_feed(data_config, images, other_bytes: int = 0) -> str:
+  """'device', 'host' or 'disk': where the training data lives (config.data.placement; 'auto':
+  disk where the source left it there, else the devices where it fits, else host memory)."""
+  if isinstance(images, input_pipeline.disk.Rows):
+    return 'disk'
+  if data_config.placement not in ('auto', 'disk'):
     return data_config.placement
-  return 'device' if input_pipeline.fits_on_device(images_bytes, jax.local_devices()[0]) else 'host'
+  num_bytes = images.nbytes + other_bytes  # (the validation split goes where training's goes)
+  return 'device' if input_pipeline.fits_on_device(num_bytes, jax.local_devices()[0]) else 'host'
 
 
 def make_feed(images, mesh, placement):
+  """Batches from a copy on the devices, or gathered on the host (from memory or disk)."""
   feed = input_pipeline.device_feed if placement == 'device' else input_pipeline.host_feed
   return feed(images, mesh)
 
@@ -333,13 +338,14 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
   if steps_per_epoch < 1:
     raise UserError(f'config.batch_size={config.batch_size} is larger than the {num_train} '
                     'training images: use a smaller batch')
-  placement = choose_feed(config.data, train_images.nbytes + val_images.nbytes)
+  placement = choose_feed(config.data, train_images, val_images.nbytes)
   if jax.process_index() == 0:
     config_lib.write_config(config, workdir)  # the first write, after every check
   _log(f'data: {num_train} train, {len(val_images)} validation'
        + (f', {len(splits["test"].images)} test' if 'test' in splits else '')
        + f' images of {image_shape}, '
-       + ('held on the devices' if placement == 'device' else 'streamed from host memory')
+       + {'device': 'held on the devices', 'host': 'streamed from host memory',
+          'disk': 'read from disk a call at a time'}[placement]
        + f'; {num_devices} {mesh.devices.flat[0].platform} device(s)'
        + (f' in {jax.process_count()} processes' if jax.process_count() > 1 else '')
        + ''.join(f'; {note}' for note in dict.fromkeys(s.note for s in splits.values() if s.note)))
@@ -355,6 +361,10 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
   # --- The update step, compiled once: many steps per call.
   update = make_update(config, image_shape, tx, mesh, train_images, placement)
   max_steps = min(config.steps_per_call, steps_per_epoch)
+  streamed_bytes = 0 if placement == 'device' else int(np.prod(image_shape))
+  if streamed_bytes:
+    max_steps = min(max_steps, metrics.streamed_batches_per_call(config, config.batch_size,
+                                                                 streamed_bytes))
   compile_start = time.time()
   run_steps = update.run.lower(update.to_run_state(state),
                                *update.feed(np.zeros((max_steps, config.batch_size), np.int32)),
@@ -401,7 +411,7 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
           eval_state = update.from_run_state(state)
           variables = {'params': eval_state.params, 'batch_stats': eval_state.batch_stats}
           val_loss = metrics.evaluate_split(eval_fn, variables, val_feed, len(val_images), config,
-                                            mesh, streamed=placement == 'host',
+                                            mesh, streamed_bytes=streamed_bytes,
                                             noise_rng=val_noise_rng)[config.loss]
           checkpoints.save(manager, eval_state, val_loss)
           grid = plots.image_grid([shown, np.asarray(reconstruct(variables, shown))]) if len(

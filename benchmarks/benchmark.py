@@ -140,7 +140,7 @@ def jax_child(model: str, folder: str, launched: float, full_epochs: bool) -> di
     eval_fn = metrics.make_eval_fn(model_def, config, mesh, metrics=names)
     feed = train.make_feed(images, mesh, 'device')
     evaluate_ = functools.partial(metrics.evaluate_split, eval_fn, variables, feed, len(images),
-                                  config, mesh, streamed=False)
+                                  config, mesh)
     evaluate_()  # compiles
     start = time.perf_counter()
     evaluate_()

@@ -244,3 +244,43 @@ def test_host_streaming_trains_exactly_like_device_placement(tmp_path):
   for device_row, host_row in zip(rows['device'], rows['host']):
     assert device_row['train_loss'] == pytest.approx(host_row['train_loss'], rel=1e-6)
     assert device_row['val_loss'] == pytest.approx(host_row['val_loss'], rel=1e-6)
+
+
+def test_a_npy_read_from_disk_trains_exactly_like_one_in_memory(tmp_path, monkeypatch, capsys):
+  np.save(tmp_path / 'digits.npy', DIGITS[:320])
+  rows_read = []
+  real_getitem = input_pipeline.disk.Rows.__getitem__
+
+  def counting(self, key):
+    out = real_getitem(self, key)
+    rows_read.append(len(out))
+    return out
+  monkeypatch.setattr(input_pipeline.disk.Rows, '__getitem__', counting)
+  losses = {}
+  for placement in ('host', 'disk'):
+    config = _config('arrays', str(tmp_path / 'digits.npy'), placement=placement)
+    config.num_epochs = 2
+    train.train_and_evaluate(config, str(tmp_path / placement))
+    losses[placement] = [(r['train_loss'], r['val_loss']) for r in metric_writers.read_metrics(
+        str(tmp_path / placement / 'metrics.jsonl'))]
+  assert 'read from disk a call at a time' in capsys.readouterr().out
+  assert losses['disk'] == losses['host']
+  # a call's batches at a time (4 steps of 16), never the split
+  assert rows_read and max(rows_read) <= 4 * 16 * 2 and max(rows_read) < 256
+  report = evaluate.main(str(tmp_path / 'disk'), config, 'latest', 'validation', num_examples=2)
+  assert report['clean']['mse'] == pytest.approx(losses['disk'][-1][1], rel=1e-5)
+
+
+@pytest.mark.parametrize('source, path, data, message', [
+    ('arrays', 'images.npz', None, 'save the images as a .npy'),
+    ('arrays', 'floats.npy', np.zeros((4, 8, 8), np.float32), 'reads uint8 images'),
+    ('digits', None, None, "the source 'digits' is read into memory"),
+])
+def test_what_cannot_stream_from_disk_says_why(tmp_path, source, path, data, message):
+  if path and path.endswith('.npz'):
+    np.savez(tmp_path / path, images=DIGITS[:4])
+  elif path:
+    np.save(tmp_path / path, data)
+  config = _config(source, path and str(tmp_path / path), placement='disk')
+  with pytest.raises(UserError, match=message):
+    input_pipeline.load_splits(config.data)

@@ -6,7 +6,8 @@ split; and feeds, which hand the compiled loops their batches.
   feeds.py  how batches reach the devices: kept on the devices, or streamed from host memory.
 
 Every source gives the splits 'train' and 'validation', and 'test' where the data has one.
-Each split is read once into host memory.
+Each split is read once into host memory, except a .npy with config.data.placement='disk'
+(disk.py), which is read a batch at a time.
 """
 
 import numpy as np
@@ -21,6 +22,8 @@ from ae_jax.input_pipeline.sources.idx import read_idx
 from ae_jax.input_pipeline.sources.idx import read_idx_folder
 from ae_jax.input_pipeline.splits import Split
 from ae_jax.input_pipeline.splits import parse_split
+from ae_jax.input_pipeline.splits import rows
+from ae_jax.input_pipeline import disk
 
 # The validation set must not change with config.seed, so it has a seed of its own.
 VALIDATION_SEED = 0
@@ -35,6 +38,11 @@ def load_splits(data_config) -> dict[str, Split]:
   if data_config.source not in READERS:
     raise UserError(f'config.data.source={data_config.source!r} is not one of: '
                     f'{", ".join(READERS)}')
+  if data_config.placement == 'disk' and data_config.source != 'arrays':
+    raise UserError(f'config.data.placement=disk streams a .npy of images from disk '
+                    "(config.data.source='arrays'); the source "
+                    f"'{data_config.source}' is read into memory: use placement=host, or save "
+                    'the images as a .npy')
   wanted = {'train': data_config.train_split}
   if data_config.test_split:
     wanted['test'] = data_config.test_split
@@ -58,6 +66,11 @@ def load_splits(data_config) -> dict[str, Split]:
 def finish(split: Split, data_config, where: str) -> Split:
   """Grayscale and resizing as the config asks; checks that the images have 1 or 3 channels."""
   images, note = split.images, split.note
+  if isinstance(images, disk.Rows) and (
+      (data_config.grayscale and images.shape[-1] == 3) or (
+          data_config.image_size and images.shape[1:3] != (data_config.image_size,) * 2)):
+    raise UserError(f'{images.path} is read from disk as stored (config.data.placement=disk): '
+                    'resize it or make it grayscale once and save it, or use placement=host')
   if images.shape[-1] not in (1, 3):
     raise UserError(f'{where} have {images.shape[-1]} channels: ae_jax takes 1 (grayscale) or '
                     '3 (colour)')
@@ -97,10 +110,10 @@ def split_validation(split: Split, fraction: float) -> tuple[Split, Split]:
   order = np.random.default_rng(VALIDATION_SEED).permutation(n)
   validation_idx, train_idx = np.sort(order[:num_validation]), np.sort(order[num_validation:])
   take = lambda idx: split._replace(
-      images=split.images[idx], labels=None if split.labels is None else split.labels[idx])
+      images=rows(split.images, idx), labels=None if split.labels is None else split.labels[idx])
   return take(train_idx), take(validation_idx)
 
 
-__all__ = ['READERS', 'Split', 'device_feed', 'finish', 'fits_on_device', 'host_feed',
+__all__ = ['READERS', 'Split', 'disk', 'device_feed', 'finish', 'fits_on_device', 'host_feed',
            'load_splits', 'parse_split', 'read_idx', 'read_idx_folder', 'resize',
            'split_validation', 'to_device', 'to_grayscale']

@@ -22,13 +22,18 @@ def to_device(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
   return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
+def host_memory() -> int:
+  """The bytes of memory this host has."""
+  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+
+
 def fits_on_device(num_bytes: int, device) -> bool:
   """Whether `num_bytes` of data can live on each device and leave room for training."""
   stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
   if stats and 'bytes_limit' in stats:
     free = stats['bytes_limit'] - stats.get('bytes_in_use', 0)
   else:  # a CPU: its memory is the host's
-    free = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    free = host_memory()
   return num_bytes <= free // 4
 
 

@@ -22,6 +22,11 @@ class Split(NamedTuple):
 _SPLIT = re.compile(r'^([\w-]+)(?:\[(-?\d*%?):(-?\d*%?)\])?$')
 
 
+def rows(images, which):
+  """images[which] (a slice or index array), still on disk where `images` is."""
+  return images.subset(which) if hasattr(images, 'subset') else images[which]
+
+
 def parse_split(spec: str) -> tuple[str, str, str]:
   """'train[:80%]' -> ('train', '', '80%'): tfds's slicing syntax, for every source."""
   match = _SPLIT.match(spec.replace(' ', ''))
@@ -39,7 +44,7 @@ def take_slice(split: Split, spec: str) -> Split:
   bound = lambda b: None if not b else (
       int(round(n * int(b[:-1]) / 100)) if b.endswith('%') else int(b))
   part = slice(bound(start), bound(stop))
-  selected = split._replace(images=split.images[part],
+  selected = split._replace(images=rows(split.images, part),
                             labels=None if split.labels is None else split.labels[part])
   if not len(selected.images):
     raise UserError(f'the split {spec!r} selects no images (the split has {n})')

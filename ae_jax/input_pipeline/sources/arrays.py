@@ -5,6 +5,8 @@ import os
 import numpy as np
 
 from ae_jax import UserError
+from ae_jax.input_pipeline import disk
+from ae_jax.input_pipeline import feeds
 from ae_jax.input_pipeline.splits import FOLDER_SPLITS
 from ae_jax.input_pipeline.splits import Split
 from ae_jax.input_pipeline.splits import choose
@@ -45,6 +47,13 @@ def read_arrays(data_config, wanted) -> dict[str, Split]:
   if not path or not os.path.isfile(path):
     raise UserError(f'config.data.path={path!r} is not a file: with config.data.source='
                     "'arrays' it must name a .npy or .npz file of images")
+  if data_config.placement == 'disk' or (data_config.placement == 'auto' and path.endswith(
+      '.npy') and os.path.getsize(path) > feeds.host_memory() // 4):
+    if not path.endswith('.npy'):
+      raise UserError(f'{path}: the members of an .npz cannot be read in any order from disk '
+                      '(config.data.placement=disk): save the images as a .npy, e.g. '
+                      "np.save('images.npy', np.load(path)['images'])")
+    return choose({'train': Split(disk.Rows(path), None)}, wanted, path)
   try:
     data = np.load(path, allow_pickle=False)
   except (OSError, ValueError, EOFError) as e:
