@@ -129,6 +129,20 @@ def choose_feed(data_config, images, other_bytes: int = 0) -> str:
   return 'device' if input_pipeline.fits_on_device(num_bytes, jax.local_devices()[0]) else 'host'
 
 
+PLACEMENTS = ('device', 'host', 'disk')  # nearest the devices first
+
+
+def agree_placement(placement: str, images) -> str:
+  """Where the data goes in every process: the devices only where every process chose them
+  (their compiled programs differ), else streamed, from disk where this process left it there."""
+  if jax.process_count() == 1:
+    return placement
+  chosen = multihost_utils.process_allgather(np.array(PLACEMENTS.index(placement), np.int32))
+  if int(np.max(chosen)) == 0:
+    return 'device'
+  return 'disk' if isinstance(images, input_pipeline.disk.Rows) else 'host'
+
+
 def make_feed(images, mesh, placement):
   """Batches from a copy on the devices, or gathered on the host (from memory or disk)."""
   feed = input_pipeline.device_feed if placement == 'device' else input_pipeline.host_feed
@@ -338,7 +352,14 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
   if steps_per_epoch < 1:
     raise UserError(f'config.batch_size={config.batch_size} is larger than the {num_train} '
                     'training images: use a smaller batch')
-  placement = choose_feed(config.data, train_images, val_images.nbytes)
+
+  # --- The model and the train state; then where the data goes, with the state counted.
+  model = models.create_model(config.model, image_shape)
+  tx = create_optimizer(config)
+  state = jax.jit(functools.partial(create_train_state, model, tx, config.seed),
+                  out_shardings=replicated, compiler_options=models.COMPILE_ONCE_OPTIONS)()
+  placement = agree_placement(choose_feed(config.data, train_images, val_images.nbytes),
+                              train_images)
   if jax.process_index() == 0:
     config_lib.write_config(config, workdir)  # the first write, after every check
   _log(f'data: {num_train} train, {len(val_images)} validation'
@@ -349,12 +370,6 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
        + f'; {num_devices} {mesh.devices.flat[0].platform} device(s)'
        + (f' in {jax.process_count()} processes' if jax.process_count() > 1 else '')
        + ''.join(f'; {note}' for note in dict.fromkeys(s.note for s in splits.values() if s.note)))
-
-  # --- The model and the train state.
-  model = models.create_model(config.model, image_shape)
-  tx = create_optimizer(config)
-  state = jax.jit(functools.partial(create_train_state, model, tx, config.seed),
-                  out_shardings=replicated, compiler_options=models.COMPILE_ONCE_OPTIONS)()
   _log(f'model {config_lib.display_name(config)}: '
        f'{models.count_params(state.params):,} parameters')
 

@@ -213,6 +213,10 @@ def test_any_tfds_image_dataset(tmp_path, monkeypatch):
     assert len(splits['train'].label_names) == 10  # (mock_data names them by number)
     config.data.grayscale = True
     assert input_pipeline.load_splits(config.data)['test'].images.shape[1:] == (32, 32, 1)
+    # one resize for every source: the same image_size gives the pixels PIL gives the arrays
+    config.data.grayscale, config.data.image_size = False, 20
+    resized = input_pipeline.load_splits(config.data)['test'].images
+  np.testing.assert_array_equal(resized, input_pipeline.resize(splits['test'].images, 20))
 
 
 def test_tfds_images_of_varying_size_need_image_size(tmp_path, monkeypatch):

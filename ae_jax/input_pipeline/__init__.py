@@ -22,6 +22,7 @@ from ae_jax.input_pipeline.sources.idx import read_idx
 from ae_jax.input_pipeline.sources.idx import read_idx_folder
 from ae_jax.input_pipeline.splits import Split
 from ae_jax.input_pipeline.splits import parse_split
+from ae_jax.input_pipeline.splits import resize_image
 from ae_jax.input_pipeline.splits import rows
 from ae_jax.input_pipeline import disk
 
@@ -90,13 +91,11 @@ def to_grayscale(images: np.ndarray) -> np.ndarray:
 
 
 def resize(images: np.ndarray, size: int) -> np.ndarray:
-  """(N, H, W, C) uint8 -> (N, size, size, C), with PIL's antialiased bilinear filter."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  """(N, H, W, C) uint8 -> (N, size, size, C), with PIL's antialiased bilinear filter: the one
+  resize of every source."""
   out = np.empty((len(images), size, size, images.shape[-1]), np.uint8)
   for i, image in enumerate(images):
-    pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-    resized = np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR))
-    out[i] = resized.reshape(size, size, -1)
+    out[i] = resize_image(image, size)
   return out
 
 

@@ -22,6 +22,14 @@ class Split(NamedTuple):
 _SPLIT = re.compile(r'^([\w-]+)(?:\[(-?\d*%?):(-?\d*%?)\])?$')
 
 
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+  """(H, W, C) uint8 -> (size, size, C) with PIL's antialiased bilinear filter."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+  return np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR)).reshape(
+      size, size, image.shape[-1])
+
+
 def rows(images, which):
   """images[which] (a slice or index array), still on disk where `images` is."""
   return images.subset(which) if hasattr(images, 'subset') else images[which]

@@ -12,6 +12,7 @@ import numpy as np
 from ae_jax import UserError
 from ae_jax.input_pipeline.splits import Split
 from ae_jax.input_pipeline.splits import parse_split
+from ae_jax.input_pipeline.splits import resize_image
 
 
 IDX_DATASETS = ('mnist', 'fashion_mnist', 'kmnist')  # tfds datasets made of IDX files
@@ -119,12 +120,13 @@ def read_tfds(data_config, wanted) -> dict[str, Split]:
     wanted['validation'] = 'validation'
   label_names = tuple(features[label_key].names) if label_key else None
 
+  # Images are resized with PIL like every other source's (input_pipeline.resize, after this
+  # reader), so that the same image_size gives the same pixels whatever the source; images of
+  # varying size are resized here, one by one, as tf.data cannot batch them.
+  varying = None in (height, width)
+
   def decode(example):
-    image = example[image_key]
-    if size and (height, width) != (size, size):
-      image = tf.cast(tf.round(tf.clip_by_value(
-          tf.image.resize(image, (size, size), antialias=True), 0, 255)), tf.uint8)
-    return image, example[label_key] if label_key else 0
+    return example[image_key], example[label_key] if label_key else 0
 
   splits = {}
   for role, spec in wanted.items():
@@ -133,11 +135,16 @@ def read_tfds(data_config, wanted) -> dict[str, Split]:
         raise UserError(f'the tfds dataset {data_config.name!r} has no split {spec!r}: it has '
                         f'{", ".join(sorted(available))} (config.data.train_split)')
       continue
-    ds = builder.as_dataset(split=spec, shuffle_files=False).map(decode).batch(4096)
+    ds = builder.as_dataset(split=spec, shuffle_files=False).map(decode)
     images, labels = [], []
-    for image_batch, label_batch in tfds.as_numpy(ds):
-      images.append(image_batch)
-      labels.append(label_batch)
+    if varying:
+      for image, label in tfds.as_numpy(ds):
+        images.append(resize_image(image, size)[None])
+        labels.append(np.array([label]))
+    else:
+      for image_batch, label_batch in tfds.as_numpy(ds.batch(4096)):
+        images.append(image_batch)
+        labels.append(label_batch)
     splits[role] = Split(np.concatenate(images),
                          np.concatenate(labels).astype(np.int32) if label_key else None,
                          label_names)
