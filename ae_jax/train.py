@@ -121,7 +121,7 @@ def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
 def choose_feed(data_config, images, other_bytes: int = 0) -> str:
   """'device', 'host' or 'disk': where the training data lives (config.data.placement; 'auto':
   disk where the source left it there, else the devices where it fits, else host memory)."""
-  if isinstance(images, input_pipeline.disk.Rows):
+  if isinstance(images, input_pipeline.disk.OnDisk):
     return 'disk'
   if data_config.placement not in ('auto', 'disk'):
     return data_config.placement
@@ -140,7 +140,7 @@ def agree_placement(placement: str, images) -> str:
   chosen = multihost_utils.process_allgather(np.array(PLACEMENTS.index(placement), np.int32))
   if int(np.max(chosen)) == 0:
     return 'device'
-  return 'disk' if isinstance(images, input_pipeline.disk.Rows) else 'host'
+  return 'disk' if isinstance(images, input_pipeline.disk.OnDisk) else 'host'
 
 
 def make_feed(images, mesh, placement):

@@ -288,3 +288,26 @@ def test_what_cannot_stream_from_disk_says_why(tmp_path, source, path, data, mes
   config = _config(source, path and str(tmp_path / path), placement='disk')
   with pytest.raises(UserError, match=message):
     input_pipeline.load_splits(config.data)
+
+
+def test_a_folder_read_from_disk_trains_exactly_like_one_in_memory(tmp_path, monkeypatch):
+  from ae_jax.input_pipeline.sources import folder  # pylint: disable=g-import-not-at-top
+  images, labels = _colour(DIGITS[:200]), LABELS[:200]
+  images[::3] = np.repeat(DIGITS[:200:3, ..., None], 3, -1)  # some files grayscale
+  for c in range(10):
+    picked = np.flatnonzero(labels == c)
+    _write_pngs(tmp_path / 'images' / f'digit_{c}', [
+        images[i][..., 0] if i % 3 == 0 else images[i] for i in picked])
+  decoded = []
+  real = folder.Files.__getitem__
+  monkeypatch.setattr(folder.Files, '__getitem__',
+                      lambda self, key: decoded.append(1) or real(self, key))
+  losses = {}
+  for placement in ('host', 'disk'):
+    config = _config('folder', str(tmp_path / 'images'), placement=placement)
+    train.train_and_evaluate(config, str(tmp_path / placement))
+    losses[placement] = [(r['train_loss'], r['val_loss']) for r in metric_writers.read_metrics(
+        str(tmp_path / placement / 'metrics.jsonl'))]
+  assert losses['disk'] == losses['host'] and decoded
+  config.data.grayscale = True
+  assert input_pipeline.load_splits(config.data)['train'].images[:2].shape == (2, 28, 28, 1)

@@ -39,9 +39,9 @@ def load_splits(data_config) -> dict[str, Split]:
   if data_config.source not in READERS:
     raise UserError(f'config.data.source={data_config.source!r} is not one of: '
                     f'{", ".join(READERS)}')
-  if data_config.placement == 'disk' and data_config.source != 'arrays':
-    raise UserError(f'config.data.placement=disk streams a .npy of images from disk '
-                    "(config.data.source='arrays'); the source "
+  if data_config.placement == 'disk' and data_config.source not in ('arrays', 'folder'):
+    raise UserError(f'config.data.placement=disk streams a .npy of images or a folder of image '
+                    "files from disk (config.data.source='arrays' or 'folder'); the source "
                     f"'{data_config.source}' is read into memory: use placement=host, or save "
                     'the images as a .npy')
   wanted = {'train': data_config.train_split}

@@ -1,5 +1,5 @@
-"""A split that stays on disk (config.data.placement = 'disk'): the rows of a .npy file, read
-only when a batch asks for them.
+"""A split that stays on disk (config.data.placement = 'disk'): the rows of a .npy file (here)
+or image files (sources/folder.py), read only when a batch asks for them.
 
 numpy's view of a memory-mapped file does the reading; after each gather the process tells the
 kernel that it no longer needs those pages (madvise DONTNEED), so that it holds a call's batches
@@ -15,13 +15,20 @@ import numpy as np
 from ae_jax import UserError
 
 
-class Rows:
+class OnDisk:
+  """A split left on disk: `shape`, `dtype`, `nbytes` and len() like an array's; x[rows] (an
+  index array or a slice) reads those examples into memory; x.subset(rows) stays on disk."""
+  shape: tuple
+  where: str  # the file or folder, for messages
+
+
+class Rows(OnDisk):
   """Rows `indices` of the (N, H, W[, C]) uint8 array in a .npy file, as (len, H, W, C)."""
 
   def __init__(self, path: str, indices: np.ndarray | None = None, _mapped=None):
     if _mapped is None:
       _mapped = _map(path)
-    self.path = path
+    self.path = self.where = path
     self._mm, self._array = _mapped
     self.indices = np.arange(len(self._array)) if indices is None else indices
     self.shape = (len(self.indices), *self._array.shape[1:])

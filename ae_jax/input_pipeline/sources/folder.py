@@ -1,11 +1,13 @@
 """A folder of image files: flat (unlabelled), one subfolder per class, and/or train/ test/."""
 
 from concurrent import futures
+import functools
 import os
 
 import numpy as np
 
 from ae_jax import UserError
+from ae_jax.input_pipeline import disk
 from ae_jax.input_pipeline.splits import FOLDER_SPLITS
 from ae_jax.input_pipeline.splits import Split
 from ae_jax.input_pipeline.splits import choose
@@ -19,13 +21,13 @@ def _is_image(path: str) -> bool:
   return os.path.isfile(path) and path.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _decode(path: str, size):
-  """One image file -> uint8 (H, W, 1 or 3)."""
+def _decode(path: str, size, grey: bool = False):
+  """One image file -> uint8 (H, W, 1 or 3); `grey`: grayscale whatever the file is."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(path) as image:
       image.load()  # a truncated file fails here, not later
-      grey = image.mode in ('1', 'L', 'LA', 'I', 'I;16', 'F')
+      grey = grey or image.mode in ('1', 'L', 'LA', 'I', 'I;16', 'F')
       if image.mode in ('I', 'I;16', 'F'):  # 16-bit and float grayscale: to 8 bits
         array = np.asarray(image, np.float32)
         image = Image.fromarray(np.uint8(np.clip(array / max(array.max(), 1) * 255, 0, 255)))
@@ -59,7 +61,68 @@ def read_images(paths: list[str], size) -> tuple[np.ndarray, str | None]:
   return np.stack(images), note
 
 
-def _read_image_folder(folder: str, size, class_names=None) -> Split:
+_POOL = None  # the threads that decode a batch's files (PIL releases the GIL)
+
+
+class Files(disk.OnDisk):
+  """Image files decoded when a batch asks for them (config.data.placement='disk')."""
+
+  def __init__(self, paths, size, shape, indices=None):
+    self.paths, self.size, self.where = paths, size, os.path.dirname(paths[0])
+    self.indices = np.arange(len(paths)) if indices is None else indices
+    self.shape = (len(self.indices), *shape)
+    self.dtype = np.dtype(np.uint8)
+    self.nbytes = int(np.prod(self.shape))
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def subset(self, indices) -> 'Files':
+    return Files(self.paths, self.size, self.shape[1:], self.indices[indices])
+
+  def __getitem__(self, key) -> np.ndarray:
+    global _POOL
+    if _POOL is None:
+      _POOL = futures.ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2))
+    return np.stack(list(_POOL.map(self._decode, np.atleast_1d(self.indices[key]))))
+
+  def _decode(self, i):
+    image = _decode(self.paths[i], self.size, grey=self.shape[-1] == 1)
+    if image.shape[-1] == 1 and self.shape[-1] == 3:
+      image = np.repeat(image, 3, -1)  # as read_images makes a mixed folder colour
+    if image.shape != self.shape[1:]:
+      raise UserError(f'{self.paths[i]} is {image.shape[1]}x{image.shape[0]}, the other images '
+                      f'{self.shape[2]}x{self.shape[1]}: choose one size with '
+                      '--config.data.image_size=N')
+    return image
+
+
+def on_disk(paths: list[str], size, grayscale: bool) -> tuple[Files, str | None]:
+  """The files as a split that stays on disk, its shape read from their headers alone."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  sizes, grey = {}, 0
+  for path in paths:
+    try:
+      with Image.open(path) as image:
+        sizes.setdefault(image.size, path)
+        grey += image.mode in ('1', 'L', 'LA', 'I', 'I;16', 'F')
+    except (OSError, ValueError, SyntaxError) as e:
+      raise UserError(f'cannot read the image {path}: {e}. Delete or replace the file') from None
+  if len(sizes) > 1 and not size:
+    (a, path_a), (b, path_b) = list(sizes.items())[:2]
+    raise UserError(f'the images differ in size ({path_a} is {a[0]}x{a[1]}, {path_b} is '
+                    f'{b[0]}x{b[1]}): choose one with --config.data.image_size=N')
+  width, height = (size, size) if size else next(iter(sizes))
+  channels = 1 if grayscale or grey == len(paths) else 3
+  note = None
+  if channels == 3 and grey:
+    note = (f'{grey:,} of the {len(paths):,} files are grayscale and {len(paths) - grey:,} '
+            'colour: all are trained as colour (--config.data.grayscale=true makes them grayscale)')
+  return Files(paths, size, (height, width, channels)), note
+
+
+def _read_image_folder(folder: str, size, class_names=None, *, lazy=False,
+                       grayscale=False) -> Split:
   """A flat folder of images (no labels), or one subfolder of images per class."""
   entries = sorted(os.listdir(folder))
   files = [os.path.join(folder, e) for e in entries if _is_image(os.path.join(folder, e))]
@@ -72,8 +135,10 @@ def _read_image_folder(folder: str, size, class_names=None) -> Split:
   if not files and not subfolders:
     raise UserError(f'{folder} holds no image files ({", ".join(IMAGE_EXTENSIONS)}), and no '
                     'folders of them')
+  read = (lambda paths: on_disk(paths, size, grayscale)) if lazy else (
+      lambda paths: read_images(paths, size))
   if files:
-    images, note = read_images(files, size)
+    images, note = read(files)
     return Split(images, None, note=note)
   class_names = class_names or subfolders
   unknown = [c for c in subfolders if c not in class_names]
@@ -85,7 +150,7 @@ def _read_image_folder(folder: str, size, class_names=None) -> Split:
     class_files = [p for p in class_files if _is_image(p)]
     paths += class_files
     labels += [class_names.index(c)] * len(class_files)
-  images, note = read_images(paths, size)
+  images, note = read(paths)
   return Split(images, np.array(labels, np.int32), tuple(class_names), note)
 
 
@@ -94,13 +159,15 @@ def read_image_folder(data_config, wanted) -> dict[str, Split]:
   root = folder_path(data_config, 'image files')
   have = [s for s in FOLDER_SPLITS if os.path.isdir(os.path.join(root, s))]
   size = data_config.image_size
+  read = functools.partial(_read_image_folder, size=size, lazy=data_config.placement == 'disk',
+                           grayscale=data_config.grayscale)
   if not have:
-    splits = {'train': _read_image_folder(root, size)}
+    splits = {'train': read(root)}
   elif 'train' not in have:
     raise UserError(f'{root} has {", ".join(have)}/ but no train/ folder')
   else:
-    splits = {'train': _read_image_folder(os.path.join(root, 'train'), size)}
+    splits = {'train': read(os.path.join(root, 'train'))}
     names = splits['train'].label_names
     for s in have[1:]:
-      splits[s] = _read_image_folder(os.path.join(root, s), size, names)
+      splits[s] = read(os.path.join(root, s), class_names=names)
   return choose(splits, wanted, root)
