@@ -130,7 +130,7 @@ def evaluate_split(eval_fn, variables, feed, num_examples, config, mesh, *,
   mask_sharding = NamedSharding(mesh, P(None, 'data'))
   sums = None
   for first in range(0, len(rows), per_call):
-    call_rows = np.zeros((per_call, batch_size), np.int32)
+    call_rows = np.full((per_call, batch_size), -1, np.int32)  # -1: batches past the split
     call_mask = np.zeros((per_call, batch_size), bool)
     call_rows[:len(rows) - first] = rows[first:first + per_call]
     call_mask[:len(rows) - first] = mask[first:first + per_call]

@@ -306,7 +306,7 @@ def train_epoch(loop: Loop, state, epoch: int, first: int, num_steps: int, losse
           f'{int(state.step)} (epoch {epoch + 1}, step {call_first} of {steps_per_epoch}) '
           f'in {manager.directory}; run the same command again to resume'))
     call_steps = min(num_steps, steps_per_epoch - call_first)
-    rows = np.zeros((loop.max_steps, config.batch_size), np.int32)
+    rows = np.full((loop.max_steps, config.batch_size), -1, np.int32)  # -1: steps not run
     rows[:call_steps] = order[call_first:call_first + call_steps]
     state, call_losses = loop.run_steps(state, *update.feed(rows), call_steps)
     # Read the previous call's results only now, while this one runs.
@@ -382,7 +382,7 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
                                                                  streamed_bytes))
   compile_start = time.time()
   run_steps = update.run.lower(update.to_run_state(state),
-                               *update.feed(np.zeros((max_steps, config.batch_size), np.int32)),
+                               *update.feed(np.full((max_steps, config.batch_size), -1, np.int32)),
                                max_steps).compile()
   _log(f'compiled the update function in {time.time() - compile_start:.1f} s')
   eval_fn = metrics.make_eval_fn(model, config, mesh, metrics=(config.loss,))

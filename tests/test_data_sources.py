@@ -311,3 +311,46 @@ def test_a_folder_read_from_disk_trains_exactly_like_one_in_memory(tmp_path, mon
   assert losses['disk'] == losses['host'] and decoded
   config.data.grayscale = True
   assert input_pipeline.load_splits(config.data)['train'].images[:2].shape == (2, 28, 28, 1)
+
+
+@pytest.mark.slow
+def test_two_processes_read_disjoint_halves_of_each_batch_from_disk(tmp_path):
+  """A folder on disk, two processes of 4 CPU devices against one of 8: each process decodes
+  only its own devices' part of every batch, and the losses are those of one process."""
+  import socket  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from conftest import ROOT, run_module  # pylint: disable=g-import-not-at-top,g-multiple-import
+  for c in range(10):
+    _write_pngs(tmp_path / 'images' / f'digit_{c}', DIGITS[:400][LABELS[:400] == c])
+  flags = ['--config=configs/ae.py', '--config.data.source=folder',
+           f'--config.data.path={tmp_path / "images"}', '--config.data.placement=disk',
+           '--config.batch_size=32', '--config.num_epochs=1', '--config.steps_per_call=4',
+           '--config.num_summary_images=0']
+  one = run_module('ae_jax.main', f'--workdir={tmp_path / "one"}', *flags, devices=8)
+  assert one.returncode == 0, one.stderr[-2000:]
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  processes = [subprocess.Popen(
+      [sys.executable, os.path.join(ROOT, 'tests', 'train_worker.py'),
+       f'--workdir={tmp_path / "two"}', *flags, f'--coordinator_address=127.0.0.1:{port}',
+       '--num_processes=2', f'--process_id={i}'], cwd=ROOT, text=True,
+      env={**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4',
+           'READ_LOG': str(tmp_path / f'reads{i}')},
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in processes]
+  for p, (_, stderr) in zip(processes, outputs):
+    assert p.returncode == 0, stderr[-2000:]
+  assert 'read from disk a call at a time; 8 cpu device(s) in 2 processes' in outputs[0][0]
+  reads = []
+  for i in range(2):
+    lines = (tmp_path / f'reads{i}').read_text().split('\n')
+    # the 320 training images, one epoch: each read once, by one process or the other
+    reads.append([int(x) for l in lines if l.startswith('320 ') for x in l.split()[1:]])
+  assert len(reads[0]) == len(reads[1]) == 160  # half of each batch of 32, 10 steps
+  assert set(reads[0]).isdisjoint(reads[1]) and len(set(reads[0]) | set(reads[1])) == 320
+  rows = lambda d: metric_writers.read_metrics(str(tmp_path / d / 'metrics.jsonl'))
+  [a], [b] = rows('one'), rows('two')
+  assert a['train_loss'] == pytest.approx(b['train_loss'], rel=1e-5)
+  assert a['val_loss'] == pytest.approx(b['val_loss'], rel=1e-5)

@@ -4,11 +4,14 @@
   STEP_DELAY=s       then sleep s seconds, so that a test can act between calls
   PAUSE_IN_SAVE=n    stop the n-th checkpoint (step folder) after its files are written and before
                      orbax commits it by renaming its temporary folder; append "paused" to MARKER
+  READ_LOG=path      append a line "SPLIT_SIZE INDEX ..." for every read of image files from disk
 """
 
 import asyncio
 import os
 import time
+
+import numpy as np
 
 from orbax.checkpoint._src.path import atomicity
 
@@ -46,7 +49,20 @@ async def finalize(self):
   return await original_finalize(self)
 
 
+def log_reads():
+  from ae_jax.input_pipeline.sources import folder  # pylint: disable=g-import-not-at-top
+  original = folder.Files.__getitem__
+
+  def getitem(self, key):
+    with open(os.environ['READ_LOG'], 'a') as f:
+      f.write(' '.join(map(str, [len(self), *np.atleast_1d(self.indices[key])])) + '\n')
+    return original(self, key)
+  folder.Files.__getitem__ = getitem
+
+
 if __name__ == '__main__':
+  if 'READ_LOG' in os.environ:
+    log_reads()
   if 'MARKER' in os.environ:
     metric_writers.RunLog.train_losses = train_losses
   atomicity.AtomicRenameTemporaryPath.finalize = finalize

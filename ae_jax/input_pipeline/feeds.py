@@ -45,7 +45,8 @@ def device_feed(images: np.ndarray, mesh):
 
 
 def host_feed(images: np.ndarray, mesh):
-  """Gathers each call's batches in host memory and sends them over, device by device.
+  """Gathers each call's batches in host memory (or reads them from disk) and sends them over,
+  device by device. Rows of -1 are batches the call will not run: nothing is read for them.
 
   The gathered images are laid out device-major: device d holds its slice of every batch, so
   that batch i, indices[i], is read without communication, and each process gathers only the
@@ -60,8 +61,15 @@ def host_feed(images: np.ndarray, mesh):
     per_device = batch_size // num_devices
     device_major = rows.reshape(num_batches, num_devices, per_device).transpose(1, 0, 2)
     flat = device_major.reshape(-1)
-    gathered = jax.make_array_from_callback(
-        (len(flat), *images.shape[1:]), data_sharding, lambda index: images[flat[index[0]]])
+    def gather(index):  # this device's part; rows of -1 (steps a short call skips) stay zero
+      wanted = flat[index[0]]
+      part = np.zeros((len(wanted), *images.shape[1:]), images.dtype)
+      real = wanted >= 0
+      if real.any():
+        part[real] = images[wanted[real]]
+      return part
+
+    gathered = jax.make_array_from_callback((len(flat), *images.shape[1:]), data_sharding, gather)
     # where batch i's part on device d lies in the device-major layout
     positions = (np.arange(num_devices)[:, None, None] * num_batches * per_device
                  + np.arange(num_batches)[None, :, None] * per_device

@@ -84,7 +84,10 @@ class Files(disk.OnDisk):
     global _POOL
     if _POOL is None:
       _POOL = futures.ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2))
-    return np.stack(list(_POOL.map(self._decode, np.atleast_1d(self.indices[key]))))
+    chosen = np.atleast_1d(self.indices[key])
+    if not len(chosen):
+      return np.empty((0, *self.shape[1:]), np.uint8)
+    return np.stack(list(_POOL.map(self._decode, chosen)))
 
   def _decode(self, i):
     image = _decode(self.paths[i], self.size, grey=self.shape[-1] == 1)
