@@ -100,9 +100,17 @@ def padded_batches(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.n
       num_batches, batch_size)
 
 
+# The matmul CAE's 3x3 patch tensors take 0.9 MB per 28x28 image: a cost of the CPU formulation
+# (cpu_convs.py), so the cap applies there only.
+MATMUL_CAE_EVAL_BATCH = 256
+
+
 def eval_batch_size(config, num_examples: int, num_devices: int) -> int:
-  """config.eval_batch_size, no larger than the split needs, a multiple of the device count."""
+  """config.eval_batch_size (at most MATMUL_CAE_EVAL_BATCH for the matmul CAE), no larger than
+  the split needs, a multiple of the device count."""
   size = min(config.eval_batch_size, num_examples)
+  if config.model.name == 'CAE' and models.conv_kind(config.model) == 'matmul':
+    size = min(size, MATMUL_CAE_EVAL_BATCH)
   return -(-size // num_devices) * num_devices
 
 

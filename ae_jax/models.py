@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from ae_jax import UserError
+from ae_jax import cpu_convs
 
 
 def draw_for_global_batch(key, sampler, local_shape, axis_name):
@@ -78,59 +79,6 @@ class AE(nn.Module):
     return self.decode(latent, train), latent
 
 
-# --- Convolutions as matmuls --------------------------------------------------------------
-# XLA:CPU runs convolutions inside a loop body very slowly (jax-ml/jax#12868: here a CAE step
-# took 80 s in lax.scan against 1.6 s outside) and its backward convolutions slowly everywhere,
-# while its matmuls run near the CPU's peak. These modules compute exactly what the flax layers
-# named in their docstrings compute, with the same parameters, as matmuls.
-
-def patches_3x3(x):
-  """(B, H, W, C) -> (B, H, W, 9C): each pixel's zero-padded 3x3 neighbourhood, ordered
-  (row, column, channel) like a flax kernel of shape (3, 3, C, features)."""
-  height, width = x.shape[1:3]
-  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  return jnp.concatenate([padded[:, dy:dy + height, dx:dx + width, :]
-                          for dy in range(3) for dx in range(3)], axis=-1)
-
-
-class MatmulConv3x3(nn.Module):
-  """nn.Conv(features, (3, 3), padding='SAME') as one matmul over 3x3 patches (im2col).
-
-  Also flax's nn.ConvTranspose(features, (3, 3), padding='SAME'): with stride 1 and no kernel
-  transposition it computes the same correlation.
-  """
-  features: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    kernel = self.param('kernel', nn.initializers.lecun_normal(),
-                        (3, 3, x.shape[-1], self.features))
-    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    return patches_3x3(x) @ kernel.reshape(-1, self.features) + bias
-
-
-class MatmulConvTranspose2x2(nn.Module):
-  """nn.ConvTranspose(features, (2, 2), strides=(2, 2), padding='VALID') as a matmul per pixel
-  followed by depth-to-space: each input pixel makes its own 2x2 block of the output."""
-  features: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    kernel = self.param('kernel', nn.initializers.lecun_normal(),
-                        (2, 2, x.shape[-1], self.features))
-    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    batch, height, width, channels = x.shape
-    # flax's transposed convolution uses the kernel flipped in space.
-    weights = kernel[::-1, ::-1].transpose(2, 0, 1, 3).reshape(channels, 4 * self.features)
-    y = (x @ weights).reshape(batch, height, width, 2, 2, self.features)
-    y = y.transpose(0, 1, 3, 2, 4, 5).reshape(batch, 2 * height, 2 * width, self.features)
-    return y + bias
-
-
 def subsample(x):
   """Keeps every second pixel: the original's MaxPool2d(kernel_size=1, stride=2)."""
   return x[:, ::2, ::2, :]
@@ -144,8 +92,8 @@ class CAE(nn.Module):
   """
   image_shape: Sequence[int]
   features: Sequence[int] = (32, 64, 128, 256)
-  # 'matmul': the convolutions as matmuls (fast on CPU); 'xla': flax's Conv and ConvTranspose
-  # (cuDNN on GPUs). Same parameters, same function.
+  # 'xla': flax's Conv and ConvTranspose (cuDNN on GPUs); 'matmul': the same function with the
+  # same parameters, computed as matmuls (cpu_convs.py), fast on CPUs.
   conv: str = 'matmul'
   axis_name: str | None = None  # the pmap axis: BatchNorm statistics over the global batch.
   dtype: Any = jnp.float32
@@ -154,8 +102,8 @@ class CAE(nn.Module):
     f1, f2, f3, f4 = self.features
     channels = self.image_shape[-1]
     if self.conv == 'matmul':
-      conv = deconv3x3 = lambda features: MatmulConv3x3(features, dtype=self.dtype)
-      deconv2x2 = lambda features: MatmulConvTranspose2x2(features, dtype=self.dtype)
+      conv = deconv3x3 = lambda features: cpu_convs.MatmulConv3x3(features, dtype=self.dtype)
+      deconv2x2 = lambda features: cpu_convs.MatmulConvTranspose2x2(features, dtype=self.dtype)
     else:
       conv = lambda features: nn.Conv(features, (3, 3), padding='SAME', dtype=self.dtype)
       deconv3x3 = lambda features: nn.ConvTranspose(
@@ -205,11 +153,16 @@ def create_model(model_config, image_shape, *, axis_name=None, dtype=jnp.float32
     return AE(image_shape, hidden_dim=model_config.hidden_dim,
               latent_dim=model_config.latent_dim, dropout_rate=model_config.dropout_rate,
               axis_name=axis_name, dtype=dtype)
-  conv = model_config.conv
-  if conv == 'auto':
-    conv = 'matmul' if jax.default_backend() == 'cpu' else 'xla'
-  return CAE(image_shape, features=tuple(model_config.features), conv=conv,
+  return CAE(image_shape, features=tuple(model_config.features), conv=conv_kind(model_config),
              axis_name=axis_name, dtype=dtype)
+
+
+def conv_kind(model_config) -> str:
+  """How the CAE computes its convolutions: config.model.conv, with 'auto' the matmuls of
+  cpu_convs.py on CPUs and XLA's convolutions elsewhere. The one place that chooses."""
+  if model_config.conv != 'auto':
+    return model_config.conv
+  return 'matmul' if jax.default_backend() == 'cpu' else 'xla'
 
 
 # Code that runs once needs no optimizing: XLA:CPU compiles the CAE's init in 0.7 s instead of

@@ -14,5 +14,4 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.model.name = 'CAE'
-  config.eval_batch_size = 256  # its 3x3 patches take 0.9 MB per image
   return config

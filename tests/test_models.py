@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from ae_jax import UserError
+from ae_jax import cpu_convs
 from ae_jax import models
 from configs import ae
 from configs import cae
@@ -82,9 +83,9 @@ def test_matmul_cae_computes_what_flax_convolutions_compute(image_shape):
 
 
 @pytest.mark.parametrize('layer, fast_layer, kwargs', [
-    (nn.Conv, models.MatmulConv3x3, dict(kernel_size=(3, 3), padding='SAME')),
-    (nn.ConvTranspose, models.MatmulConv3x3, dict(kernel_size=(3, 3), padding='SAME')),
-    (nn.ConvTranspose, models.MatmulConvTranspose2x2,
+    (nn.Conv, cpu_convs.MatmulConv3x3, dict(kernel_size=(3, 3), padding='SAME')),
+    (nn.ConvTranspose, cpu_convs.MatmulConv3x3, dict(kernel_size=(3, 3), padding='SAME')),
+    (nn.ConvTranspose, cpu_convs.MatmulConvTranspose2x2,
      dict(kernel_size=(2, 2), strides=(2, 2), padding='VALID')),
 ])
 def test_each_matmul_layer_equals_its_flax_layer(layer, fast_layer, kwargs):
