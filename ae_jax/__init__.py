@@ -1,5 +1,6 @@
 """ae_jax: autoencoders (AE, CAE and their denoising variants) in JAX and Flax."""
 
+import contextlib
 import os
 import platform
 import sys
@@ -13,11 +14,15 @@ import sys
 HUGE_PAGES = 'glibc.malloc.hugetlb=1'
 
 
+def _ae_jax_command() -> bool:
+  """Whether this process is `python -m ae_jax.<module>`, still importing its package."""
+  module = sys.orig_argv[2] if sys.orig_argv[1:2] == ['-m'] and len(sys.orig_argv) > 2 else ''
+  return sys.argv[:1] == ['-m'] and module.startswith('ae_jax.')
+
+
 def _restart_with_huge_pages() -> None:
   tunables = os.environ.get('GLIBC_TUNABLES', '')
-  module = sys.orig_argv[2] if sys.orig_argv[1:2] == ['-m'] and len(sys.orig_argv) > 2 else ''
-  if (sys.argv[:1] != ['-m'] or not module.startswith('ae_jax.')  # not an ae_jax command
-      or 'glibc.malloc.hugetlb' in tunables or os.environ.get('AE_JAX_HUGE_PAGES') == '0'
+  if (not _ae_jax_command() or 'glibc.malloc.hugetlb' in tunables or os.environ.get('AE_JAX_HUGE_PAGES') == '0'
       or sys.platform != 'linux'):
     return
   libc, version = platform.libc_ver()
@@ -33,8 +38,7 @@ def _restart_with_huge_pages() -> None:
 def _check_installed() -> None:
   """An ae_jax command run by a Python without ae_jax's dependencies (the virtual environment
   not activated, say): one line that says so, not an ImportError."""
-  module = sys.orig_argv[2] if sys.orig_argv[1:2] == ['-m'] and len(sys.orig_argv) > 2 else ''
-  if sys.argv[:1] != ['-m'] or not module.startswith('ae_jax.'):
+  if not _ae_jax_command():
     return
   import importlib.util  # pylint: disable=g-import-not-at-top
   missing = [name for name in ('absl', 'jax', 'flax', 'orbax', 'ml_collections')
@@ -54,7 +58,11 @@ class UserError(Exception):
   """A problem the user can fix; the message names it and the fix. main prints it as one line."""
 
 
-def cannot_write(error: OSError, what: str) -> UserError:
+class WriteError(UserError):
+  """A write that failed (cannot_write); training adds where the same command resumes."""
+
+
+def cannot_write(error: OSError, what: str) -> WriteError:
   """A failed write (permission, read-only filesystem, full disk, quota) as a UserError that
   names the path, the reason and the fix."""
   import errno  # pylint: disable=g-import-not-at-top
@@ -68,15 +76,33 @@ def cannot_write(error: OSError, what: str) -> UserError:
   path = f' {error.filename}' if error.filename else ''
   reason = error.strerror or str(error)
   fix = fixes.get(error.errno, 'check that disk, or choose another --workdir')
-  return UserError(f'cannot write {what}{path}: {reason}; {fix}')
+  return WriteError(f'cannot write {what}{path}: {reason}; {fix}')
+
+
+def exception_chain(error: BaseException | None):
+  """`error` and the exceptions it was raised from or during, in turn (orbax re-raises and
+  wraps what its threads raise)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    yield error
+    seen.add(id(error))
+    error = error.__cause__ or error.__context__
 
 
 def find_os_error(error: BaseException) -> OSError | None:
-  """The OSError that `error` is or was raised from, if any (orbax re-raises and wraps)."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    if isinstance(error, OSError):
-      return error
-    seen.add(id(error))
-    error = error.__cause__ or error.__context__
-  return None
+  """The OSError that `error` is or was raised from, if any."""
+  return next((e for e in exception_chain(error) if isinstance(e, OSError)), None)
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: str):
+  """Yields a temporary path to write; on success it replaces `path` at once, so that no reader
+  and no crash sees half a file; on failure it is removed (a full disk leaves nothing behind)."""
+  tmp = path + '.tmp' + os.path.splitext(path)[1]
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise

@@ -173,10 +173,10 @@ def run(main):
 RUNS = 'runs'  # where training puts a run without --workdir: runs/<config file name>
 
 
-def default_workdir(config_file: str) -> str:
-  """configs/cae.py -> runs/cae, relative to the current folder."""
+def default_workdir(config_file: str, root: str = RUNS) -> str:
+  """configs/cae.py -> runs/cae (`root`/cae), relative to the current folder."""
   name = os.path.splitext(os.path.basename(config_file.split(':', 1)[0]))[0]
-  return os.path.join(RUNS, name)
+  return os.path.join(root, name)
 
 
 def latest_run(root: str = RUNS) -> str | None:

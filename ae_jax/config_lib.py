@@ -1,13 +1,13 @@
 """The checks that a config makes sense, and the config saved in a workdir."""
 
 import json
-import contextlib
 import os
 
 import ml_collections
 
 from ae_jax import UserError
 from ae_jax import cannot_write
+from ae_jax import replaced_atomically
 from ae_jax import input_pipeline
 from ae_jax import models
 
@@ -92,15 +92,23 @@ def _describe(config) -> dict[str, object]:
   return flat
 
 
+def unwritable_folder(folder: str) -> str | None:
+  """Where creating or writing `folder` would fail: the nearest folder of its path that exists,
+  if it cannot be written (permissions, a read-only filesystem, an immutable flag); else None."""
+  existing = folder
+  while existing and not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  existing = existing or '.'
+  return None if os.access(existing, os.W_OK | os.X_OK) else existing
+
+
 def check_workdir(config, workdir: str) -> None:
   """Refuses, without writing anything, a workdir that cannot be written or holds another model."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f'the workdir {workdir} is a file, not a folder: choose another --workdir')
-  existing = workdir
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if not os.access(existing, os.W_OK | os.X_OK):
-    raise UserError(f'cannot write to the workdir {workdir} ({existing} is not writable): '
+  unwritable = unwritable_folder(workdir)
+  if unwritable:
+    raise UserError(f'cannot write to the workdir {workdir} ({unwritable} is not writable): '
                     'choose another --workdir')
   if os.path.exists(os.path.join(workdir, 'config.json')):
     saved, asked = _describe(load_config(workdir)), _describe(config)
@@ -115,15 +123,11 @@ def check_workdir(config, workdir: str) -> None:
 def write_config(config, workdir: str) -> None:
   """Creates `workdir` and writes config.json there (after check_workdir)."""
   path = os.path.join(workdir, 'config.json')
-  tmp = path + '.tmp'
   try:
     os.makedirs(workdir, exist_ok=True)
-    with open(tmp, 'w') as f:
+    with replaced_atomically(path) as tmp, open(tmp, 'w') as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
-    os.replace(tmp, path)
   except OSError as e:
-    with contextlib.suppress(OSError):
-      os.remove(tmp)  # a full disk leaves no empty config.json.tmp behind
     raise cannot_write(e, 'the config to') from None
 
 

@@ -5,7 +5,6 @@ TensorFlow, which takes seconds to import and is not otherwise needed unless tfd
 """
 
 from concurrent import futures
-import contextlib
 import io
 import json
 import os
@@ -19,6 +18,7 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 
 from ae_jax import UserError
 from ae_jax import cannot_write
+from ae_jax import replaced_atomically
 
 
 class SummaryWriter:
@@ -107,16 +107,9 @@ def read_metrics(path: str) -> list[dict]:
 
 def write_metrics(path: str, rows: list[dict]) -> None:
   """Rewrites metrics.jsonl with `rows`, atomically, so that a crash never leaves half a file."""
-  tmp = path + '.tmp'
-  try:
-    with open(tmp, 'w') as f:
-      for row in rows:
-        f.write(json.dumps(row) + '\n')
-    os.replace(tmp, path)
-  except OSError:
-    with contextlib.suppress(OSError):
-      os.remove(tmp)
-    raise
+  with replaced_atomically(path) as tmp, open(tmp, 'w') as f:
+    for row in rows:
+      f.write(json.dumps(row) + '\n')
 
 
 class RunLog:

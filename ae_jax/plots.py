@@ -1,24 +1,17 @@
 """Every figure ae_jax draws, with matplotlib's object API (no pyplot, no global state)."""
 
-import contextlib
-import os
-
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 
+from ae_jax import replaced_atomically
+
 
 def _save(fig: Figure, path: str, tight: bool = True) -> None:
   FigureCanvasAgg(fig)
-  tmp = path + '.tmp.png'
-  try:
+  with replaced_atomically(path) as tmp:  # a viewer never sees a half-written figure
     fig.savefig(tmp, dpi=fig.dpi, bbox_inches='tight' if tight else None)
-    os.replace(tmp, path)  # a viewer never sees a half-written figure
-  except OSError:
-    with contextlib.suppress(OSError):
-      os.remove(tmp)
-    raise
 
 
 def loss_curve(rows: list[dict], path: str) -> None:

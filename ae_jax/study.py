@@ -39,6 +39,7 @@ import numpy as np
 
 from ae_jax import UserError
 from ae_jax import cannot_write
+from ae_jax import replaced_atomically
 from ae_jax import config_lib
 from ae_jax import evaluate
 from ae_jax import input_pipeline
@@ -212,9 +213,8 @@ def run_study(config, workdir: str, axes, seeds, *, num_points: int = 2000,
 
 def _write_json(path, value):
   try:
-    with open(path + '.tmp', 'w') as f:
+    with replaced_atomically(path) as tmp, open(tmp, 'w') as f:
       json.dump(value, f, indent=2)
-    os.replace(path + '.tmp', path)
   except OSError as e:
     raise cannot_write(e, 'the study results to') from None
 
@@ -303,9 +303,7 @@ def main(config, workdir: str, grid_specs, seeds_text, num_points: int, draw_map
   specs = grid_specs or list(study_config.get('grid', ()))
   seeds = parse_seeds(seeds_text or study_config.get('seeds', '0'))
   axes = parse_grid(config, specs)
-  if num_points < tsne.min_points(tsne.PERPLEXITY):
-    raise UserError(f'--num_points={num_points} is too few for a t-SNE map: use '
-                    f'{tsne.min_points(tsne.PERPLEXITY)} or more')
+  tsne.check_flags(num_points, tsne.NUM_TRAIN_POINTS, tsne.PERPLEXITY, seed=0, angle=tsne.ANGLE)
   return run_study(config, workdir, axes, seeds, num_points=num_points, draw_maps=draw_maps)
 
 
@@ -334,8 +332,7 @@ if __name__ == '__main__':
       raise UserError('--workdir is empty: name a folder, or leave the flag out for '
                       'studies/<config file name>')
     if workdir is None:
-      workdir = os.path.join('studies', os.path.splitext(os.path.basename(
-          config_flags.get_config_filename(FLAGS['config'])))[0])
+      workdir = cli.default_workdir(config_flags.get_config_filename(FLAGS['config']), 'studies')
     main(FLAGS.config, workdir, FLAGS.grid, FLAGS.seeds, FLAGS.num_points, FLAGS.maps)
 
   cli.run(_main)
