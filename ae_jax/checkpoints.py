@@ -22,7 +22,9 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from ae_jax import UserError
+from ae_jax import WriteError
 from ae_jax import cannot_write
+from ae_jax import exception_chain
 from ae_jax import find_os_error
 
 
@@ -58,13 +60,12 @@ def create_manager(workdir: str, *, read_only: bool = False) -> ocp.CheckpointMa
 def _tensorstore_os_error(error: BaseException) -> OSError | None:
   """tensorstore (orbax's array writer) reports a failed write as a ValueError whose text holds
   the path and the errno: 'Failed writing: "PATH": ... [os_error_code='28']'."""
-  while error is not None:
-    code = re.search(r"os_error_code='(\d+)'", str(error))
+  for e in exception_chain(error):
+    code = re.search(r"os_error_code='(\d+)'", str(e))
     if code:
-      path = re.search(r'Failed (?:writing|to open|to create)[^"]*"([^"]+)"', str(error))
+      path = re.search(r'Failed (?:writing|to open|to create)[^"]*"([^"]+)"', str(e))
       errno = int(code.group(1))
       return OSError(errno, os.strerror(errno), path.group(1) if path else None)
-    error = error.__cause__ or error.__context__
   return None
 
 
@@ -80,17 +81,12 @@ def _guarded(manager, fn, *args, **kwargs):
     # what the failed save left, so that the space it took is free again
     for tmp in glob.glob(os.path.join(manager.directory, '*.orbax-checkpoint-tmp*')):
       shutil.rmtree(tmp, ignore_errors=True)
-    steps = [int(name) for name in os.listdir(manager.directory) if name.isdigit()]
-    latest = max(steps, default=None)
     what = 'a checkpoint to'
     tmp = re.match(r'(.*?/(\d+)\.orbax-checkpoint-tmp)', os_error.filename or '')
     if tmp:  # the step's folder says more than a file deep inside it
       what = f'the checkpoint of step {tmp.group(2)} to'
       os_error = OSError(os_error.errno, os_error.strerror, tmp.group(1))
-    error = cannot_write(os_error, what)
-    raise UserError(f'{error}; then run the same command again: it resumes from '
-                    + ('the start (no checkpoint was saved)' if latest is None else
-                       f'the checkpoint of step {latest}')) from None
+    raise cannot_write(os_error, what) from None
 
 
 def check(manager: ocp.CheckpointManager) -> None:
@@ -118,17 +114,24 @@ def close(manager: ocp.CheckpointManager) -> None:
 @contextlib.contextmanager
 def managed(workdir: str):
   """create_manager(workdir), closed on the way out; where an error is already on its way out,
-  a second one from closing does not hide it."""
+  a second one from closing does not hide it. A failed write says where the same command
+  resumes."""
   manager = create_manager(workdir)
   try:
-    yield manager
-  except BaseException:
     try:
-      close(manager)
-    except Exception:  # pylint: disable=broad-except
-      pass
-    raise
-  close(manager)  # or the last save is lost
+      yield manager
+    except BaseException:
+      try:
+        close(manager)
+      except Exception:  # pylint: disable=broad-except
+        pass
+      raise
+    close(manager)  # or the last save is lost
+  except WriteError as e:  # of a checkpoint, the metrics or a figure: say where a rerun resumes
+    latest = max(_step_folders(str(manager.directory)), default=None)
+    raise UserError(f'{e}; then run the same command again: it resumes from '
+                    + ('the start (no checkpoint was saved)' if latest is None else
+                       f'the checkpoint of step {latest}')) from None
 
 
 def save(manager: ocp.CheckpointManager, state, val_loss: float | None = None) -> None:
@@ -160,19 +163,17 @@ _TENSORSTORE_DAMAGE = {'NOT_FOUND': 'a file is missing', 'OUT_OF_RANGE': 'a file
 
 def _damage(error: BaseException) -> str | None:
   """What is damaged, where `error` says that a checkpoint's files are (None: not damage)."""
-  while error is not None:
-    text = str(error)
-    if isinstance(error, (json.JSONDecodeError, UnicodeDecodeError)):
-      return f'a file is not valid JSON ({error})'
-    if isinstance(error, FileNotFoundError):
-      return f'{error.filename} is missing'
-    if isinstance(error, EOFError):
+  for e in exception_chain(error):
+    if isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)):
+      return f'a file is not valid JSON ({e})'
+    if isinstance(e, FileNotFoundError):
+      return f'{e.filename} is missing'
+    if isinstance(e, EOFError):
       return 'a file is truncated'
-    code = re.match(r'([A-Z_]+): ', text)
-    if isinstance(error, ValueError) and code and code.group(1) in _TENSORSTORE_DAMAGE:
-      where = re.search(r'local file "([^"]+)"', text)
+    code = re.match(r'([A-Z_]+): ', str(e))
+    if isinstance(e, ValueError) and code and code.group(1) in _TENSORSTORE_DAMAGE:
+      where = re.search(r'local file "([^"]+)"', str(e))
       return _TENSORSTORE_DAMAGE[code.group(1)] + (f' in {where.group(1)}' if where else '')
-    error = error.__cause__ or error.__context__
   return None
 
 

@@ -274,7 +274,6 @@ def train_epoch(loop: Loop, state, epoch: int, first: int, num_steps: int, losse
     last_read = now
     bad = np.flatnonzero(~np.isfinite(call_losses))
     if bad.size:
-      bar.close()
       latest = manager.latest_step()
       raise UserError(
           f'the loss became {call_losses[bad[0]]} at step '
@@ -288,35 +287,37 @@ def train_epoch(loop: Loop, state, epoch: int, first: int, num_steps: int, losse
     bar.update(call_steps)
     bar.set_postfix(loss=f'{np.mean(losses):.5f}')
 
-  pending = None
-  call_first = first
-  while call_first < steps_per_epoch:
-    num_steps, stop = agree(num_steps, bool(loop.received))
-    if stop:
+  try:
+    pending = None
+    call_first = first
+    while call_first < steps_per_epoch:
+      num_steps, stop = agree(num_steps, bool(loop.received))
+      if stop:
+        if pending:
+          read(pending)
+        bar.close()
+        state = update.from_run_state(state)
+        checkpoints.save(manager, state)
+        checkpoints.wait(manager)
+        loop.run_log.save_partial_epoch(int(state.step), losses)
+        signum = loop.received[0] if loop.received else signal.SIGTERM
+        raise Interrupted(signum, (
+            f'{signal.Signals(signum).name}: saved the checkpoint of step '
+            f'{int(state.step)} (epoch {epoch + 1}, step {call_first} of {steps_per_epoch}) '
+            f'in {manager.directory}; run the same command again to resume'))
+      call_steps = min(num_steps, steps_per_epoch - call_first)
+      rows = np.full((loop.max_steps, config.batch_size), -1, np.int32)  # -1: steps not run
+      rows[:call_steps] = order[call_first:call_first + call_steps]
+      state, call_losses = loop.run_steps(state, *update.feed(rows), call_steps)
+      # Read the previous call's results only now, while this one runs.
       if pending:
         read(pending)
-      bar.close()
-      state = update.from_run_state(state)
-      checkpoints.save(manager, state)
-      checkpoints.wait(manager)
-      loop.run_log.save_partial_epoch(int(state.step), losses)
-      signum = loop.received[0] if loop.received else signal.SIGTERM
-      raise Interrupted(signum, (
-          f'{signal.Signals(signum).name}: saved the checkpoint of step '
-          f'{int(state.step)} (epoch {epoch + 1}, step {call_first} of {steps_per_epoch}) '
-          f'in {manager.directory}; run the same command again to resume'))
-    call_steps = min(num_steps, steps_per_epoch - call_first)
-    rows = np.full((loop.max_steps, config.batch_size), -1, np.int32)  # -1: steps not run
-    rows[:call_steps] = order[call_first:call_first + call_steps]
-    state, call_losses = loop.run_steps(state, *update.feed(rows), call_steps)
-    # Read the previous call's results only now, while this one runs.
-    if pending:
-      read(pending)
-      num_steps = int(np.clip(round(SECONDS_PER_CALL * steps_per_second), 1, loop.max_steps))
-    pending = (call_losses, call_first, call_steps)
-    call_first += call_steps
-  read(pending)
-  bar.close()
+        num_steps = int(np.clip(round(SECONDS_PER_CALL * steps_per_second), 1, loop.max_steps))
+      pending = (call_losses, call_first, call_steps)
+      call_first += call_steps
+    read(pending)
+  finally:
+    bar.close()  # also on the way out of an error: its line must not follow the error's
   return state, losses, num_steps
 
 

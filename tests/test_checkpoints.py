@@ -99,7 +99,8 @@ def test_a_failed_figure_write_stops_training_with_one_clear_error(tmp_path, mon
   monkeypatch.setattr(plots, 'loss_curve', disk_full)
   workdir = str(tmp_path / 'run')
   with pytest.raises(UserError, match=r'cannot write .*loss_curve.png: No space left on device; '
-                                      'free some space'):
+                                      'free some space.*then run the same command again: it '
+                                      'resumes from the checkpoint of step'):
     train.train_and_evaluate(_config(num_epochs=3), workdir)
   monkeypatch.undo()
   state = train.train_and_evaluate(_config(num_epochs=3), workdir)  # the same command resumes
