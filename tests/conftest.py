@@ -91,3 +91,10 @@ def save_untrained(config, workdir):
   with checkpoints.create_manager(workdir) as manager:
     checkpoints.save(manager, state)
   return workdir
+
+
+def assert_script_refuses(script: str, workdir: str, flag: str, fragment: str):
+  """scripts/<script> WORKDIR FLAG: one error line with `fragment`, and the run left as it was."""
+  before = sorted(os.listdir(workdir))
+  assert_one_line_error(run_script(script, workdir, flag), fragment)
+  assert sorted(os.listdir(workdir)) == before

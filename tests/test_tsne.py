@@ -7,8 +7,7 @@ import pytest
 
 from ae_jax import tsne
 from conftest import MNIST_SMALL
-from conftest import assert_one_line_error
-from conftest import run_script
+from conftest import assert_script_refuses
 from conftest import save_untrained
 from conftest import small_config
 
@@ -82,10 +81,7 @@ def test_subsample_of_a_few_less_than_all_still_works():
     ('--config.model.latnt_dim=3', 'Did you mean "latent_dim"'),
 ])
 def test_bad_flags_are_one_line_and_write_nothing(trained_ae, flag, fragment):
-  workdir, _ = trained_ae
-  before = sorted(os.listdir(workdir))
-  assert_one_line_error(run_script('tsne.sh', workdir, flag), fragment)
-  assert sorted(os.listdir(workdir)) == before
+  assert_script_refuses('tsne.sh', trained_ae[0], flag, fragment)
 
 
 @pytest.mark.parametrize('flags, message', [
