@@ -26,7 +26,7 @@ flags.DEFINE_string('coordinator_address', None,
                     'host:port of process 0, to train across processes (jax.distributed).')
 flags.DEFINE_integer('num_processes', None, 'How many processes train together.')
 flags.DEFINE_integer('process_id', None, 'This process: 0, 1, ... num_processes - 1.')
-flags.DEFINE_integer('coordinator_timeout', 300,
+flags.DEFINE_integer('coordinator_timeout', 120,
                      'Seconds to wait for every process to join (jax.distributed).')
 flags.DEFINE_bool('distributed', False,
                   'Start jax.distributed from what the cluster (SLURM, Cloud TPU, ...) says.')
