@@ -79,9 +79,10 @@ class AE(nn.Module):
     return self.decode(latent, train), latent
 
 
-def subsample(x):
-  """Keeps every second pixel: the original's MaxPool2d(kernel_size=1, stride=2)."""
-  return x[:, ::2, ::2, :]
+# Activations as flax keeps them, (batch, height, width, channels). subsample is the original's
+# MaxPool2d(kernel_size=1, stride=2): it keeps every second pixel.
+CHANNELS_LAST = cpu_convs.Layout(enter=lambda x: x, leave=lambda x: x, feature_axis=-1,
+                                 subsample=lambda x: x[:, ::2, ::2, :])
 
 
 class CAE(nn.Module):
@@ -93,7 +94,8 @@ class CAE(nn.Module):
   image_shape: Sequence[int]
   features: Sequence[int] = (32, 64, 128, 256)
   # 'xla': flax's Conv and ConvTranspose (cuDNN on GPUs); 'matmul': the same function with the
-  # same parameters, computed as matmuls (cpu_convs.py), fast on CPUs.
+  # same parameters, computed as matmuls on channels-first activations (cpu_convs.py), fast on
+  # CPUs. Latents and reconstructions are (batch, height, width, channels) either way.
   conv: str = 'matmul'
   axis_name: str | None = None  # the pmap axis: BatchNorm statistics over the global batch.
   dtype: Any = jnp.float32
@@ -111,26 +113,30 @@ class CAE(nn.Module):
       deconv2x2 = lambda features: nn.ConvTranspose(
           features, (2, 2), strides=(2, 2), padding='VALID', dtype=self.dtype)
     # PyTorch's BatchNorm2d: momentum 0.1 there is 0.9 here, epsilon 1e-5.
-    norm = lambda: nn.BatchNorm(
-        momentum=0.9, epsilon=1e-5, axis_name=self.axis_name, dtype=self.dtype)
+    norm = lambda: nn.BatchNorm(momentum=0.9, epsilon=1e-5, axis=self.layout.feature_axis,
+                                axis_name=self.axis_name, dtype=self.dtype)
     self.encoder_convs = [conv(f) for f in (f1, f2, f3, f4)]
     self.encoder_norms = [norm() for _ in range(4)]
     self.decoder_convs = [deconv3x3(f3), deconv2x2(f2), deconv2x2(f1), deconv3x3(channels)]
     self.decoder_norms = [norm() for _ in range(3)]
 
+  @property
+  def layout(self) -> cpu_convs.Layout:
+    return cpu_convs.CHANNELS_FIRST if self.conv == 'matmul' else CHANNELS_LAST
+
   def encode(self, images, train: bool = False):
-    x = images.astype(self.dtype)
+    x = self.layout.enter(images.astype(self.dtype))
     for i, (conv, norm) in enumerate(zip(self.encoder_convs, self.encoder_norms)):
       x = nn.relu(norm(conv(x), use_running_average=not train))
       if i >= 2:  # after the third and the fourth convolution
-        x = subsample(x)
-    return x
+        x = self.layout.subsample(x)
+    return self.layout.leave(x)
 
   def decode(self, latent, train: bool = False):
-    x = latent
+    x = self.layout.enter(latent)
     for conv, norm in zip(self.decoder_convs[:-1], self.decoder_norms):
       x = nn.relu(norm(conv(x), use_running_average=not train))
-    x = nn.sigmoid(self.decoder_convs[-1](x).astype(jnp.float32))
+    x = self.layout.leave(nn.sigmoid(self.decoder_convs[-1](x).astype(jnp.float32)))
     height, width = self.image_shape[:2]
     return x[:, :height, :width, :]
 

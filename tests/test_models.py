@@ -82,17 +82,24 @@ def test_matmul_cae_computes_what_flax_convolutions_compute(image_shape):
                              jax.jit(plain.apply)(variables, images)[0], atol=1e-5)
 
 
-@pytest.mark.parametrize('layer, fast_layer, kwargs', [
-    (nn.Conv, cpu_convs.MatmulConv3x3, dict(kernel_size=(3, 3), padding='SAME')),
-    (nn.ConvTranspose, cpu_convs.MatmulConv3x3, dict(kernel_size=(3, 3), padding='SAME')),
+@pytest.mark.parametrize('layer, fast_layer, kwargs, channels, features', [
+    (nn.Conv, cpu_convs.MatmulConv3x3, dict(kernel_size=(3, 3), padding='SAME'), 3, 7),
+    # few output channels: the nine shifted planes instead of patches
+    (nn.Conv, cpu_convs.MatmulConv3x3, dict(kernel_size=(3, 3), padding='SAME'), 8, 1),
+    (nn.ConvTranspose, cpu_convs.MatmulConv3x3, dict(kernel_size=(3, 3), padding='SAME'), 3, 7),
     (nn.ConvTranspose, cpu_convs.MatmulConvTranspose2x2,
-     dict(kernel_size=(2, 2), strides=(2, 2), padding='VALID')),
+     dict(kernel_size=(2, 2), strides=(2, 2), padding='VALID'), 3, 7),
 ])
-def test_each_matmul_layer_equals_its_flax_layer(layer, fast_layer, kwargs):
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 6, 3))
-  variables = layer(7, **kwargs).init(jax.random.PRNGKey(1), x)
-  np.testing.assert_allclose(fast_layer(7).apply(variables, x),
-                             layer(7, **kwargs).apply(variables, x), atol=1e-5)
+def test_each_matmul_layer_equals_its_flax_layer(layer, fast_layer, kwargs, channels, features):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 6, channels))
+  flax_layer = lambda x: layer(features, **kwargs).apply(variables, x)
+  variables = layer(features, **kwargs).init(jax.random.PRNGKey(1), x)
+  layout = cpu_convs.CHANNELS_FIRST
+  fast = lambda x: layout.leave(fast_layer(features).apply(variables, layout.enter(x)))
+  np.testing.assert_allclose(fast(x), flax_layer(x), atol=1e-5)
+  # and the gradients with respect to the input (the parameters' are checked in the CAE above)
+  grad = lambda f: jax.grad(lambda x: jnp.sum(jnp.sin(f(x))))(x)
+  np.testing.assert_allclose(grad(fast), grad(flax_layer), atol=1e-5)
 
 
 def test_dropout_is_inverted_and_off_in_evaluation():
