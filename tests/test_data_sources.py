@@ -313,6 +313,52 @@ def test_a_folder_read_from_disk_trains_exactly_like_one_in_memory(tmp_path, mon
   assert input_pipeline.load_splits(config.data)['train'].images[:2].shape == (2, 28, 28, 1)
 
 
+class AeJaxColourDigits(tfds.core.GeneratorBasedBuilder):
+  """Real digits in colour as a tfds dataset (registered as 'ae_jax_colour_digits'), prepared
+  from memory: no download."""
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(28, 28, 3)),
+        'label': tfds.features.ClassLabel(num_classes=10)}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {'train': self._generate_examples(0, 240), 'test': self._generate_examples(240, 40)}
+
+  def _generate_examples(self, start, num):
+    for i in range(start, start + num):
+      yield i, {'image': _colour(DIGITS[i]), 'label': int(LABELS[i])}
+
+
+def test_a_tfds_dataset_read_from_disk_trains_exactly_like_one_in_memory(tmp_path, monkeypatch):
+  """Prepared as TFRecord files by a first run that reads it into memory, then prepared again
+  as ArrayRecord files for reading in any order; grayscale and resized either way."""
+  monkeypatch.setattr(tfds_source, '_can_reach', lambda url: True)
+  decoded = []
+  real = tfds_source.Records.__getitem__
+  monkeypatch.setattr(tfds_source.Records, '__getitem__',
+                      lambda self, key: decoded.append(1) or real(self, key))
+  losses, splits = {}, {}
+  for placement in ('host', 'disk'):
+    config = _config('tfds', name='ae_jax_colour_digits', data_dir=str(tmp_path / 'tfds'),
+                     placement=placement, grayscale=True, image_size=20)
+    train.train_and_evaluate(config, str(tmp_path / placement))
+    losses[placement] = [(r['train_loss'], r['val_loss']) for r in metric_writers.read_metrics(
+        str(tmp_path / placement / 'metrics.jsonl'))]
+    splits[placement] = input_pipeline.load_splits(config.data)
+  assert losses['disk'] == losses['host'] and decoded
+  assert os.path.isdir(tmp_path / 'tfds' / 'array_record' / 'ae_jax_colour_digits')
+  for role in ('train', 'validation', 'test'):
+    on_disk, in_memory = splits['disk'][role], splits['host'][role]
+    assert isinstance(on_disk.images, tfds_source.Records)
+    np.testing.assert_array_equal(on_disk.images[np.arange(len(on_disk.images))],
+                                  in_memory.images)
+    np.testing.assert_array_equal(on_disk.labels, in_memory.labels)
+  assert splits['disk']['train'].images.shape == (192, 20, 20, 1)
+
+
 @pytest.mark.slow
 def test_two_processes_read_disjoint_halves_of_each_batch_from_disk(tmp_path):
   """A folder on disk, two processes of 4 CPU devices against one of 8: each process decodes

@@ -6,8 +6,9 @@ split; and feeds, which hand the compiled loops their batches.
   feeds.py  how batches reach the devices: kept on the devices, or streamed from host memory.
 
 Every source gives the splits 'train' and 'validation', and 'test' where the data has one.
-Each split is read once into host memory, except a .npy with config.data.placement='disk'
-(disk.py), which is read a batch at a time.
+Each split is read once into host memory, except with config.data.placement='disk' (or 'auto'
+and data larger than a quarter of host memory): a .npy (disk.py), a folder (sources/folder.py)
+and a tfds dataset (sources/tfds.py) are then read a batch at a time.
 """
 
 import numpy as np
@@ -24,6 +25,7 @@ from ae_jax.input_pipeline.splits import Split
 from ae_jax.input_pipeline.splits import parse_split
 from ae_jax.input_pipeline.splits import resize_image
 from ae_jax.input_pipeline.splits import rows
+from ae_jax.input_pipeline.splits import to_grayscale
 from ae_jax.input_pipeline import disk
 
 # The validation set must not change with config.seed, so it has a seed of its own.
@@ -39,9 +41,10 @@ def load_splits(data_config) -> dict[str, Split]:
   if data_config.source not in READERS:
     raise UserError(f'config.data.source={data_config.source!r} is not one of: '
                     f'{", ".join(READERS)}')
-  if data_config.placement == 'disk' and data_config.source not in ('arrays', 'folder'):
-    raise UserError(f'config.data.placement=disk streams a .npy of images or a folder of image '
-                    "files from disk (config.data.source='arrays' or 'folder'); the source "
+  if data_config.placement == 'disk' and data_config.source not in ('arrays', 'folder', 'tfds'):
+    raise UserError(f'config.data.placement=disk streams a .npy of images, a folder of image '
+                    "files or a tfds dataset from disk (config.data.source='arrays', 'folder' or "
+                    f"'tfds'); the source "
                     f"'{data_config.source}' is read into memory: use placement=host, or save "
                     'the images as a .npy')
   wanted = {'train': data_config.train_split}
@@ -82,12 +85,6 @@ def finish(split: Split, data_config, where: str) -> Split:
   if size and images.shape[1:3] != (size, size):
     images = resize(images, size)
   return split._replace(images=images, note=note)
-
-
-def to_grayscale(images: np.ndarray) -> np.ndarray:
-  """ITU-R 601-2 luma, as PIL's convert('L') (the original's convert2grayscale)."""
-  luma = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-  return np.round(luma).astype(np.uint8)[..., None]
 
 
 def resize(images: np.ndarray, size: int) -> np.ndarray:

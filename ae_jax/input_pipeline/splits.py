@@ -30,6 +30,12 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
       size, size, image.shape[-1])
 
 
+def to_grayscale(images: np.ndarray) -> np.ndarray:
+  """ITU-R 601-2 luma, as PIL's convert('L') (the original's convert2grayscale)."""
+  luma = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+  return np.round(luma).astype(np.uint8)[..., None]
+
+
 def rows(images, which):
   """images[which] (a slice or index array), still on disk where `images` is."""
   return images.subset(which) if hasattr(images, 'subset') else images[which]

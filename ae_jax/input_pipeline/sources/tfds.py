@@ -1,4 +1,8 @@
-"""Any tensorflow-datasets image dataset, with a fast offline failure that says what to do."""
+"""Any tensorflow-datasets image dataset, with a fast offline failure that says what to do.
+
+Read into memory, or (config.data.placement='disk') left on disk as ArrayRecord files, which
+tfds reads in any order (its data sources), and decoded a batch at a time.
+"""
 
 import difflib
 import os
@@ -10,9 +14,12 @@ import urllib.request
 import numpy as np
 
 from ae_jax import UserError
+from ae_jax.input_pipeline import disk
+from ae_jax.input_pipeline import feeds
 from ae_jax.input_pipeline.splits import Split
 from ae_jax.input_pipeline.splits import parse_split
 from ae_jax.input_pipeline.splits import resize_image
+from ae_jax.input_pipeline.splits import to_grayscale
 
 
 IDX_DATASETS = ('mnist', 'fashion_mnist', 'kmnist')  # tfds datasets made of IDX files
@@ -107,13 +114,14 @@ def read_tfds(data_config, wanted) -> dict[str, Split]:
   if None in (height, width) and not size:
     raise UserError(f'the images of {data_config.name!r} differ in size: choose one with '
                     '--config.data.image_size=N (e.g. 64)')
-  if not builder.is_prepared():
-    _check_can_prepare(builder, data_config)
-    try:
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(manual_dir=data_config.manual_dir))
-    except tfds.download.download_manager.NonMatchingChecksumError as e:
-      raise UserError(_checksum_message(str(e), builder.name)) from None
+  on_disk = data_config.placement == 'disk' or (
+      data_config.placement == 'auto' and None not in (height, width) and
+      builder.info.splits.total_num_examples * height * width * features[image_key].shape[-1]
+      > feeds.host_memory() // 4)
+  if on_disk:
+    builder = _prepared_as_array_record(tfds, builder, data_config)
+  elif not builder.is_prepared():
+    _prepare(tfds, builder, data_config)
   available = set(builder.info.splits)
   wanted = dict(wanted)
   if 'validation' in available and parse_split(wanted['train'])[0] != 'validation':
@@ -135,6 +143,19 @@ def read_tfds(data_config, wanted) -> dict[str, Split]:
         raise UserError(f'the tfds dataset {data_config.name!r} has no split {spec!r}: it has '
                         f'{", ".join(sorted(available))} (config.data.train_split)')
       continue
+    if on_disk:
+      records = Records(builder.as_data_source(split=spec), image_key, size,
+                        data_config.grayscale, varying, where=f'{builder.data_dir} ({spec})')
+      labels = None
+      if label_key:  # read once, the images left undecoded
+        undecoded = builder.as_data_source(
+            split=spec, decoders={image_key: tfds.decode.SkipDecoding()})
+        labels = np.array([e[label_key] for start in range(0, len(undecoded), 10_000)
+                           for e in undecoded.__getitems__(
+                               list(range(start, min(start + 10_000, len(undecoded)))))],
+                          np.int32)
+      splits[role] = Split(records, labels, label_names)
+      continue
     ds = builder.as_dataset(split=spec, shuffle_files=False).map(decode)
     images, labels = [], []
     if varying:
@@ -149,3 +170,76 @@ def read_tfds(data_config, wanted) -> dict[str, Split]:
                          np.concatenate(labels).astype(np.int32) if label_key else None,
                          label_names)
   return splits
+
+
+def _prepare(tfds, builder, data_config, **kwargs) -> None:
+  _check_can_prepare(builder, data_config)
+  try:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=data_config.manual_dir), **kwargs)
+  except tfds.download.download_manager.NonMatchingChecksumError as e:
+    raise UserError(_checksum_message(str(e), builder.name)) from None
+
+
+ARRAY_RECORD = 'array_record'
+
+
+def _prepared_as_array_record(tfds, builder, data_config):
+  """The builder of the dataset as ArrayRecord files, prepared where needed: in its data_dir
+  where it is not prepared yet; where it is, as TFRecord files (read only in order), a second
+  time in DATA_DIR/array_record, from the same downloads."""
+  formats = lambda b: [f.value for f in b.info.available_file_formats()]
+  if not builder.is_prepared():
+    _prepare(tfds, builder, data_config, file_format=ARRAY_RECORD)
+    return builder
+  if ARRAY_RECORD in formats(builder):
+    return builder
+  records = tfds.builder(data_config.name, data_dir=os.path.join(builder.data_dir_root,
+                                                                 ARRAY_RECORD),
+                         file_format=ARRAY_RECORD)
+  if not records.is_prepared():
+    print(f'{builder.data_dir} holds TFRecord files, which cannot be read in any order: '
+          f'preparing {data_config.name!r} as ArrayRecord files in {records.data_dir_root} '
+          '(once; config.data.placement=host reads the TFRecord files into memory instead)')
+    _prepare(tfds, records, data_config, file_format=ARRAY_RECORD,
+             download_dir=os.path.join(builder.data_dir_root, 'downloads'))
+  return records
+
+
+class Records(disk.OnDisk):
+  """The images of a tfds data source, decoded (and made grayscale and resized as the config
+  asks, as read_tfds and input_pipeline.finish would) when a batch asks for them."""
+
+  def __init__(self, source, image_key: str, size, grey: bool, varying: bool, where: str,
+               indices=None):
+    self.source, self.image_key, self.size, self.grey = source, image_key, size, grey
+    self.varying, self.where = varying, where
+    self.indices = np.arange(len(source)) if indices is None else indices
+    first = self._decode(source[0][image_key]) if len(source) else np.zeros((1, 1, 1), np.uint8)
+    self.shape = (len(self.indices), *first.shape)
+    self.dtype = np.dtype(np.uint8)
+    self.nbytes = int(np.prod(self.shape))
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def subset(self, indices) -> 'Records':
+    return Records(self.source, self.image_key, self.size, self.grey, self.varying, self.where,
+                   self.indices[indices])
+
+  def __getitem__(self, key) -> np.ndarray:
+    chosen = np.atleast_1d(self.indices[key])
+    examples = self.source.__getitems__(chosen.tolist()) if len(chosen) else []
+    return np.stack([self._decode(e[self.image_key]) for e in examples]) if examples else (
+        np.empty((0, *self.shape[1:]), np.uint8))
+
+  def _decode(self, image: np.ndarray) -> np.ndarray:
+    # in the order of the reads into memory: images of varying size are resized as they are
+    # read, then made grayscale; others are made grayscale, then resized
+    if self.varying and self.size:
+      image = resize_image(image, self.size)
+    if self.grey and image.shape[-1] == 3:
+      image = to_grayscale(image[None])[0]
+    if not self.varying and self.size and image.shape[:2] != (self.size, self.size):
+      image = resize_image(image, self.size)
+    return image
