@@ -45,9 +45,27 @@ class Rows(OnDisk):
   def __getitem__(self, key) -> np.ndarray:
     """The rows `key` (an index array or a slice) read into memory."""
     rows = self.indices[key]
+    self._will_need(np.atleast_1d(rows))
     out = self._array[rows]  # a copy: numpy reads the rows from the mapped file
     self._mm.madvise(mmap.MADV_DONTNEED)
     return out
+
+  def _will_need(self, rows: np.ndarray) -> None:
+    """Asks the kernel for all of `rows` at once, in file order. Reading them one page fault
+    at a time waits for the disk once per page: with the file out of the page cache, an epoch
+    ran at 0.52x of host memory's speed that way."""
+    row_bytes = int(np.prod(self._array.shape[1:]))
+    offset = self._array.ctypes.data - _address(self._mm)
+    page = mmap.PAGESIZE
+    for row in np.unique(rows):
+      start = offset + int(row) * row_bytes
+      aligned = start - start % page
+      self._mm.madvise(mmap.MADV_WILLNEED, aligned, start + row_bytes - aligned)
+
+
+def _address(mm: mmap.mmap) -> int:
+  """Where `mm` starts in memory."""
+  return np.frombuffer(mm, np.uint8, 1).ctypes.data
 
 
 def _map(path: str):
