@@ -8,6 +8,7 @@ from ae_jax import UserError
 from ae_jax import evaluate
 from conftest import assert_script_refuses
 from conftest import run_module
+from conftest import run_script
 from conftest import save_untrained
 
 
@@ -127,3 +128,15 @@ def test_a_run_that_cannot_be_written_to_is_evaluated_elsewhere(trained_ae, tmp_
                          out_dir=str(tmp_path / 'elsewhere'))
   assert report['num_images'] == 200
   assert sorted(os.listdir(tmp_path / 'elsewhere')) == ['test.json', 'test_reconstructions.png']
+
+
+def test_a_second_evaluation_compiles_nothing(trained_ae, tmp_path):
+  workdir, _ = trained_ae
+  cache = f'--compilation_cache={tmp_path / "cache"}'
+  outputs = []
+  for _ in range(2):
+    result = run_script('eval.sh', workdir, cache, f'--out_dir={tmp_path / "eval"}')
+    assert result.returncode == 0, result.stderr[-2000:]
+    outputs.append(result.stdout)
+  assert 'programs read from it' in outputs[0] and ' 0 compiled' not in outputs[0]
+  assert '0 programs read from it' not in outputs[1] and outputs[1].rstrip().endswith(' 0 compiled')
