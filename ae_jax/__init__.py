@@ -20,18 +20,27 @@ def _ae_jax_command() -> bool:
   return sys.argv[:1] == ['-m'] and module.startswith('ae_jax.')
 
 
-def _restart_with_huge_pages() -> None:
-  tunables = os.environ.get('GLIBC_TUNABLES', '')
-  if (not _ae_jax_command() or 'glibc.malloc.hugetlb' in tunables or os.environ.get('AE_JAX_HUGE_PAGES') == '0'
+def huge_pages_environ(environ=os.environ) -> dict | None:
+  """`environ` with HUGE_PAGES added to GLIBC_TUNABLES, or None where it has it already, is
+  turned off (AE_JAX_HUGE_PAGES=0) or cannot have it (not Linux, not glibc >= 2.35)."""
+  tunables = environ.get('GLIBC_TUNABLES', '')
+  if ('glibc.malloc.hugetlb' in tunables or environ.get('AE_JAX_HUGE_PAGES') == '0'
       or sys.platform != 'linux'):
-    return
+    return None
   libc, version = platform.libc_ver()
   try:
     new_enough = libc == 'glibc' and tuple(map(int, version.split('.')[:2])) >= (2, 35)
   except ValueError:
     new_enough = False
-  if new_enough:
-    os.environ['GLIBC_TUNABLES'] = f'{tunables}:{HUGE_PAGES}' if tunables else HUGE_PAGES
+  if not new_enough:
+    return None
+  return {**environ, 'GLIBC_TUNABLES': f'{tunables}:{HUGE_PAGES}' if tunables else HUGE_PAGES}
+
+
+def _restart_with_huge_pages() -> None:
+  environ = huge_pages_environ() if _ae_jax_command() else None
+  if environ is not None:
+    os.environ['GLIBC_TUNABLES'] = environ['GLIBC_TUNABLES']
     os.execv(sys.executable, sys.orig_argv)
 
 

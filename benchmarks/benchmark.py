@@ -7,7 +7,8 @@ For each of AE, DAE, CAE and DCAE at batch 128 on MNIST-shaped data (Fashion-MNI
 real training images where Debian's dataset-fashion-mnist is installed, else random images),
 every measurement runs in a fresh process, ae_jax and PyTorch in alternation:
 
-  start-up        process start to the end of the first training step: imports, data, compile
+  start-up        process start to the end of the first training step: imports, data, compile;
+                  ae_jax's first run starts with an empty compilation cache, its second reuses it
   train           steady-state training images per second
   epoch           one epoch of 48,000 images plus validation on 12,000, as each trains it
   eval            evaluation images per second over 10,000 test images: the MSE, as the
@@ -16,6 +17,16 @@ every measurement runs in a fresh process, ae_jax and PyTorch in alternation:
   t-SNE + figure  ae_jax's t-SNE of 10,000 latents and its figure, against scikit-learn's
                   t-SNE alone (its defaults) on the same latents
   peak memory     the process's peak resident memory (and the device's, on a GPU)
+
+Each process runs as its users run it: ae_jax as its commands do (glibc's huge pages for malloc,
+JAX's persistent compilation cache), PyTorch with its defaults, and PyTorch again with the same
+huge-page setting (GLIBC_TUNABLES=glibc.malloc.hugetlb=1, where glibc >= 2.35 has it), so that the
+comparison shows what that setting does for each.
+
+--placement adds ae_jax's AE trained for one epoch on a 2.4 GB .npy (200,000 random 64x64x3
+images) with config.data.placement=disk against placement=host: images per second and peak
+resident memory, the disk run first with the file out of the kernel's page cache (cold) and
+then again (warm).
 
 The CAE trains at about a second a step on a CPU: its epoch is then estimated from the steady
 step time and a measured validation (marked "est."); --full_epochs measures it.
@@ -68,6 +79,15 @@ def read_images(folder: str, name: str):
 
 
 def peak_memory_mib() -> float:
+  """This process's peak resident memory. Linux's VmHWM starts afresh with the program;
+  ru_maxrss keeps what the process held before exec, i.e. the launching process's memory."""
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith('VmHWM:'):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    pass
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -77,10 +97,13 @@ def is_slow(model: str, platform_name: str) -> bool:
 
 # --- ae_jax -------------------------------------------------------------------------------
 
-def jax_child(model: str, folder: str, launched: float, full_epochs: bool) -> dict:
+def jax_child(model: str, folder: str, launched: float, full_epochs: bool,
+              cache: str) -> dict:
   sys.path.insert(0, ROOT)
   import importlib  # pylint: disable=g-import-not-at-top
-  from ae_jax import metric_writers, metrics, train  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from ae_jax import cli, metric_writers, metrics, train  # pylint: disable=g-import-not-at-top,g-multiple-import
+  cached = bool(os.listdir(cache))
+  cli.use_compilation_cache(cache)
 
   config = importlib.import_module(f'configs.{model.lower()}').get_config()
   config.data.source, config.data.path = 'idx', folder
@@ -108,8 +131,9 @@ def jax_child(model: str, folder: str, launched: float, full_epochs: bool) -> di
   from ae_jax import input_pipeline, models, plots, tsne  # pylint: disable=g-import-not-at-top,g-multiple-import
   from sklearn import manifold  # pylint: disable=g-import-not-at-top
   test_images = read_images(folder, 't10k')
-  result = {'startup_s': startup_s, 'device': jax.devices()[0].device_kind,
-            'platform': jax.devices()[0].platform}
+  result = {'startup_cached_s' if cached else 'startup_s': startup_s,
+            'device': jax.devices()[0].device_kind, 'platform': jax.devices()[0].platform,
+            'huge_pages': 'glibc.malloc.hugetlb' in os.environ.get('GLIBC_TUNABLES', '')}
 
   # Steady-state training, with the program's own compiled update.
   splits = input_pipeline.load_splits(config.data)
@@ -187,12 +211,63 @@ def jax_child(model: str, folder: str, launched: float, full_epochs: bool) -> di
 def train_run(config, model, variables, mesh, splits):
   """What tsne.encode takes, for a model that was not restored from a workdir."""
   from ae_jax import evaluate  # pylint: disable=g-import-not-at-top
-  return evaluate.TrainedRun(config, model, variables, 0, None, None, None, splits, mesh)
+  return evaluate.TrainedRun(config, model, variables, 0, None, None, None, None, splits, mesh)
+
+
+def placement_child(placement: str, path: str, launched: float) -> dict:
+  """One epoch of configs/ae.py on the .npy at `path`, its data placed as `placement` says."""
+  del launched
+  sys.path.insert(0, ROOT)
+  from configs import ae  # pylint: disable=g-import-not-at-top
+  from ae_jax import metric_writers, train  # pylint: disable=g-import-not-at-top,g-multiple-import
+  config = ae.get_config()
+  config.data.source, config.data.path, config.data.placement = 'arrays', path, placement
+  config.num_epochs = 1
+  workdir = tempfile.mkdtemp()
+  train.train_and_evaluate(config, workdir)
+  row = metric_writers.read_metrics(os.path.join(workdir, 'metrics.jsonl'))[-1]
+  return {'images_per_s': row['images_per_sec'], 'peak_memory_mib': peak_memory_mib()}
+
+
+def placement_table(path: str) -> str:
+  """Disk (cold, then warm page cache) against host memory, for the .npy at `path`."""
+  size = os.path.getsize(path)
+  with open(path, 'rb') as f:  # the file out of the page cache: the next read is from the disk
+    os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+  runs = {}
+  for label, placement in (('disk, cold page cache', 'disk'), ('disk, warm page cache', 'disk'),
+                           ('host', 'host')):
+    print(f'placement: {label} ...', file=sys.stderr, flush=True)
+    runs[label] = measure('ae_jax', 'AE', path, False, '', child=f'placement={placement}')
+  host = runs['host']
+  lines = [f'AE, one epoch of a {size / 1e9:.2f} GB .npy (200,000 random 64x64x3 images):', '',
+           '| config.data.placement | images/s | / host | peak resident memory | / host |',
+           '| --- | ---: | ---: | ---: | ---: |']
+  for label, r in runs.items():
+    lines.append(f'| {label} | {r["images_per_s"]:,.0f} | '
+                 f'{r["images_per_s"] / host["images_per_s"]:.2f} | '
+                 f'{r["peak_memory_mib"]:,.0f} MiB | '
+                 f'{r["peak_memory_mib"] / host["peak_memory_mib"]:.2f} |')
+  return '\n'.join(lines)
+
+
+def write_large_npy(path: str) -> None:
+  """200,000 random 64x64x3 uint8 images (2.4 GB), written in pieces."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  shape = (200_000, 64, 64, 3)
+  array = np.lib.format.open_memmap(path, mode='w+', dtype=np.uint8, shape=shape)
+  rng = np.random.default_rng(0)
+  for start in range(0, shape[0], 10_000):
+    array[start:start + 10_000] = rng.integers(0, 256, (10_000, *shape[1:]), np.uint8)
+  array.flush()
+  del array
 
 
 # --- PyTorch ------------------------------------------------------------------------------
 
-def torch_child(model: str, folder: str, launched: float, full_epochs: bool) -> dict:
+def torch_child(model: str, folder: str, launched: float, full_epochs: bool,
+                cache: str) -> dict:
+  del cache  # ae_jax's
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -212,7 +287,8 @@ def torch_child(model: str, folder: str, launched: float, full_epochs: bool) -> 
   ref.train_steps(net, optimizer, train_set, order[:BATCH], BATCH, noise_std)
   sync()
   result = {'device': device, 'startup_s': time.time() - launched,
-            'torch': torch.__version__, 'threads': torch.get_num_threads()}
+            'torch': torch.__version__, 'threads': torch.get_num_threads(),
+            'huge_pages': 'glibc.malloc.hugetlb' in os.environ.get('GLIBC_TUNABLES', '')}
   test = to_tensor(read_images(folder, 't10k'))
 
   slow = is_slow(model, 'gpu' if device == 'cuda' else 'cpu')
@@ -248,12 +324,28 @@ def torch_child(model: str, folder: str, launched: float, full_epochs: bool) -> 
 
 # --- the run ------------------------------------------------------------------------------
 
-def measure(framework: str, model: str, folder: str, full_epochs: bool) -> dict:
+FRAMEWORKS = {  # name: (child, with glibc's huge pages)
+    'ae_jax': ('jax', True),  # as its commands run (ae_jax/__init__.py)
+    'PyTorch': ('torch', False),
+    'PyTorch, huge pages': ('torch', True),
+}
+
+
+def measure(framework: str, model: str, folder: str, full_epochs: bool, cache: str,
+            child: str | None = None) -> dict:
+  """One fresh process of `framework` (its `child`, if given) measuring `model`."""
+  default_child, huge_pages = FRAMEWORKS[framework]
+  child = child or default_child
+  environ = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+  if huge_pages:
+    sys.path.insert(0, ROOT)
+    import ae_jax  # pylint: disable=g-import-not-at-top
+    environ = ae_jax.huge_pages_environ(environ) or environ
   out = tempfile.mktemp(suffix='.json')
-  args = [sys.executable, os.path.abspath(__file__), f'--child={framework}', f'--model={model}',
-          f'--data={folder}', f'--launched={time.time()}', f'--out={out}'] + (
-              ['--full_epochs'] if full_epochs else [])
-  done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+  args = [sys.executable, os.path.abspath(__file__), f'--child={child}', f'--model={model}',
+          f'--data={folder}', f'--launched={time.time()}', f'--out={out}',
+          f'--cache={cache}'] + (['--full_epochs'] if full_epochs else [])
+  done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=environ)
   if done.returncode != 0:
     raise RuntimeError(f'{framework} {model} failed:\n{done.stderr[-3000:]}')
   with open(out) as f:
@@ -262,6 +354,7 @@ def measure(framework: str, model: str, folder: str, full_epochs: bool) -> dict:
 
 ROWS = [  # key, label, unit, higher is better
     ('startup_s', 'start-up to first step', 's', False),
+    ('startup_cached_s', 'start-up to first step, second start', 's', False),
     ('train_images_per_s', 'train (steady)', 'images/s', True),
     ('epoch_s', 'epoch: 48,000 + validation', 's', False),
     ('eval_images_per_s', 'eval: MSE of 10,000 test images', 'images/s', True),
@@ -275,20 +368,28 @@ def best(results: list[dict], key: str, higher: bool):
 
 
 def table(by_model: dict) -> str:
-  lines = ['| model | measure | ae_jax | PyTorch | ae_jax / PyTorch |',
-           '| --- | --- | ---: | ---: | ---: |']
+  """ae_jax against each PyTorch column; a start-up with a warm compilation cache against
+  PyTorch's start-up (PyTorch compiles nothing)."""
+  others = list(FRAMEWORKS)[1:]
+  lines = ['| model | measure | ae_jax | ' + ' | '.join(
+      f'{name} | ae_jax / {name}' for name in others) + ' |',
+           '| --- | --- | ---: |' + ' ---: | ---: |' * len(others)]
   fmt = lambda v, unit: '-' if v is None else (f'{v:,.0f} {unit}' if v >= 100 else
                                               f'{v:.2f} {unit}')
-  for model, (jax_runs, torch_runs) in by_model.items():
+  for model, runs in by_model.items():
     for key, label, unit, higher in ROWS:
-      ours, theirs = best(jax_runs, key, higher), best(torch_runs, key, higher)
-      note = ' (est.)' if key == 'epoch_s' and jax_runs[0].get('epoch_estimated') else ''
-      ratio = f'{ours / theirs:.2f}' if ours and theirs else '-'
-      lines.append(f'| {model} | {label}{note} | {fmt(ours, unit)} | {fmt(theirs, unit)} | '
-                   f'{ratio} |')
-    ours, sklearn = best(jax_runs, 'tsne_s', False), best(jax_runs, 'sklearn_tsne_s', False)
+      ours = best(runs['ae_jax'], key, higher)
+      note = ' (est.)' if key == 'epoch_s' and runs['ae_jax'][0].get('epoch_estimated') else ''
+      cells = [f'{model}', f'{label}{note}', fmt(ours, unit)]
+      for name in others:
+        theirs = best(runs[name], 'startup_s' if key == 'startup_cached_s' else key, higher)
+        cells += [fmt(theirs, unit), f'{ours / theirs:.2f}' if ours and theirs else '-']
+      lines.append('| ' + ' | '.join(cells) + ' |')
+    ours, sklearn = best(runs['ae_jax'], 'tsne_s', False), best(runs['ae_jax'], 'sklearn_tsne_s',
+                                                               False)
     lines.append(f'| {model} | t-SNE of 10,000 latents + figure (vs scikit-learn t-SNE alone) | '
-                 f'{fmt(ours, "s")} | {fmt(sklearn, "s")} | {ours / sklearn:.2f} |')
+                 f'{fmt(ours, "s")} | {fmt(sklearn, "s")} | {ours / sklearn:.2f} |' +
+                 ' | |' * (len(others) - 1))
   return '\n'.join(lines)
 
 
@@ -299,45 +400,59 @@ def main():
                       help='alternating ae_jax / PyTorch measurements per model; best counts')
   parser.add_argument('--full_epochs', action='store_true',
                       help='measure the CAE epoch on a CPU instead of estimating it')
+  parser.add_argument('--placement', action='store_true',
+                      help="also train the AE on a 2.4 GB .npy from disk and from host memory")
   parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'results.json'))
   parser.add_argument('--child', help=argparse.SUPPRESS)
   parser.add_argument('--model', help=argparse.SUPPRESS)
   parser.add_argument('--launched', type=float, help=argparse.SUPPRESS)
   parser.add_argument('--data', help=argparse.SUPPRESS)
+  parser.add_argument('--cache', help=argparse.SUPPRESS)
   args = parser.parse_args()
 
   if args.child:
-    child = jax_child if args.child == 'jax' else torch_child
+    if args.child.startswith('placement='):
+      result = placement_child(args.child.split('=')[1], args.data, args.launched)
+    else:
+      child = jax_child if args.child == 'jax' else torch_child
+      result = child(args.model, args.data, args.launched, args.full_epochs, args.cache)
     with open(args.out, 'w') as f:
-      json.dump(child(args.model, args.data, args.launched, args.full_epochs), f)
+      json.dump(result, f)
     return
 
   folder = tempfile.mkdtemp()
   data = prepare_data(folder)
   by_model = {}
-  for model in args.models.split(','):
-    jax_runs, torch_runs = [], []
+  for model in filter(None, args.models.split(',')):
+    cache = tempfile.mkdtemp()  # empty for ae_jax's first run of this model
+    runs = {name: [] for name in FRAMEWORKS}
     for repeat in range(args.repeats):
-      for framework, runs in (('jax', jax_runs), ('torch', torch_runs)):
-        print(f'{model}: {framework} run {repeat + 1}/{args.repeats} ...', file=sys.stderr,
+      for name in FRAMEWORKS:
+        print(f'{model}: {name} run {repeat + 1}/{args.repeats} ...', file=sys.stderr,
               flush=True)
-        runs.append(measure(framework, model, folder, args.full_epochs))
-    by_model[model] = (jax_runs, torch_runs)
+        runs[name].append(measure(name, model, folder, args.full_epochs, cache))
+    by_model[model] = runs
 
   commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True,
                           text=True).stdout.strip()
-  first = next(iter(by_model.values()))
   header = (f'{datetime.date.today().isoformat()}, commit {commit}, '
-            f'{platform.processor() or platform.machine()} with {os.cpu_count()} cores, '
-            f'ae_jax on {first[0][0]["device"]}, PyTorch {first[1][0]["torch"]} on '
-            f'{first[1][0]["device"]} with {first[1][0]["threads"]} threads; data: {data}; '
-            f'batch {BATCH}; best of {args.repeats} alternating runs')
-  report = header + '\n\n' + table(by_model)
-  print(report)
+            f'{platform.processor() or platform.machine()} with {os.cpu_count()} cores')
+  results = {'header': header}
+  if by_model:
+    first = next(iter(by_model.values()))
+    ours, theirs = first['ae_jax'][0], first['PyTorch'][0]
+    header += (f', ae_jax on {ours["device"]} (huge pages: {ours["huge_pages"]}), PyTorch '
+               f'{theirs["torch"]} on {theirs["device"]} with {theirs["threads"]} threads; '
+               f'data: {data}; batch {BATCH}; best of {args.repeats} alternating runs')
+    results.update(header=header, table=table(by_model), runs=by_model)
+  if args.placement:
+    path = os.path.join(tempfile.mkdtemp(), 'images.npy')
+    write_large_npy(path)
+    results['placement_table'] = placement_table(path)
+    os.remove(path)
+  print('\n\n'.join([header] + [results[k] for k in ('table', 'placement_table') if k in results]))
   with open(args.out, 'w') as f:
-    json.dump({'header': header, 'table': table(by_model),
-               'runs': {m: {'ae_jax': j, 'pytorch': t} for m, (j, t) in by_model.items()}},
-              f, indent=2)
+    json.dump(results, f, indent=2)
   print(f'\nwrote {args.out}', file=sys.stderr)
 
 
