@@ -54,9 +54,9 @@ def get_config():
   # Where the training data lives: 'device' (a copy on every device, batches gathered there),
   # 'host' (batches gathered in host memory and sent over, for data too large for the devices),
   # 'disk' (a .npy, a folder of images or a tfds dataset read a call at a time, for data too
-  # large for host memory), or 'auto': a .npy or a tfds dataset larger than a quarter of host
-  # memory on disk, else on the devices when it takes at most a quarter of their memory, else in
-  # host memory.
+  # large for host memory), or 'auto': a .npy, a folder or a tfds dataset larger than a quarter
+  # of host memory on disk, else on the devices when it takes at most a quarter of their memory,
+  # else in host memory.
   config.data.placement = 'auto'
 
   config.batch_size = 128

@@ -313,6 +313,23 @@ def test_a_folder_read_from_disk_trains_exactly_like_one_in_memory(tmp_path, mon
   assert input_pipeline.load_splits(config.data)['train'].images[:2].shape == (2, 28, 28, 1)
 
 
+@pytest.mark.parametrize('source', ['arrays', 'folder'])
+def test_auto_leaves_data_larger_than_a_quarter_of_host_memory_on_disk(tmp_path, monkeypatch,
+                                                                      source):
+  if source == 'arrays':
+    path = str(tmp_path / 'digits.npy')
+    np.save(path, DIGITS[:100])
+  else:
+    path = str(tmp_path / 'images')
+    _write_pngs(path, DIGITS[:100])
+  decoded_size = 100 * 28 * 28 * (1 if source == 'arrays' else 3)  # a folder counts colour
+  for host_memory, on_disk in ((4 * decoded_size + 4096, False), (4 * decoded_size - 4096, True)):
+    monkeypatch.setattr(input_pipeline.feeds, 'host_memory', lambda: host_memory)
+    splits = input_pipeline.load_splits(_config(source, path).data)
+    assert isinstance(splits['train'].images, input_pipeline.disk.OnDisk) == on_disk
+    assert len(splits['train'].images) == 80
+
+
 class AeJaxColourDigits(tfds.core.GeneratorBasedBuilder):
   """Real digits in colour as a tfds dataset (registered as 'ae_jax_colour_digits'), prepared
   from memory: no download."""

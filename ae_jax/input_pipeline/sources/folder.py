@@ -8,6 +8,7 @@ import numpy as np
 
 from ae_jax import UserError
 from ae_jax.input_pipeline import disk
+from ae_jax.input_pipeline import feeds
 from ae_jax.input_pipeline.splits import FOLDER_SPLITS
 from ae_jax.input_pipeline.splits import Split
 from ae_jax.input_pipeline.splits import choose
@@ -162,7 +163,9 @@ def read_image_folder(data_config, wanted) -> dict[str, Split]:
   root = folder_path(data_config, 'image files')
   have = [s for s in FOLDER_SPLITS if os.path.isdir(os.path.join(root, s))]
   size = data_config.image_size
-  read = functools.partial(_read_image_folder, size=size, lazy=data_config.placement == 'disk',
+  lazy = data_config.placement == 'disk' or (
+      data_config.placement == 'auto' and _decoded_bytes(root, size) > feeds.host_memory() // 4)
+  read = functools.partial(_read_image_folder, size=size, lazy=lazy,
                            grayscale=data_config.grayscale)
   if not have:
     splits = {'train': read(root)}
@@ -174,3 +177,22 @@ def read_image_folder(data_config, wanted) -> dict[str, Split]:
     for s in have[1:]:
       splits[s] = read(os.path.join(root, s), class_names=names)
   return choose(splits, wanted, root)
+
+
+def _decoded_bytes(root: str, size) -> int:
+  """About how much memory the folder's images take decoded: their number, times the first
+  one's size (or `size` x `size`) in colour."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  paths = [os.path.join(folder, f) for folder, _, files in os.walk(root) for f in files
+           if f.lower().endswith(IMAGE_EXTENSIONS)]
+  if not paths:
+    return 0  # _read_image_folder says what is wrong
+  if size:
+    width = height = size
+  else:
+    try:
+      with Image.open(paths[0]) as image:
+        width, height = image.size
+    except (OSError, ValueError, SyntaxError):
+      return 0  # as above: the reader names the file
+  return len(paths) * width * height * 3
