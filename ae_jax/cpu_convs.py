@@ -77,6 +77,15 @@ def conv_transpose2x2(x, kernel):
   return y.transpose(2, 3, 4, 0, 5, 1).reshape(features, batch, 2 * height, 2 * width)
 
 
+def _params(module: nn.Module, x, size: int):
+  """(x, kernel, bias) in the module's dtype: flax's Conv / ConvTranspose parameters, a kernel
+  of shape (size, size, C, features) and a bias, for channels-first `x`."""
+  kernel = module.param('kernel', nn.initializers.lecun_normal(),
+                        (size, size, x.shape[0], module.features))
+  bias = module.param('bias', nn.initializers.zeros_init(), (module.features,))
+  return nn.dtypes.promote_dtype(x, kernel, bias, dtype=module.dtype)
+
+
 class MatmulConv3x3(nn.Module):
   """nn.Conv(features, (3, 3), padding='SAME') on channels-first activations.
 
@@ -88,10 +97,7 @@ class MatmulConv3x3(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param('kernel', nn.initializers.lecun_normal(),
-                        (3, 3, x.shape[0], self.features))
-    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    x, kernel, bias = _params(self, x, size=3)
     return conv3x3(x, kernel) + bias[:, None, None, None]
 
 
@@ -103,8 +109,5 @@ class MatmulConvTranspose2x2(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param('kernel', nn.initializers.lecun_normal(),
-                        (2, 2, x.shape[0], self.features))
-    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    x, kernel, bias = _params(self, x, size=2)
     return conv_transpose2x2(x, kernel) + bias[:, None, None, None]

@@ -214,9 +214,8 @@ def train_run(config, model, variables, mesh, splits):
   return evaluate.TrainedRun(config, model, variables, 0, None, None, None, None, splits, mesh)
 
 
-def placement_child(placement: str, path: str, launched: float) -> dict:
+def placement_child(placement: str, path: str) -> dict:
   """One epoch of configs/ae.py on the .npy at `path`, its data placed as `placement` says."""
-  del launched
   sys.path.insert(0, ROOT)
   from configs import ae  # pylint: disable=g-import-not-at-top
   from ae_jax import metric_writers, train  # pylint: disable=g-import-not-at-top,g-multiple-import
@@ -412,7 +411,7 @@ def main():
 
   if args.child:
     if args.child.startswith('placement='):
-      result = placement_child(args.child.split('=')[1], args.data, args.launched)
+      result = placement_child(args.child.split('=')[1], args.data)
     else:
       child = jax_child if args.child == 'jax' else torch_child
       result = child(args.model, args.data, args.launched, args.full_epochs, args.cache)
