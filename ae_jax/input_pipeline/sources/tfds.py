@@ -96,6 +96,9 @@ def _tfds_builder(tfds, data_config):
 def read_tfds(data_config, wanted) -> dict[str, Split]:
   # TensorFlow takes seconds to import and logs a lot: only this source needs it.
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  # TensorFlow only reads and decodes uint8 images here; its oneDNN kernels would announce
+  # themselves in two log lines before anything else (TF_CPP_MIN_LOG_LEVEL does not hide them).
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')  # so that TF takes no GPU memory from JAX
