@@ -100,10 +100,10 @@ def padded_batches(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.n
       num_batches, batch_size)
 
 
-# The matmul CAE (cpu_convs.py) evaluates fastest in small batches, whose 3x3 patch tensors
-# (0.9 MB per 28x28 image) stay in the caches: on 2 CPU cores 16-64 images a batch ran at
-# 389-414 images/s, 256 at 328-355, 1,000 at 241. A cost of the CPU formulation, so the cap
-# applies there only.
+# The matmul CAE (cpu_convs.py) evaluates as fast in batches of 64 as in larger ones (on 2 CPU
+# cores 16-64 images a batch ran at 443-459 images/s, 1,000 at 418-431), and its activations
+# then take 1/16 of the memory that a batch of 1,000 takes (400 MB for one 28x28x128 layer).
+# Accelerators evaluate larger batches best, so the cap applies to the CPU formulation only.
 MATMUL_CAE_EVAL_BATCH = 64
 
 

@@ -50,8 +50,11 @@ def test_unknown_model_lists_the_choices():
 
 
 @pytest.mark.parametrize('image_shape', [(10, 14, 3)])  # odd sizes: the crop path too
-def test_matmul_cae_computes_what_flax_convolutions_compute(image_shape):
+@pytest.mark.parametrize('patch_bytes', [cpu_convs.PATCH_BYTES, 1])  # 1: an image per chunk
+def test_matmul_cae_computes_what_flax_convolutions_compute(image_shape, patch_bytes,
+                                                             monkeypatch):
   """The fast formulation: same parameters, same outputs, same gradients, same batch stats."""
+  monkeypatch.setattr(cpu_convs, 'PATCH_BYTES', patch_bytes)
   config = cae.get_config()
   config.model.features = (8, 16, 24, 32)
   config.model.conv = 'matmul'
@@ -109,3 +112,19 @@ def test_dropout_is_inverted_and_off_in_evaluation():
   assert set(np.unique(np.asarray(y)).tolist()) <= {0.0, float(np.float32(1 / 0.75))}
   assert abs(float((y == 0).mean()) - 0.25) < 0.02
   assert (dropout.apply({}, x, train=False) == x).all()
+
+
+@pytest.mark.parametrize('chunks', [1, 3])
+def test_a_conv_made_chunk_by_chunk_has_flax_outputs_and_gradients(chunks, monkeypatch):
+  """Patches made a few images at a time, forward and again for the gradients: the same
+  outputs, and the same gradients of the input and of the kernel, as flax's nn.Conv."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (6, 5, 4, 3))
+  monkeypatch.setattr(cpu_convs, 'PATCH_BYTES', 9 * x.size * 4 // chunks)
+  conv = nn.Conv(7, (3, 3), padding='SAME')
+  variables = conv.init(jax.random.PRNGKey(1), x)
+  layout = cpu_convs.CHANNELS_FIRST
+  fast = lambda v, x: layout.leave(cpu_convs.MatmulConv3x3(7).apply(v, layout.enter(x)))
+  np.testing.assert_allclose(fast(variables, x), conv.apply(variables, x), atol=1e-5)
+  grads = lambda f: jax.grad(lambda v, x: jnp.sum(jnp.sin(f(v, x))), argnums=(0, 1))(variables, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+               grads(jax.jit(fast)), grads(conv.apply))
