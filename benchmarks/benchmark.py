@@ -34,6 +34,7 @@ step time and a measured validation (marked "est."); --full_epochs measures it.
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
@@ -101,6 +102,7 @@ def jax_child(model: str, folder: str, launched: float, full_epochs: bool,
               cache: str) -> dict:
   sys.path.insert(0, ROOT)
   import importlib  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
   from ae_jax import cli, metric_writers, metrics, train  # pylint: disable=g-import-not-at-top,g-multiple-import
   cached = bool(os.listdir(cache))
   cli.use_compilation_cache(cache)
@@ -116,18 +118,20 @@ def jax_child(model: str, folder: str, launched: float, full_epochs: bool,
   original = metric_writers.RunLog.train_losses
 
   def first_step(self, first, losses):
-    raise FirstStep()
+    # The loop has already sent its next call: let it finish, so that it neither runs on in the
+    # background nor holds its memory while what follows is measured.
+    raise FirstStep(time.time() - launched, jax.block_until_ready(jax.live_arrays()))
 
   metric_writers.RunLog.train_losses = first_step
   try:
     train.train_and_evaluate(config, os.path.join(workdir, 'startup'))
-  except FirstStep:
-    startup_s = time.time() - launched
+  except FirstStep as reached:
+    startup_s = reached.args[0]
   metric_writers.RunLog.train_losses = original
+  gc.collect()
 
   import functools  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
   from ae_jax import input_pipeline, models, plots, tsne  # pylint: disable=g-import-not-at-top,g-multiple-import
   from sklearn import manifold  # pylint: disable=g-import-not-at-top
   test_images = read_images(folder, 't10k')
