@@ -71,8 +71,9 @@ def conv3x3(x, kernel):
 # are taken in `chunks` groups, forward and again in the backward pass, instead of keeping the
 # patches of the whole batch for the gradients. On a CAE training step of 128 images (2 CPU
 # cores) XLA's temporaries came to 422 MB instead of 806 MB and the process's peak to 1.2 GB
-# instead of 1.75 GB, at the same speed (0.81-0.89 s a step against 0.82-0.86 s): the smaller
-# matmuls work in the caches. Chunks of 8, 16 and 32 MB ran alike; 64 MB a little slower.
+# instead of 1.75 GB. Making the patches twice costs time: a step took 0.88-0.94 s (fastest and
+# median of 12) against 0.80-0.88 s, same run. Evaluation gained: 443-459 images/s against
+# 376-402, the chunks' matmuls working in the caches. 32 and 128 MB chunks trained no faster.
 PATCH_BYTES = 8 << 20
 
 
