@@ -9,6 +9,7 @@ every measurement runs in a fresh process, ae_jax and PyTorch in alternation:
 
   start-up        process start to the end of the first training step: imports, data, compile;
                   ae_jax's first run starts with an empty compilation cache, its second reuses it
+                  (the call its loop has queued by then finishes before anything else is measured)
   train           steady-state training images per second
   epoch           one epoch of 48,000 images plus validation on 12,000, as each trains it
   eval            evaluation images per second over 10,000 test images: the MSE, as the
