@@ -121,7 +121,9 @@ def jax_child(model: str, folder: str, launched: float, full_epochs: bool,
   def first_step(self, first, losses):
     # The loop has already sent its next call: let it finish, so that it neither runs on in the
     # background nor holds its memory while what follows is measured.
-    raise FirstStep(time.time() - launched, jax.block_until_ready(jax.live_arrays()))
+    reached_s = time.time() - launched
+    jax.block_until_ready(jax.live_arrays())
+    raise FirstStep(reached_s)
 
   metric_writers.RunLog.train_losses = first_step
   try:
