@@ -46,15 +46,17 @@ def _pad(x):
   return jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(1, 1), (1, 1)])
 
 
-def _window(padded, offset, height, width):
-  """The (height, width) window at `offset` of a 1-pixel padded (..., H + 2, W + 2) array."""
+def _window(padded, offset, height, width, stride=1):
+  """The (height, width) window at `offset` of a 1-pixel padded (..., H + 2, W + 2) array, every
+  `stride`-th pixel of it in each direction."""
   dy, dx = offset
-  return padded[..., dy:dy + height, dx:dx + width]
+  return padded[..., dy:dy + height:stride, dx:dx + width:stride]
 
 
-def conv3x3(x, kernel):
+def conv3x3(x, kernel, stride=1):
   """(C, B, H, W) -> (F, B, H, W): the zero-padded 3x3 correlation of nn.Conv(padding='SAME')
-  with a flax kernel of shape (3, 3, C, F), without the bias."""
+  with a flax kernel of shape (3, 3, C, F), without the bias; with `stride` 2, only its pixels
+  that x[:, :, ::2, ::2] keeps, computed alone."""
   channels, batch, height, width = x.shape
   features = kernel.shape[-1]
   if 4 * features <= channels:
@@ -66,11 +68,12 @@ def conv3x3(x, kernel):
     planes = taps.transpose(0, 2, 1).reshape(9 * features, channels) @ _pad(x).reshape(
         channels, -1)
     planes = planes.reshape(9, features, batch, height + 2, width + 2)
-    return sum(_window(planes[k], offset, height, width) for k, offset in enumerate(OFFSETS))
-  patch_bytes = 9 * x.size * x.dtype.itemsize
+    return sum(_window(planes[k], offset, height, width, stride)
+               for k, offset in enumerate(OFFSETS))
+  patch_bytes = 9 * x.size * x.dtype.itemsize // stride**2
   chunks = next(n for n in range(1, batch + 1)
                 if batch % n == 0 and (patch_bytes // n <= PATCH_BYTES or n == batch))
-  return _chunked_conv3x3(x, kernel, chunks)
+  return _chunked_conv3x3(x, kernel, chunks, stride)
 
 
 # A layer's patch tensor, 9 times its input, is made at most this large at a time: its images
@@ -83,12 +86,12 @@ def conv3x3(x, kernel):
 PATCH_BYTES = 8 << 20
 
 
-def _patches(x):
-  """(C, B, H, W) -> (9C, B*H*W): the 3x3 patches (im2col) of the zero-padded input, taps in
-  OFFSETS order."""
+def _patches(x, stride=1):
+  """(C, B, H, W) -> (9C, B*H*W / stride**2): the 3x3 patches (im2col) of the zero-padded input
+  at every `stride`-th pixel, taps in OFFSETS order."""
   channels, _, height, width = x.shape
   padded = _pad(x)
-  patches = jnp.stack([_window(padded, offset, height, width) for offset in OFFSETS])
+  patches = jnp.stack([_window(padded, offset, height, width, stride) for offset in OFFSETS])
   return patches.reshape(9 * channels, -1)
 
 
@@ -106,27 +109,28 @@ def _for_each_chunk(chunks, body, init):
   return body(0, init) if chunks == 1 else jax.lax.fori_loop(0, chunks, body, init)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _chunked_conv3x3(x, kernel, chunks):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _chunked_conv3x3(x, kernel, chunks, stride):
   channels, batch, height, width = x.shape
   features = kernel.shape[-1]
   weights = kernel.reshape(9 * channels, features).T
   parts = _split(x, chunks)
+  height, width = -(-height // stride), -(-width // stride)
 
   def body(i, y):
     part = jax.lax.dynamic_index_in_dim(parts, i, axis=2, keepdims=False)
-    y_part = (weights @ _patches(part)).reshape(features, -1, height, width)
+    y_part = (weights @ _patches(part, stride)).reshape(features, -1, height, width)
     return jax.lax.dynamic_update_index_in_dim(y, y_part, i, axis=2)
 
   y = jnp.zeros((features, batch // chunks, chunks, height, width), x.dtype)
   return _for_each_chunk(chunks, body, y).reshape(features, batch, height, width)
 
 
-def _chunked_conv3x3_forward(x, kernel, chunks):
-  return _chunked_conv3x3(x, kernel, chunks), (x, kernel)
+def _chunked_conv3x3_forward(x, kernel, chunks, stride):
+  return _chunked_conv3x3(x, kernel, chunks, stride), (x, kernel)
 
 
-def _chunked_conv3x3_backward(chunks, residuals, dy):
+def _chunked_conv3x3_backward(chunks, stride, residuals, dy):
   """The kernel's and the input's gradients, with the patches made again chunk by chunk."""
   x, kernel = residuals
   channels, batch, height, width = x.shape
@@ -139,7 +143,7 @@ def _chunked_conv3x3_backward(chunks, residuals, dy):
     x_part = jax.lax.dynamic_index_in_dim(x_parts, i, axis=2, keepdims=False)
     dy_part = jax.lax.dynamic_index_in_dim(dy_parts, i, axis=2, keepdims=False)
     dy_part = dy_part.reshape(features, -1)
-    patches, patches_vjp = jax.vjp(_patches, x_part)
+    patches, patches_vjp = jax.vjp(functools.partial(_patches, stride=stride), x_part)
     dweights = dweights + jnp.matmul(dy_part, patches.T, preferred_element_type=jnp.float32)
     dx_part, = patches_vjp(weights @ dy_part)
     return dweights, jax.lax.dynamic_update_index_in_dim(dx, dx_part, i, axis=2)
@@ -184,9 +188,9 @@ class MatmulConv3x3(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, stride: int = 1):
     x, kernel, bias = _params(self, x, size=3)
-    return conv3x3(x, kernel) + bias[:, None, None, None]
+    return conv3x3(x, kernel, stride) + bias[:, None, None, None]
 
 
 class MatmulConvTranspose2x2(nn.Module):

@@ -80,9 +80,12 @@ def test_matmul_cae_computes_what_flax_convolutions_compute(image_shape, patch_b
                fast_grads, plain_grads)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                fast_stats, plain_stats)
-  # and in evaluation mode, with the running statistics
-  np.testing.assert_allclose(jax.jit(fast.apply)(variables, images)[0],
-                             jax.jit(plain.apply)(variables, images)[0], atol=1e-5)
+  # and in evaluation mode, with the running statistics (where the matmul CAE computes only the
+  # pixels that survive the subsampling)
+  trained = {'params': variables['params'], **fast_stats}
+  for i in (0, 1):  # reconstructions and latents
+    np.testing.assert_allclose(jax.jit(fast.apply)(trained, images)[i],
+                               jax.jit(plain.apply)(trained, images)[i], atol=1e-5)
 
 
 @pytest.mark.parametrize('layer, fast_layer, kwargs, channels, features', [
@@ -115,16 +118,20 @@ def test_dropout_is_inverted_and_off_in_evaluation():
 
 
 @pytest.mark.parametrize('chunks', [1, 3])
-def test_a_conv_made_chunk_by_chunk_has_flax_outputs_and_gradients(chunks, monkeypatch):
+@pytest.mark.parametrize('stride', [1, 2])
+def test_a_conv_made_chunk_by_chunk_has_flax_outputs_and_gradients(chunks, stride, monkeypatch):
   """Patches made a few images at a time, forward and again for the gradients: the same
-  outputs, and the same gradients of the input and of the kernel, as flax's nn.Conv."""
+  outputs, and the same gradients of the input and of the kernel, as flax's nn.Conv; with
+  stride 2, as nn.Conv followed by the CAE's subsampling."""
   x = jax.random.normal(jax.random.PRNGKey(0), (6, 5, 4, 3))
-  monkeypatch.setattr(cpu_convs, 'PATCH_BYTES', 9 * x.size * 4 // chunks)
+  monkeypatch.setattr(cpu_convs, 'PATCH_BYTES', 9 * x.size * 4 // stride**2 // chunks)
   conv = nn.Conv(7, (3, 3), padding='SAME')
   variables = conv.init(jax.random.PRNGKey(1), x)
   layout = cpu_convs.CHANNELS_FIRST
-  fast = lambda v, x: layout.leave(cpu_convs.MatmulConv3x3(7).apply(v, layout.enter(x)))
-  np.testing.assert_allclose(fast(variables, x), conv.apply(variables, x), atol=1e-5)
+  fast = lambda v, x: layout.leave(
+      cpu_convs.MatmulConv3x3(7).apply(v, layout.enter(x), stride=stride))
+  flax_conv = lambda v, x: conv.apply(v, x)[:, ::stride, ::stride]
+  np.testing.assert_allclose(fast(variables, x), flax_conv(variables, x), atol=1e-5)
   grads = lambda f: jax.grad(lambda v, x: jnp.sum(jnp.sin(f(v, x))), argnums=(0, 1))(variables, x)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
-               grads(jax.jit(fast)), grads(conv.apply))
+               grads(jax.jit(fast)), grads(flax_conv))
