@@ -97,7 +97,8 @@ def reconstruction_rows(run: TrainedRun, num_examples: int, seed: int = 0) -> di
     inputs = np.asarray(metrics.add_noise(jax.random.PRNGKey(metrics.EVAL_NOISE_SEED), images,
                                         run.config.noise.mean, run.config.noise.std))
     rows['noisy input'] = inputs
-  reconstruct = jax.jit(lambda v, x: run.model.apply(v, x, train=False)[0])
+  reconstruct = jax.jit(lambda v, x: run.model.apply(v, x, train=False)[0],
+                        compiler_options=models.compile_once_options())  # a few images
   rows['reconstruction'] = np.asarray(reconstruct(run.variables, inputs))
   titles = None
   if run.labels is not None:

@@ -23,6 +23,7 @@ numbers are computed on that projection. Data without labels gets a one-colour m
 the trustworthiness.
 """
 
+import functools
 import json
 import os
 import time
@@ -44,6 +45,7 @@ from ae_jax import config_lib
 from ae_jax import evaluate
 from ae_jax import input_pipeline
 from ae_jax import metrics
+from ae_jax import models
 from ae_jax import plots
 
 PCA_DIMS = 50
@@ -59,7 +61,7 @@ def encode(run: evaluate.TrainedRun, images: np.ndarray) -> np.ndarray:
   batch_size = metrics.eval_batch_size(run.config, len(images), mesh.size)
   indices, _ = metrics.padded_batches(len(images), batch_size)
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=models.compiler_options())
   def encode_batches(variables, images, indices):
     encode_batch = lambda idx: run.model.apply(variables, metrics.to_float(images[idx]),
                                                method='encode')
