@@ -14,6 +14,8 @@ width, channels) activations (2 CPU cores, huge pages). models.CAE moves the cha
 the way in and once on the way out (CHANNELS_FIRST). A 3x3 convolution's patches, nine times its
 input, are made a few images at a time and again for the gradients (PATCH_BYTES), so that a
 training step needs about as much memory as PyTorch's, whose convolutions make no patches.
+With stride 2 a convolution computes only the pixels that the CAE's subsampling keeps, which
+is what it needs in evaluation (models.CAE.encode).
 """
 
 import functools
