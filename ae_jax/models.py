@@ -132,10 +132,10 @@ class CAE(nn.Module):
         # BatchNorm with its running averages and ReLU act pixel by pixel: the convolution
         # computes only the pixels that the subsampling keeps, a quarter of its work.
         x = nn.relu(norm(conv(x, stride=2), use_running_average=True))
-        continue
-      x = nn.relu(norm(conv(x), use_running_average=not train))
-      if subsample:
-        x = self.layout.subsample(x)
+      else:
+        x = nn.relu(norm(conv(x), use_running_average=not train))
+        if subsample:
+          x = self.layout.subsample(x)
     return self.layout.leave(x)
 
   def decode(self, latent, train: bool = False):
