@@ -11,11 +11,15 @@ Activations are (channels, batch, height, width) here: each convolution is then 
 patches` with the long batch*height*width axis last and contiguous in every operand, which ran a
 CAE training step in 0.82-0.87 s against 0.93-0.96 s for the same matmuls on (batch, height,
 width, channels) activations (2 CPU cores, huge pages). models.CAE moves the channels axis once on
-the way in and once on the way out (CHANNELS_FIRST). A 3x3 convolution's patches, nine times its
-input, are made a few images at a time and again for the gradients (PATCH_BYTES), so that a
-training step needs about as much memory as PyTorch's, whose convolutions make no patches.
-With stride 2 a convolution computes only the pixels that the CAE's subsampling keeps, which
-is what it needs in evaluation (models.CAE.encode).
+the way in and once on the way out (CHANNELS_FIRST).
+
+A 3x3 convolution takes one of three ways (conv3x3): from 16 input channels up, Winograd's
+F(2x2, 3x3), which needs 16 products per 2x2 output pixels where patches need 36 (the CAE's
+training step took 0.65 s instead of 0.85 s); to a few output channels, one matmul over the
+padded pixels and a sum of nine shifted planes; otherwise patches (im2col), nine times the input,
+made a few images at a time and again for the gradients (PATCH_BYTES). With stride 2 a
+convolution computes only the pixels that the CAE's subsampling keeps, which is what it needs in
+evaluation (models.CAE.encode), with patches: they then do less work than Winograd's tiles.
 """
 
 import functools
@@ -130,11 +134,11 @@ def winograd_conv3x3(x, kernel):
 
 # A layer's patch tensor, 9 times its input, is made at most this large at a time: its images
 # are taken in `chunks` groups, forward and again in the backward pass, instead of keeping the
-# patches of the whole batch for the gradients. On a CAE training step of 128 images (2 CPU
-# cores) XLA's temporaries came to 422 MB instead of 806 MB and the process's peak to 1.2 GB
-# instead of 1.75 GB. Making the patches twice costs time: a step took 0.88-0.94 s (fastest and
-# median of 12) against 0.80-0.88 s, same run. Evaluation gained: 443-459 images/s against
-# 376-402, the chunks' matmuls working in the caches. 32 and 128 MB chunks trained no faster.
+# patches of the whole batch for the gradients. When every 3x3 convolution of the CAE still
+# made patches, XLA's temporaries for a training step of 128 images (2 CPU cores) came to 422 MB
+# instead of 806 MB and the process's peak to 1.2 GB instead of 1.75 GB, and evaluation ran at
+# 443-459 images/s against 376-402, the chunks' matmuls working in the caches. Patches now serve
+# the CAE's first convolution (1 channel) and evaluation's strided ones.
 PATCH_BYTES = 8 << 20
 
 

@@ -101,9 +101,10 @@ def padded_batches(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.n
 
 
 # The matmul CAE (cpu_convs.py) evaluates as fast in batches of 64 as in larger ones (on 2 CPU
-# cores 64 and 128 images a batch ran at 937-942 images/s, 500 at 860), and its activations
-# then take 1/16 of the memory that a batch of 1,000 takes (200 MB for its largest layer, the
-# 28x28x64 output of the second convolution: the third computes only the 14x14 pixels it keeps).
+# cores 64, 128 and 256 images a batch ran at 976, 959 and 914 images/s), and its temporaries
+# then take 1/16 of the memory that a batch of 1,000 takes (800 MB for its largest, the
+# Winograd products of the second convolution: 4 times its 28x28x64 output; the third and fourth
+# compute only the pixels they keep).
 # Accelerators evaluate larger batches best, so the cap applies to the CPU formulation only.
 MATMUL_CAE_EVAL_BATCH = 64
 

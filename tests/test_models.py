@@ -90,6 +90,9 @@ def test_matmul_cae_computes_what_flax_convolutions_compute(image_shape, patch_b
 
 @pytest.mark.parametrize('layer, fast_layer, kwargs, channels, features', [
     (nn.Conv, cpu_convs.MatmulConv3x3, dict(kernel_size=(3, 3), padding='SAME'), 3, 7),
+    # from 16 channels up: Winograd's F(2x2, 3x3), here on an odd height
+    (nn.Conv, cpu_convs.MatmulConv3x3, dict(kernel_size=(3, 3), padding='SAME'), 16, 7),
+    (nn.ConvTranspose, cpu_convs.MatmulConv3x3, dict(kernel_size=(3, 3), padding='SAME'), 16, 7),
     # few output channels: the nine shifted planes instead of patches
     (nn.Conv, cpu_convs.MatmulConv3x3, dict(kernel_size=(3, 3), padding='SAME'), 8, 1),
     (nn.ConvTranspose, cpu_convs.MatmulConv3x3, dict(kernel_size=(3, 3), padding='SAME'), 3, 7),
