@@ -125,8 +125,8 @@ def winograd_conv3x3(x, kernel):
   data = [_winograd_input([r[..., j:j + 2 * tiles_x:2] for j in range(4)]) for r in rows]
   g = jnp.asarray(WINOGRAD_KERNEL, kernel.dtype)
   weights = jnp.einsum('ai,ijcf,bj->abfc', g, kernel, g)  # G g G^T, (4, 4, F, C)
-  # 16 matmuls rather than one batched: XLA:CPU ran its batched matmul at 40-90 GFLOP/s here
-  # against 100-135 for the same products as separate matmuls.
+  # 16 matmuls rather than one batched matmul over a stack of the tiles, which took the CAE's
+  # training step to 0.90-1.14 s against 0.68 s (XLA:CPU, same run).
   products = [[(weights[a, b] @ data[a][b].reshape(channels, -1)).reshape(
       features, batch, tiles_y, tiles_x) for b in range(4)] for a in range(4)]
   columns = [_winograd_output([products[a][b] for a in range(4)]) for b in range(4)]
