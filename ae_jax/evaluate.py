@@ -26,6 +26,7 @@ from ae_jax import input_pipeline
 from ae_jax import metrics
 from ae_jax import models
 from ae_jax import plots
+from ae_jax import start_up_done
 from ae_jax import train
 
 SPLITS = ('test', 'validation', 'train')
@@ -134,6 +135,7 @@ def main(workdir: str, config, checkpoint: str, split: str | None, num_examples:
             'num_images': len(run.images), **results}
 
   rows, titles = reconstruction_rows(run, num_examples)
+  start_up_done()
   figure = os.path.join(out_dir, f'{split}_reconstructions.png')
   try:
     os.makedirs(out_dir, exist_ok=True)

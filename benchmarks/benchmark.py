@@ -20,7 +20,8 @@ every measurement runs in a fresh process, ae_jax and PyTorch in alternation:
   peak memory     the process's peak resident memory (and the device's, on a GPU)
 
 Each process runs as its users run it: ae_jax as its commands do (glibc's huge pages for malloc,
-JAX's persistent compilation cache), PyTorch with its defaults, and PyTorch again with the same
+JAX's persistent compilation cache, Python's garbage collector off until the update is
+compiled), PyTorch with its defaults, and PyTorch again with the same
 huge-page setting (GLIBC_TUNABLES=glibc.malloc.hugetlb=1, where glibc >= 2.35 has it), so that the
 comparison shows what that setting does for each.
 
@@ -102,6 +103,8 @@ def is_slow(model: str, platform_name: str) -> bool:
 def jax_child(model: str, folder: str, launched: float, full_epochs: bool,
               cache: str) -> dict:
   sys.path.insert(0, ROOT)
+  import ae_jax  # pylint: disable=g-import-not-at-top
+  ae_jax.pause_gc()  # as an ae_jax command starts, until train_and_evaluate has compiled
   import importlib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from ae_jax import cli, metric_writers, metrics, train  # pylint: disable=g-import-not-at-top,g-multiple-import

@@ -1,6 +1,8 @@
 """The training command as a user runs it: its errors are one line, and it resumes."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -182,6 +184,39 @@ def test_ae_jax_commands_restart_themselves_with_huge_pages(monkeypatch):
   monkeypatch.setattr(sys, 'orig_argv', [sys.executable, '-m', 'pytest'])
   ae_jax._restart_with_huge_pages()  # pylint: disable=protected-access
   assert len(calls) == 1  # switched off, or not an ae_jax command
+
+
+def test_a_command_starts_with_the_garbage_collector_off(tmp_path):
+  config = tmp_path / 'gc_config.py'
+  config.write_text('import gc\nfrom configs import ae\n\n\ndef get_config():\n'
+                    "  print('collector on:', gc.isenabled())\n  return ae.get_config()\n")
+  result = run_module('ae_jax.main', f'--config={config}', '--config.seed=-1', cwd=ROOT)
+  assert 'collector on: False' in result.stdout, result.stdout + result.stderr
+  _assert_one_line_error(result, 'config.seed=-1')
+  imported = subprocess.run([sys.executable, '-c', 'import gc, ae_jax; print(gc.isenabled())'],
+                            cwd=ROOT, capture_output=True, text=True, check=True)
+  assert imported.stdout.strip() == 'True'  # importing the library leaves it alone
+
+
+def test_training_turns_the_garbage_collector_on_once_the_update_is_compiled(workdir,
+                                                                             monkeypatch):
+  import gc  # pylint: disable=g-import-not-at-top
+  import ae_jax  # pylint: disable=g-import-not-at-top
+  from ae_jax import train  # pylint: disable=g-import-not-at-top
+  from conftest import small_config  # pylint: disable=g-import-not-at-top
+  compiled_with = []
+  log = train._log  # pylint: disable=protected-access
+  monkeypatch.setattr(train, '_log', lambda message: (
+      compiled_with.append(gc.isenabled()) if message.startswith('compiled') else None,
+      log(message)))
+  ae_jax.pause_gc()  # as a command starts
+  try:
+    train.train_and_evaluate(small_config('ae', num_train=64), workdir)
+    assert compiled_with == [False]
+    assert gc.isenabled() and gc.get_freeze_count() > 0  # on for the loop; start-up's frozen
+  finally:
+    gc.enable()
+    gc.unfreeze()
 
 
 def test_a_python_without_the_dependencies_is_told_to_activate_the_environment(monkeypatch,
