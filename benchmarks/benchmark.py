@@ -8,7 +8,9 @@ real training images where Debian's dataset-fashion-mnist is installed, else ran
 every measurement runs in a fresh process, ae_jax and PyTorch in alternation:
 
   start-up        process start to the end of the first training step: imports, data, compile;
-                  ae_jax's first run starts with an empty compilation cache, its second reuses it
+                  ae_jax's first run starts with an empty compilation cache, its later runs and
+                  one more start reuse it (the second start: the best of --repeats, as
+                  PyTorch's start-up is)
                   (the call its loop has queued by then finishes before anything else is measured)
   train           steady-state training images per second
   epoch           one epoch of 48,000 images plus validation on 12,000, as each trains it
@@ -101,7 +103,7 @@ def is_slow(model: str, platform_name: str) -> bool:
 # --- ae_jax -------------------------------------------------------------------------------
 
 def jax_child(model: str, folder: str, launched: float, full_epochs: bool,
-              cache: str) -> dict:
+              cache: str, startup_only: bool = False) -> dict:
   sys.path.insert(0, ROOT)
   import ae_jax  # pylint: disable=g-import-not-at-top
   ae_jax.pause_gc()  # as an ae_jax command starts, until train_and_evaluate has compiled
@@ -144,6 +146,8 @@ def jax_child(model: str, folder: str, launched: float, full_epochs: bool,
   result = {'startup_cached_s' if cached else 'startup_s': startup_s,
             'device': jax.devices()[0].device_kind, 'platform': jax.devices()[0].platform,
             'huge_pages': 'glibc.malloc.hugetlb' in os.environ.get('GLIBC_TUNABLES', '')}
+  if startup_only:
+    return result
 
   # Steady-state training, with the program's own compiled update.
   splits = input_pipeline.load_splits(config.data)
@@ -275,7 +279,7 @@ def write_large_npy(path: str) -> None:
 # --- PyTorch ------------------------------------------------------------------------------
 
 def torch_child(model: str, folder: str, launched: float, full_epochs: bool,
-                cache: str) -> dict:
+                cache: str, startup_only: bool = False) -> dict:
   del cache  # ae_jax's
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
@@ -298,6 +302,8 @@ def torch_child(model: str, folder: str, launched: float, full_epochs: bool,
   result = {'device': device, 'startup_s': time.time() - launched,
             'torch': torch.__version__, 'threads': torch.get_num_threads(),
             'huge_pages': 'glibc.malloc.hugetlb' in os.environ.get('GLIBC_TUNABLES', '')}
+  if startup_only:
+    return result
   test = to_tensor(read_images(folder, 't10k'))
 
   slow = is_slow(model, 'gpu' if device == 'cuda' else 'cpu')
@@ -341,8 +347,9 @@ FRAMEWORKS = {  # name: (child, with glibc's huge pages)
 
 
 def measure(framework: str, model: str, folder: str, full_epochs: bool, cache: str,
-            child: str | None = None) -> dict:
-  """One fresh process of `framework` (its `child`, if given) measuring `model`."""
+            child: str | None = None, startup_only: bool = False) -> dict:
+  """One fresh process of `framework` (its `child`, if given) measuring `model`: everything,
+  or only its start-up."""
   default_child, huge_pages = FRAMEWORKS[framework]
   child = child or default_child
   environ = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
@@ -353,7 +360,8 @@ def measure(framework: str, model: str, folder: str, full_epochs: bool, cache: s
   out = tempfile.mktemp(suffix='.json')
   args = [sys.executable, os.path.abspath(__file__), f'--child={child}', f'--model={model}',
           f'--data={folder}', f'--launched={time.time()}', f'--out={out}',
-          f'--cache={cache}'] + (['--full_epochs'] if full_epochs else [])
+          f'--cache={cache}'] + (['--full_epochs'] if full_epochs else []) + (
+              ['--startup_only'] if startup_only else [])
   done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=environ)
   if done.returncode != 0:
     raise RuntimeError(f'{framework} {model} failed:\n{done.stderr[-3000:]}')
@@ -417,6 +425,7 @@ def main():
   parser.add_argument('--launched', type=float, help=argparse.SUPPRESS)
   parser.add_argument('--data', help=argparse.SUPPRESS)
   parser.add_argument('--cache', help=argparse.SUPPRESS)
+  parser.add_argument('--startup_only', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
 
   if args.child:
@@ -424,7 +433,8 @@ def main():
       result = placement_child(args.child.split('=')[1], args.data)
     else:
       child = jax_child if args.child == 'jax' else torch_child
-      result = child(args.model, args.data, args.launched, args.full_epochs, args.cache)
+      result = child(args.model, args.data, args.launched, args.full_epochs, args.cache,
+                     args.startup_only)
     with open(args.out, 'w') as f:
       json.dump(result, f)
     return
@@ -440,6 +450,11 @@ def main():
         print(f'{model}: {name} run {repeat + 1}/{args.repeats} ...', file=sys.stderr,
               flush=True)
         runs[name].append(measure(name, model, folder, args.full_epochs, cache))
+    # ae_jax's first run started with an empty cache: one more start, so that its second start
+    # is the best of `repeats` too, like PyTorch's start-up.
+    print(f'{model}: ae_jax start {args.repeats + 1} ...', file=sys.stderr, flush=True)
+    runs['ae_jax'].append(measure('ae_jax', model, folder, args.full_epochs, cache,
+                                  startup_only=True))
     by_model[model] = runs
 
   commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True,
