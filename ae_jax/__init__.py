@@ -62,10 +62,10 @@ def _check_installed() -> None:
 
 # An ae_jax command's start-up makes a few hundred thousand objects that live on (the imports,
 # then the traced model) and little garbage, yet each full pass of Python's cyclic garbage
-# collector walks all of them: such passes took 0.3-0.5 s of the CAE's 3.6 s to its first
-# training step (2 cores). A command starts with the collector off; start_up_done() turns it on
-# again once the command has compiled its programs, and leaves what start-up made out of its
-# passes from then on (gc.freeze).
+# collector walks all of them: such passes took about 0.5 s of the CAE's 3.7-4.5 s to its
+# first training step with its programs in the compilation cache (2 cores). A command starts
+# with the collector off; start_up_done() turns it on again once the command has compiled its
+# programs, and leaves what start-up made out of its passes from then on (gc.freeze).
 _gc_paused = False
 
 

@@ -99,7 +99,7 @@ def reconstruction_rows(run: TrainedRun, num_examples: int, seed: int = 0) -> di
                                         run.config.noise.mean, run.config.noise.std))
     rows['noisy input'] = inputs
   reconstruct = jax.jit(lambda v, x: run.model.apply(v, x, train=False)[0],
-                        compiler_options=models.compile_once_options())  # a few images
+                        compiler_options=models.compile_once_options(run.model))  # a few images
   rows['reconstruction'] = np.asarray(reconstruct(run.variables, inputs))
   titles = None
   if run.labels is not None:

@@ -85,7 +85,8 @@ def make_eval_fn(model, config, mesh, metrics=tuple(METRICS)):
       eval_loop,
       step_fn=functools.partial(eval_step, model=model, noise_mean=config.noise.mean,
                                 noise_std=config.noise.std, metrics=metrics),
-      batch_sharding=NamedSharding(mesh, P('data'))), compiler_options=models.compiler_options())
+      batch_sharding=NamedSharding(mesh, P('data'))),
+      compiler_options=models.compiler_options(model))
 
 
 def padded_batches(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -177,29 +177,34 @@ def conv_kind(model_config) -> str:
   return 'matmul' if jax.default_backend() == 'cpu' else 'xla'
 
 
-def compiler_options() -> dict:
-  """What every program ae_jax compiles asks of XLA: on CPUs, its older fusion emitters.
+def compiler_options(model: nn.Module) -> dict:
+  """What a program that runs `model` asks of XLA: for the CAE on CPUs, its older fusion
+  emitters, which compile it sooner and run it as fast.
 
-  With them XLA:CPU compiled the CAE's update (its convolutions then all patches) in 2.1 s
-  instead of 2.95 s and its init in 0.76 s instead of 1.1 s, and the update ran as fast
-  (0.85-0.90 s a step either way; 2 cores, jax 0.10). Only for the jax versions where that was measured: an XLA without the option would
-  refuse every program.
+  With them XLA:CPU compiled the CAE's update in 3.1-3.3 s instead of 4.7 s, which ran as fast
+  (0.66-0.80 s a step either way) and evaluated as fast (905-949 images/s against 942-999);
+  2 cores, jax 0.10. Not for the AE: with them it trained at 50,000-52,000 images/s instead of
+  61,000-65,000 (the DAE at 39,000-40,000 instead of 45,000-47,000) and evaluated at
+  97,000-105,000 instead of 163,000-180,000. Only for the jax version where that was measured:
+  an XLA without the option would refuse every program.
   """
-  if jax.default_backend() != 'cpu' or jax.__version_info__[:2] != (0, 10):
+  if (not isinstance(model, CAE) or jax.default_backend() != 'cpu'
+      or jax.__version_info__[:2] != (0, 10)):
     return {}
   return {'xla_cpu_use_fusion_emitters': False}
 
 
-def compile_once_options() -> dict:
-  """compiler_options() for code that runs once, which needs no optimizing: XLA:CPU compiles the
-  CAE's init in 0.7 s instead of 2.9 s at level 0, and runs it in 0.05 s instead of 0.01 s."""
-  return {**compiler_options(), 'xla_backend_optimization_level': 0}
+def compile_once_options(model: nn.Module) -> dict:
+  """compiler_options(model) for code that runs once, which needs no optimizing: XLA:CPU
+  compiles the CAE's init in 0.7 s instead of 2.9 s at level 0, and runs it in 0.05 s instead
+  of 0.01 s."""
+  return {**compiler_options(model), 'xla_backend_optimization_level': 0}
 
 
 def init_variables(model: nn.Module, rng) -> dict:
   """The model's variables ({'params': ..., 'batch_stats': ...}) for one dummy batch.
 
-  Jit it (with compile_once_options()) or call it inside a jitted function.
+  Jit it (with compile_once_options(model)) or call it inside a jitted function.
   """
   dummy = jnp.zeros((1, *model.image_shape), jnp.float32)
   variables = model.init({'params': rng}, dummy, train=False)

@@ -44,7 +44,7 @@ def create_optimizer(config) -> optax.GradientTransformation:
 
 
 def create_train_state(model, tx, seed: int) -> TrainState:
-  """The initial train state; jit it (with models.compile_once_options())."""
+  """The initial train state; jit it (with models.compile_once_options(model))."""
   params_rng, rng = jax.random.split(jax.random.PRNGKey(seed))
   variables = models.init_variables(model, params_rng)
   return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
@@ -167,7 +167,7 @@ def make_update(config, image_shape, tx, mesh, train_images, placement) -> Updat
     step_fn = functools.partial(train_step, model=model, **step_kwargs)
     run = jax.jit(functools.partial(train_loop, step_fn=step_fn,
                                     batch_sharding=NamedSharding(mesh, P('data'))),
-                  donate_argnums=0, compiler_options=models.compiler_options())
+                  donate_argnums=0, compiler_options=models.compiler_options(model))
     identity = lambda x: x
     return Update(run, make_feed(train_images, mesh, placement), identity, identity, np.asarray)
 
@@ -362,7 +362,8 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
   model = models.create_model(config.model, image_shape)
   tx = create_optimizer(config)
   state = jax.jit(functools.partial(create_train_state, model, tx, config.seed),
-                  out_shardings=replicated, compiler_options=models.compile_once_options())()
+                  out_shardings=replicated,
+                  compiler_options=models.compile_once_options(model))()
   placement = agree_placement(choose_feed(config.data, train_images, val_images.nbytes),
                               train_images)
   if jax.process_index() == 0:
@@ -399,7 +400,7 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
                    if config_lib.is_denoising(config) else None)
   shown = val_images[:config.num_summary_images].astype(np.float32) / 255.0
   reconstruct = jax.jit(lambda variables, x: model.apply(variables, x, train=False)[0],
-                        compiler_options=models.compile_once_options())  # a few images an epoch
+                        compiler_options=models.compile_once_options(model))  # a few images
 
   with checkpoints.managed(workdir) as manager:
     # --- Load a checkpoint.

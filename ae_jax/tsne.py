@@ -62,7 +62,7 @@ def encode(run: evaluate.TrainedRun, images: np.ndarray) -> np.ndarray:
   batch_size = metrics.eval_batch_size(run.config, len(images), mesh.size)
   indices, _ = metrics.padded_batches(len(images), batch_size)
 
-  @functools.partial(jax.jit, compiler_options=models.compiler_options())
+  @functools.partial(jax.jit, compiler_options=models.compiler_options(run.model))
   def encode_batches(variables, images, indices):
     encode_batch = lambda idx: run.model.apply(variables, metrics.to_float(images[idx]),
                                                method='encode')

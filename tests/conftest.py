@@ -87,7 +87,7 @@ def save_untrained(config, workdir):
   model = models.create_model(config.model, (28, 28, 1))
   state = jax.jit(functools.partial(train.create_train_state, model,
                                     train.create_optimizer(config), config.seed),
-                  compiler_options=models.compile_once_options())()
+                  compiler_options=models.compile_once_options(model))()
   with checkpoints.create_manager(workdir) as manager:
     checkpoints.save(manager, state)
   return workdir

@@ -14,7 +14,7 @@ from configs import cae
 def _init(config, image_shape):
   model = models.create_model(config.model, image_shape)
   init = jax.jit(models.init_variables, static_argnums=0,
-                 compiler_options=models.compile_once_options())
+                 compiler_options=models.compile_once_options(model))
   return model, init(model, jax.random.PRNGKey(0))
 
 

@@ -27,7 +27,7 @@ def _setup(config):
   model = models.create_model(config.model, IMAGES.shape[1:])
   tx = train.create_optimizer(config)
   state = jax.jit(functools.partial(train.create_train_state, model, tx, config.seed),
-                  compiler_options=models.compile_once_options())()
+                  compiler_options=models.compile_once_options(model))()
   step_fn = functools.partial(train.train_step, model=model, tx=tx, loss=config.loss,
                               noise_mean=config.noise.mean, noise_std=config.noise.std)
   return state, step_fn
