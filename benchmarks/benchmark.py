@@ -2,6 +2,7 @@
 
   pip install -e '.[bench]'          # PyTorch (CPU build: pip install torch==2.13.0)
   python benchmarks/benchmark.py     # prints a table, writes benchmarks/results.json
+  python benchmarks/benchmark.py --models=CAE,DCAE --startups=5   # start-ups alone, 5 of each
 
 For each of AE, DAE, CAE and DCAE at batch 128 on MNIST-shaped data (Fashion-MNIST's 60,000
 real training images where Debian's dataset-fashion-mnist is installed, else random images),
@@ -346,6 +347,36 @@ FRAMEWORKS = {  # name: (child, with glibc's huge pages)
 }
 
 
+def startups(models, folder: str, count: int) -> tuple[str, dict]:
+  """`count` start-ups of each framework for each model, in alternation, ae_jax's with the
+  compilation cache that one start before them filled: their medians and ranges, a steadier
+  figure than the best of two that the whole measurement takes."""
+  import statistics  # pylint: disable=g-import-not-at-top
+  others = list(FRAMEWORKS)[1:]
+  lines = ['| model | ae_jax, second start | ' + ' | '.join(
+      f'{name} | ae_jax / {name}' for name in others) + ' |',
+           '| --- | ---: |' + ' ---: | ---: |' * len(others)]
+  cell = lambda times: f'{statistics.median(times):.2f} s ({min(times):.2f}-{max(times):.2f})'
+  runs = {}
+  for model in models:
+    cache = tempfile.mkdtemp()
+    print(f'{model}: ae_jax first start ...', file=sys.stderr, flush=True)
+    measure('ae_jax', model, folder, False, cache, startup_only=True)
+    runs[model] = {name: [] for name in FRAMEWORKS}
+    for i in range(count):
+      for name in FRAMEWORKS:
+        print(f'{model}: {name} start {i + 1}/{count} ...', file=sys.stderr, flush=True)
+        runs[model][name].append(measure(name, model, folder, False, cache, startup_only=True))
+    times = {name: [r.get('startup_cached_s', r.get('startup_s')) for r in results]
+             for name, results in runs[model].items()}
+    cells = [model, cell(times['ae_jax'])]
+    for name in others:
+      ratio = statistics.median(times['ae_jax']) / statistics.median(times[name])
+      cells += [cell(times[name]), f'{ratio:.2f}']
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines), runs
+
+
 def measure(framework: str, model: str, folder: str, full_epochs: bool, cache: str,
             child: str | None = None, startup_only: bool = False) -> dict:
   """One fresh process of `framework` (its `child`, if given) measuring `model`: everything,
@@ -419,7 +450,11 @@ def main():
                       help='measure the CAE epoch on a CPU instead of estimating it')
   parser.add_argument('--placement', action='store_true',
                       help="also train the AE on a 2.4 GB .npy from disk and from host memory")
-  parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'results.json'))
+  parser.add_argument('--startups', type=int, default=0,
+                      help='measure only start-ups: this many of each, alternating, ae_jax with a '
+                      'warm compilation cache; medians and ranges, in benchmarks/startups.json')
+  parser.add_argument('--out', help='default: benchmarks/results.json (startups.json with '
+                      '--startups)')
   parser.add_argument('--child', help=argparse.SUPPRESS)
   parser.add_argument('--model', help=argparse.SUPPRESS)
   parser.add_argument('--launched', type=float, help=argparse.SUPPRESS)
@@ -439,10 +474,13 @@ def main():
       json.dump(result, f)
     return
 
+  args.out = args.out or os.path.join(ROOT, 'benchmarks',
+                                      'startups.json' if args.startups else 'results.json')
   folder = tempfile.mkdtemp()
   data = prepare_data(folder)
+  models = list(filter(None, args.models.split(',')))
   by_model = {}
-  for model in filter(None, args.models.split(',')):
+  for model in [] if args.startups else models:
     cache = tempfile.mkdtemp()  # empty for ae_jax's first run of this model
     runs = {name: [] for name in FRAMEWORKS}
     for repeat in range(args.repeats):
@@ -462,19 +500,27 @@ def main():
   header = (f'{datetime.date.today().isoformat()}, commit {commit}, '
             f'{platform.processor() or platform.machine()} with {os.cpu_count()} cores')
   results = {'header': header}
+  if args.startups and models:
+    results['startups'], by_model = startups(models, folder, args.startups)
+    results['startup_runs'] = by_model
   if by_model:
     first = next(iter(by_model.values()))
     ours, theirs = first['ae_jax'][0], first['PyTorch'][0]
     header += (f', ae_jax on {ours["device"]} (huge pages: {ours["huge_pages"]}), PyTorch '
                f'{theirs["torch"]} on {theirs["device"]} with {theirs["threads"]} threads; '
-               f'data: {data}; batch {BATCH}; best of {args.repeats} alternating runs')
-    results.update(header=header, table=table(by_model), runs=by_model)
+               f'data: {data}; batch {BATCH}; ' + (
+                   f'{args.startups} start-ups of each, alternating: medians (ranges)'
+                   if args.startups else f'best of {args.repeats} alternating runs'))
+    results['header'] = header
+    if not args.startups:
+      results.update(table=table(by_model), runs=by_model)
   if args.placement:
     path = os.path.join(tempfile.mkdtemp(), 'images.npy')
     write_large_npy(path)
     results['placement_table'] = placement_table(path)
     os.remove(path)
-  print('\n\n'.join([header] + [results[k] for k in ('table', 'placement_table') if k in results]))
+  print('\n\n'.join([header] + [results[k] for k in ('table', 'startups', 'placement_table')
+                                  if k in results]))
   with open(args.out, 'w') as f:
     json.dump(results, f, indent=2)
   print(f'\nwrote {args.out}', file=sys.stderr)
