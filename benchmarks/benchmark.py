@@ -347,6 +347,21 @@ FRAMEWORKS = {  # name: (child, with glibc's huge pages)
 }
 
 
+def whole_runs(model: str, folder: str, repeats: int, full_epochs: bool) -> dict:
+  """`repeats` whole measurements of each framework for `model`, in alternation, ae_jax's first
+  with an empty compilation cache; then one more start of ae_jax, so that its second start is
+  the best of `repeats` too, like PyTorch's start-up."""
+  cache = tempfile.mkdtemp()
+  runs = {name: [] for name in FRAMEWORKS}
+  for repeat in range(repeats):
+    for name in FRAMEWORKS:
+      print(f'{model}: {name} run {repeat + 1}/{repeats} ...', file=sys.stderr, flush=True)
+      runs[name].append(measure(name, model, folder, full_epochs, cache))
+  print(f'{model}: ae_jax start {repeats + 1} ...', file=sys.stderr, flush=True)
+  runs['ae_jax'].append(measure('ae_jax', model, folder, full_epochs, cache, startup_only=True))
+  return runs
+
+
 def startups(models, folder: str, count: int) -> tuple[str, dict]:
   """`count` start-ups of each framework for each model, in alternation, ae_jax's with the
   compilation cache that one start before them filled: their medians and ranges, a steadier
@@ -479,30 +494,20 @@ def main():
   folder = tempfile.mkdtemp()
   data = prepare_data(folder)
   models = list(filter(None, args.models.split(',')))
-  by_model = {}
-  for model in [] if args.startups else models:
-    cache = tempfile.mkdtemp()  # empty for ae_jax's first run of this model
-    runs = {name: [] for name in FRAMEWORKS}
-    for repeat in range(args.repeats):
-      for name in FRAMEWORKS:
-        print(f'{model}: {name} run {repeat + 1}/{args.repeats} ...', file=sys.stderr,
-              flush=True)
-        runs[name].append(measure(name, model, folder, args.full_epochs, cache))
-    # ae_jax's first run started with an empty cache: one more start, so that its second start
-    # is the best of `repeats` too, like PyTorch's start-up.
-    print(f'{model}: ae_jax start {args.repeats + 1} ...', file=sys.stderr, flush=True)
-    runs['ae_jax'].append(measure('ae_jax', model, folder, args.full_epochs, cache,
-                                  startup_only=True))
-    by_model[model] = runs
+  measured = {}
+  if args.startups and models:
+    measured['startups'], by_model = startups(models, folder, args.startups)
+    measured['startup_runs'] = by_model
+  else:
+    by_model = {model: whole_runs(model, folder, args.repeats, args.full_epochs)
+                for model in models}
+    if by_model:
+      measured.update(table=table(by_model), runs=by_model)
 
   commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True,
                           text=True).stdout.strip()
   header = (f'{datetime.date.today().isoformat()}, commit {commit}, '
             f'{platform.processor() or platform.machine()} with {os.cpu_count()} cores')
-  results = {'header': header}
-  if args.startups and models:
-    results['startups'], by_model = startups(models, folder, args.startups)
-    results['startup_runs'] = by_model
   if by_model:
     first = next(iter(by_model.values()))
     ours, theirs = first['ae_jax'][0], first['PyTorch'][0]
@@ -511,9 +516,7 @@ def main():
                f'data: {data}; batch {BATCH}; ' + (
                    f'{args.startups} start-ups of each, alternating: medians (ranges)'
                    if args.startups else f'best of {args.repeats} alternating runs'))
-    results['header'] = header
-    if not args.startups:
-      results.update(table=table(by_model), runs=by_model)
+  results = {'header': header, **measured}
   if args.placement:
     path = os.path.join(tempfile.mkdtemp(), 'images.npy')
     write_large_npy(path)
