@@ -142,6 +142,8 @@ def use_compilation_cache(folder: str) -> None:
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
   jax.monitoring.register_event_listener(_count_compilation)
+  from ae_jax import trace_cache  # pylint: disable=g-import-not-at-top
+  trace_cache.FOLDER = os.path.join(folder, 'traces')
 
 
 # What the persistent compilation cache did in this process, from JAX's own monitoring events.
@@ -159,8 +161,12 @@ def compilation_summary() -> str | None:
   """One line on what the compilation cache did, or None where it was not used."""
   if not COMPILATIONS['read'] + COMPILATIONS['compiled']:
     return None
+  from ae_jax import trace_cache  # pylint: disable=g-import-not-at-top
+  traces = trace_cache.COUNTS
   return (f'compilation cache: {COMPILATIONS["read"]} programs read from it, '
-          f'{COMPILATIONS["compiled"]} compiled')
+          f'{COMPILATIONS["compiled"]} compiled' +
+          (f'; {traces["read"]} traced programs read from it, {traces["traced"]} traced'
+           if traces['read'] + traces['traced'] else ''))
 
 
 def run(main):

@@ -28,6 +28,7 @@ from ae_jax import metrics
 from ae_jax import models
 from ae_jax import plots
 from ae_jax import start_up_done
+from ae_jax import trace_cache
 
 
 @flax.struct.dataclass
@@ -152,7 +153,8 @@ def make_feed(images, mesh, placement):
 
 class Update(NamedTuple):
   """The compiled update and what it takes, for config.parallel = 'jit' or 'pmap'."""
-  run: Any  # (state, images, indices, num_steps) -> (state, each step's loss)
+  compile: Any  # example arguments -> the compiled run:
+  #   (state, images, indices, num_steps) -> (state, each step's loss)
   feed: Any  # rows (steps, batch_size) -> (images, indices) for `run`
   to_run_state: Any  # a replicated TrainState -> the state `run` takes
   from_run_state: Any  # and back
@@ -165,11 +167,14 @@ def make_update(config, image_shape, tx, mesh, train_images, placement) -> Updat
   if config.parallel == 'jit':
     model = models.create_model(config.model, image_shape)
     step_fn = functools.partial(train_step, model=model, **step_kwargs)
-    run = jax.jit(functools.partial(train_loop, step_fn=step_fn,
-                                    batch_sharding=NamedSharding(mesh, P('data'))),
-                  donate_argnums=0, compiler_options=models.compiler_options(model))
+    run = functools.partial(train_loop, step_fn=step_fn,
+                            batch_sharding=NamedSharding(mesh, P('data')))
+    compile_run = lambda *args: trace_cache.jit_compile(
+        run, args, name='update', context=config.to_json_best_effort(sort_keys=True),
+        donate_argnums=(0,), compiler_options=models.compiler_options(model))
     identity = lambda x: x
-    return Update(run, make_feed(train_images, mesh, placement), identity, identity, np.asarray)
+    return Update(compile_run, make_feed(train_images, mesh, placement), identity, identity,
+                  np.asarray)
 
   # pmap: the same train_step per device, with the batch statistics, gradients and loss averaged
   # over the axis; one copy of the data and of the state per device, stacked on a leading axis.
@@ -183,6 +188,7 @@ def make_update(config, image_shape, tx, mesh, train_images, placement) -> Updat
   step_fn = functools.partial(train_step, model=pmap_model, axis_name='data', **step_kwargs)
   run = jax.pmap(functools.partial(train_loop, step_fn=step_fn), axis_name='data',
                  in_axes=(0, 0, 0, None), donate_argnums=0)
+  compile_run = lambda *args: run.lower(*args).compile()
   stacked = NamedSharding(mesh, P('data'))
   num_devices = mesh.size
   to_pmap = lambda tree: jax.tree.map(
@@ -193,7 +199,7 @@ def make_update(config, image_shape, tx, mesh, train_images, placement) -> Updat
       rows.reshape(len(rows), num_devices, -1).transpose(1, 0, 2), stacked))
   from_pmap = lambda state: jax.device_put(jax.tree.map(lambda x: x[0], state),
                                            NamedSharding(mesh, P()))
-  return Update(run, feed, to_pmap, from_pmap, lambda losses: np.asarray(losses[0]))
+  return Update(compile_run, feed, to_pmap, from_pmap, lambda losses: np.asarray(losses[0]))
 
 
 # --- interruptions ------------------------------------------------------------------------
@@ -361,9 +367,10 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
   # --- The model and the train state; then where the data goes, with the state counted.
   model = models.create_model(config.model, image_shape)
   tx = create_optimizer(config)
-  state = jax.jit(functools.partial(create_train_state, model, tx, config.seed),
-                  out_shardings=replicated,
-                  compiler_options=models.compile_once_options(model))()
+  state = trace_cache.jit_compile(
+      functools.partial(create_train_state, model, tx, config.seed), (), name='init',
+      context=config.to_json_best_effort(sort_keys=True), out_shardings=replicated,
+      compiler_options=models.compile_once_options(model))()
   placement = agree_placement(choose_feed(config.data, train_images, val_images.nbytes),
                               train_images)
   if jax.process_index() == 0:
@@ -387,9 +394,9 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
     max_steps = min(max_steps, metrics.streamed_batches_per_call(config, config.batch_size,
                                                                  streamed_bytes))
   compile_start = time.time()
-  run_steps = update.run.lower(update.to_run_state(state),
-                               *update.feed(np.full((max_steps, config.batch_size), -1, np.int32)),
-                               max_steps).compile()
+  run_steps = update.compile(update.to_run_state(state),
+                             *update.feed(np.full((max_steps, config.batch_size), -1, np.int32)),
+                             max_steps)
   _log(f'compiled the update function in {time.time() - compile_start:.1f} s')
   start_up_done()
   eval_fn = metrics.make_eval_fn(model, config, mesh, metrics=(config.loss,))

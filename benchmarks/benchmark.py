@@ -163,7 +163,7 @@ def jax_child(model: str, folder: str, launched: float, full_epochs: bool,
   slow = is_slow(model, result['platform'])
   steps = 4 if slow else 100
   rows = np.arange(steps * BATCH, dtype=np.int32).reshape(steps, BATCH)
-  run = update.run
+  run = update.compile(state, *update.feed(rows), steps)
   state, losses = run(state, *update.feed(rows), steps)
   np.asarray(losses)
   start = time.perf_counter()
