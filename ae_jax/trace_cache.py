@@ -15,6 +15,8 @@ The programs live in `traces/` in the compilation cache's folder (cli.use_compil
 FOLDER) and go with it: --compilation_cache= turns both off. A file that cannot be read
 (damaged, written by other versions) is traced again and replaced; one that cannot be written
 is skipped. Across processes (jax.distributed) every process traces, as without a cache.
+The files are unpickled: like the compiled programs beside them, they are trusted, so the folder
+must be the user's own.
 """
 
 import functools
@@ -27,6 +29,7 @@ from typing import Any, Callable
 
 import flax
 import jax
+import jaxlib
 import numpy as np
 import optax
 
@@ -50,7 +53,6 @@ def environment() -> str:
       sources.update(os.path.relpath(path, package).encode())
       with open(path, 'rb') as f:
         sources.update(f.read())
-  import jaxlib  # pylint: disable=g-import-not-at-top
   return repr((sources.hexdigest(), jax.__version__, jaxlib.__version__, flax.__version__,
                optax.__version__, np.__version__, sys.version, platform.machine(),
                sorted(jax.config.values.items()),
@@ -111,10 +113,8 @@ def _read(path: str):
     with open(path, 'rb') as f:
       serialized, out_tree = pickle.load(f)
     return jax.export.deserialize(serialized), out_tree
-  except FileNotFoundError:
-    return None
   except Exception:  # pylint: disable=broad-except
-    return None  # damaged, or written by other versions: traced again and replaced
+    return None  # absent, damaged, or written by other versions: traced again and replaced
 
 
 def _write(path: str, exported, out_tree) -> None:
