@@ -99,6 +99,8 @@ def test_offline_mnist_fails_within_seconds_and_says_what_to_do(tmp_path):
   _assert_one_line_error(result, 'no network', 'train-images-idx3-ubyte.gz',
                          '--config.data.manual_dir', '--config.data.source=idx',
                          'configs/quickstart.py')
+  # nothing before it: tfds warned of the dataset it had not prepared yet
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ tfds reads in any order (its data sources), and decoded a batch at a time.
 """
 
 import difflib
+import logging
 import os
 import re
 import threading
@@ -123,7 +124,7 @@ def read_tfds(data_config, wanted) -> dict[str, Split]:
       > feeds.host_memory() // 4)
   if on_disk:
     builder = _prepared_as_array_record(tfds, builder, data_config)
-  elif not builder.is_prepared():
+  elif not _is_prepared(builder):
     _prepare(tfds, builder, data_config)
   available = set(builder.info.splits)
   wanted = dict(wanted)
@@ -175,6 +176,19 @@ def read_tfds(data_config, wanted) -> dict[str, Split]:
   return splits
 
 
+def _is_prepared(builder) -> bool:
+  """builder.is_prepared(), without the warning that tfds logs for each dataset it has not
+  prepared yet ('Variant folder .../mnist/3.0.1 has no dataset_info.json'): on a new machine
+  the first thing a first run showed, before the line that says what happens."""
+  absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    return builder.is_prepared()
+  finally:
+    absl_logger.setLevel(level)
+
+
 def _prepare(tfds, builder, data_config, **kwargs) -> None:
   _check_can_prepare(builder, data_config)
   try:
@@ -192,7 +206,7 @@ def _prepared_as_array_record(tfds, builder, data_config):
   where it is not prepared yet; where it is, as TFRecord files (read only in order), a second
   time in DATA_DIR/array_record, from the same downloads."""
   formats = lambda b: [f.value for f in b.info.available_file_formats()]
-  if not builder.is_prepared():
+  if not _is_prepared(builder):
     _prepare(tfds, builder, data_config, file_format=ARRAY_RECORD)
     return builder
   if ARRAY_RECORD in formats(builder):
@@ -200,7 +214,7 @@ def _prepared_as_array_record(tfds, builder, data_config):
   records = tfds.builder(data_config.name, data_dir=os.path.join(builder.data_dir_root,
                                                                  ARRAY_RECORD),
                          file_format=ARRAY_RECORD)
-  if not records.is_prepared():
+  if not _is_prepared(records):
     print(f'{builder.data_dir} holds TFRecord files, which cannot be read in any order: '
           f'preparing {data_config.name!r} as ArrayRecord files in {records.data_dir_root} '
           '(once; config.data.placement=host reads the TFRecord files into memory instead)')
