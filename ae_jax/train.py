@@ -152,9 +152,10 @@ def make_feed(images, mesh, placement):
 
 
 class Update(NamedTuple):
-  """The compiled update and what it takes, for config.parallel = 'jit' or 'pmap'."""
-  compile: Any  # example arguments -> the compiled run:
-  #   (state, images, indices, num_steps) -> (state, each step's loss)
+  """How to compile the update (`run`) and what it takes, for config.parallel = 'jit' or
+  'pmap'."""
+  compile: Any  # example arguments -> run: (state, images, indices, num_steps) -> (state,
+  #   each step's loss)
   feed: Any  # rows (steps, batch_size) -> (images, indices) for `run`
   to_run_state: Any  # a replicated TrainState -> the state `run` takes
   from_run_state: Any  # and back
