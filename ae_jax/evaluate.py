@@ -8,6 +8,10 @@ are measured twice: on noisy inputs (noise from a fixed seed, so two runs agree)
 ones; the target is always the clean image.
 """
 
+if __name__ == '__main__':  # a command: prepare the process before JAX is imported
+  from ae_jax import launch
+  launch.start()
+
 import functools
 import json
 import os
@@ -26,7 +30,7 @@ from ae_jax import input_pipeline
 from ae_jax import metrics
 from ae_jax import models
 from ae_jax import plots
-from ae_jax import start_up_done
+from ae_jax import launch
 from ae_jax import train
 
 SPLITS = ('test', 'validation', 'train')
@@ -135,7 +139,7 @@ def main(workdir: str, config, checkpoint: str, split: str | None, num_examples:
             'num_images': len(run.images), **results}
 
   rows, titles = reconstruction_rows(run, num_examples)
-  start_up_done()
+  launch.start_up_done()
   figure = os.path.join(out_dir, f'{split}_reconstructions.png')
   try:
     os.makedirs(out_dir, exist_ok=True)

@@ -6,6 +6,10 @@ several processes (hosts), start the same command in each with --coordinator_add
 --num_processes and --process_id, or --distributed where JAX detects the cluster (SLURM, ...).
 """
 
+if __name__ == '__main__':  # a command: prepare the process before JAX is imported
+  from ae_jax import launch
+  launch.start()
+
 import threading
 
 from absl import app

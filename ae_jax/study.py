@@ -26,6 +26,10 @@ The data is read once for all members that share config.data, and JAX's compilat
 each on all devices.
 """
 
+if __name__ == '__main__':  # a command: prepare the process before JAX is imported
+  from ae_jax import launch
+  launch.start()
+
 import ast
 import csv
 import itertools

@@ -27,7 +27,7 @@ from ae_jax import metric_writers
 from ae_jax import metrics
 from ae_jax import models
 from ae_jax import plots
-from ae_jax import start_up_done
+from ae_jax import launch
 from ae_jax import trace_cache
 
 
@@ -399,7 +399,7 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
                              *update.feed(np.full((max_steps, config.batch_size), -1, np.int32)),
                              max_steps)
   _log(f'compiled the update function in {time.time() - compile_start:.1f} s')
-  start_up_done()
+  launch.start_up_done()
   eval_fn = metrics.make_eval_fn(model, config, mesh, metrics=(config.loss,))
   val_feed = make_feed(val_images, mesh, placement)
   # Denoising models are validated on their training task: noisy inputs (the same noise every

@@ -23,6 +23,10 @@ numbers are computed on that projection. Data without labels gets a one-colour m
 the trustworthiness.
 """
 
+if __name__ == '__main__':  # a command: prepare the process before JAX is imported
+  from ae_jax import launch
+  launch.start()
+
 import functools
 import json
 import os
@@ -47,7 +51,7 @@ from ae_jax import input_pipeline
 from ae_jax import metrics
 from ae_jax import models
 from ae_jax import plots
-from ae_jax import start_up_done
+from ae_jax import launch
 
 PCA_DIMS = 50
 PERPLEXITY = 30.0
@@ -185,7 +189,7 @@ def main(workdir, config, checkpoint, split, num_points, num_train_points, perpl
     print(f'mapping all {len(run.images):,} images of the {split} split (fewer than '
           f'--num_points={num_points})')
   space = latent_space(run, num_points, num_train_points, perplexity, seed, angle)
-  start_up_done()
+  launch.start_up_done()
   embedding, chosen, images, labels = space.embedding, space.chosen, space.images, space.labels
   latent_size, tsne_seconds, numbers = space.latent_size, space.tsne_seconds, space.numbers
 

@@ -106,8 +106,8 @@ def is_slow(model: str, platform_name: str) -> bool:
 def jax_child(model: str, folder: str, launched: float, full_epochs: bool,
               cache: str, startup_only: bool = False) -> dict:
   sys.path.insert(0, ROOT)
-  import ae_jax  # pylint: disable=g-import-not-at-top
-  ae_jax.pause_gc()  # as an ae_jax command starts, until train_and_evaluate has compiled
+  from ae_jax import launch  # pylint: disable=g-import-not-at-top
+  launch.pause_gc()  # as an ae_jax command starts, until train_and_evaluate has compiled
   import importlib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from ae_jax import cli, metric_writers, metrics, train  # pylint: disable=g-import-not-at-top,g-multiple-import
@@ -341,7 +341,7 @@ def torch_child(model: str, folder: str, launched: float, full_epochs: bool,
 # --- the run ------------------------------------------------------------------------------
 
 FRAMEWORKS = {  # name: (child, with glibc's huge pages)
-    'ae_jax': ('jax', True),  # as its commands run (ae_jax/__init__.py)
+    'ae_jax': ('jax', True),  # as its commands run (ae_jax/launch.py)
     'PyTorch': ('torch', False),
     'PyTorch, huge pages': ('torch', True),
 }
@@ -401,8 +401,8 @@ def measure(framework: str, model: str, folder: str, full_epochs: bool, cache: s
   environ = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
   if huge_pages:
     sys.path.insert(0, ROOT)
-    import ae_jax  # pylint: disable=g-import-not-at-top
-    environ = ae_jax.huge_pages_environ(environ) or environ
+    from ae_jax import launch  # pylint: disable=g-import-not-at-top
+    environ = launch.huge_pages_environ(environ) or environ
   out = tempfile.mktemp(suffix='.json')
   args = [sys.executable, os.path.abspath(__file__), f'--child={child}', f'--model={model}',
           f'--data={folder}', f'--launched={time.time()}', f'--out={out}',

@@ -162,30 +162,40 @@ def test_verbosity_shows_the_whole_traceback_for_a_bug_report(tmp_path):
 
 
 def test_ae_jax_commands_restart_themselves_with_huge_pages(monkeypatch):
+  import gc  # pylint: disable=g-import-not-at-top
   import platform  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  import ae_jax  # pylint: disable=g-import-not-at-top
+  from ae_jax import launch  # pylint: disable=g-import-not-at-top
   if sys.platform != 'linux' or platform.libc_ver()[0] != 'glibc':
     pytest.skip('glibc only')
   calls = []
   monkeypatch.setattr(os, 'execv', lambda *args: calls.append(args))
+  monkeypatch.setattr(launch, 'pause_gc', lambda: None)
   monkeypatch.delenv('GLIBC_TUNABLES', raising=False)
   monkeypatch.delenv('AE_JAX_HUGE_PAGES', raising=False)
   command = [sys.executable, '-m', 'ae_jax.main', '--config=configs/cae.py']
   monkeypatch.setattr(sys, 'orig_argv', command)
-  monkeypatch.setattr(sys, 'argv', ['-m', '--config=configs/cae.py'])  # as while -m imports
-  ae_jax._restart_with_huge_pages()  # pylint: disable=protected-access
+  launch.start()
   assert calls == [(sys.executable, command)]
   assert os.environ['GLIBC_TUNABLES'] == 'glibc.malloc.hugetlb=1'
-  ae_jax._restart_with_huge_pages()  # pylint: disable=protected-access
+  launch.start()
   assert len(calls) == 1  # once set, never again
   monkeypatch.setenv('GLIBC_TUNABLES', '')
   monkeypatch.setenv('AE_JAX_HUGE_PAGES', '0')
-  ae_jax._restart_with_huge_pages()  # pylint: disable=protected-access
-  monkeypatch.delenv('AE_JAX_HUGE_PAGES')
-  monkeypatch.setattr(sys, 'orig_argv', [sys.executable, '-m', 'pytest'])
-  ae_jax._restart_with_huge_pages()  # pylint: disable=protected-access
-  assert len(calls) == 1  # switched off, or not an ae_jax command
+  launch.start()
+  assert len(calls) == 1  # switched off
+  assert gc.isenabled()
+
+
+def test_importing_the_package_leaves_the_process_as_it_was():
+  check = ('import gc, os, sys; pid = os.getpid(); environ = dict(os.environ); '
+           'import ae_jax; assert dict(os.environ) == environ; '
+           'import ae_jax.main, ae_jax.evaluate, ae_jax.tsne, ae_jax.study; '
+           "assert gc.isenabled() and os.getpid() == pid; print('unchanged')")
+  env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+  result = subprocess.run([sys.executable, '-c', check], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
+  assert result.stdout.strip() == 'unchanged', result.stderr[-2000:]
 
 
 def test_a_command_starts_with_the_garbage_collector_off(tmp_path):
@@ -203,7 +213,7 @@ def test_a_command_starts_with_the_garbage_collector_off(tmp_path):
 def test_training_turns_the_garbage_collector_on_once_the_update_is_compiled(workdir,
                                                                              monkeypatch):
   import gc  # pylint: disable=g-import-not-at-top
-  import ae_jax  # pylint: disable=g-import-not-at-top
+  from ae_jax import launch  # pylint: disable=g-import-not-at-top
   from ae_jax import train  # pylint: disable=g-import-not-at-top
   from conftest import small_config  # pylint: disable=g-import-not-at-top
   compiled_with = []
@@ -211,7 +221,7 @@ def test_training_turns_the_garbage_collector_on_once_the_update_is_compiled(wor
   monkeypatch.setattr(train, '_log', lambda message: (
       compiled_with.append(gc.isenabled()) if message.startswith('compiled') else None,
       log(message)))
-  ae_jax.pause_gc()  # as a command starts
+  launch.pause_gc()  # as a command starts
   try:
     train.train_and_evaluate(small_config('ae', num_train=64), workdir)
     assert compiled_with == [False]
@@ -225,13 +235,11 @@ def test_a_python_without_the_dependencies_is_told_to_activate_the_environment(m
                                                                                capsys):
   import importlib.util  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  import ae_jax  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(sys, 'orig_argv', ['python', '-m', 'ae_jax.main'])
-  monkeypatch.setattr(sys, 'argv', ['-m'])
+  from ae_jax import launch  # pylint: disable=g-import-not-at-top
   real = importlib.util.find_spec
   monkeypatch.setattr(importlib.util, 'find_spec',
                       lambda name, *a: None if name == 'jax' else real(name, *a))
   with pytest.raises(SystemExit):
-    ae_jax._check_installed()  # pylint: disable=protected-access
+    launch.check_installed()
   err = capsys.readouterr().err
   assert err.startswith('error: ') and 'lacks jax' in err and '. .venv/bin/activate' in err
