@@ -13,7 +13,6 @@ from ae_jax import models
 
 
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
-LOSSES = ('mse', 'bce')
 PARALLEL = ('jit', 'pmap')
 
 
@@ -22,12 +21,86 @@ def _one_of(value, choices, field):
     raise UserError(f'{field}={value!r} is not one of: {", ".join(map(str, choices))}')
 
 
+def _at_least(minimum):
+  def check(value, field):
+    if value < minimum:
+      raise UserError(f'{field}={value} must be at least {minimum}')
+  return check
+
+
+def _features(value, field):
+  if len(value) != 4 or min(value) < 1:
+    raise UserError(f'{field}={tuple(value)} must be four positive channel counts, e.g. '
+                    '(32, 64, 128, 256)')
+
+
+def _dropout_rate(value, field):
+  if not 0 <= value < 1:
+    raise UserError(f'{field}={value} must be in [0, 1)')
+
+
+def _beta(value, field):
+  if not value >= 0:
+    raise UserError(f'{field}={value} must be 0 or more (1 is the VAE; beta-VAEs weigh the KL '
+                    'term more, e.g. 4)')
+
+
+# The checks of the fields that models read (each model names its own: models.MODELS[...].FIELDS).
+MODEL_FIELD_CHECKS = {
+    'model.hidden_dim': _at_least(1),
+    'model.latent_dim': _at_least(1),
+    'model.dropout_rate': _dropout_rate,
+    'model.features': _features,
+    'model.conv': lambda value, field: _one_of(value, ('auto', 'matmul', 'xla'), field),
+    'model.beta': _beta,
+    'model.likelihood': lambda value, field: _one_of(value, tuple(models.objectives.LIKELIHOODS),
+                                                     field),
+    'loss': lambda value, field: _one_of(value, tuple(models.objectives.LOSSES), field),
+}
+
+
+def _get(config, path: str, missing=None):
+  """config's field at `path` ('model.beta'); `missing` where it has none (an older run's
+  config.json)."""
+  node = config
+  for part in path.split('.'):
+    if part not in node:
+      return missing
+    node = node[part]
+  return node
+
+
+def model_fields(config) -> tuple[str, ...]:
+  """The fields that config.model.name's model reads ('model.latent_dim', 'loss', ...)."""
+  return models.MODELS[config.model.name].FIELDS
+
+
+def check_unused_fields(config, defaults) -> None:
+  """Refuses a field that the model does not read, set to other than its default (a VAE's beta
+  on an AE, say): it would change nothing, silently."""
+  used = set(model_fields(config))
+  for path in MODEL_FIELD_CHECKS:
+    if path in used:
+      continue
+    default = _get(defaults, path)
+    value = _get(config, path, missing=default)
+    if value != default and not (isinstance(value, (tuple, list)) and
+                                 tuple(value) == tuple(default)):
+      readers = [name for name, cls in models.MODELS.items() if path in cls.FIELDS]
+      raise UserError(f'config.{path}={value!r} is not used by the {config.model.name} (it is a '
+                      f'field of {", ".join(readers)}): leave it out, or choose a model that '
+                      'uses it')
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises UserError for the first field whose value cannot work."""
+  """Raises UserError for the first field whose value cannot work, or is set and unused."""
   _one_of(config.model.name, tuple(models.MODELS), 'config.model.name')
   _one_of(config.optimizer, OPTIMIZERS, 'config.optimizer')
-  _one_of(config.loss, LOSSES, 'config.loss')
   _one_of(config.parallel, PARALLEL, 'config.parallel')
+  _one_of(config.get('dtype', 'float32'), models.DTYPES, 'config.dtype')
+  for path in model_fields(config):
+    MODEL_FIELD_CHECKS[path](_get(config, path), f'config.{path}')
+  check_unused_fields(config, default_config())
   if not 0 <= config.seed < 2**63:
     raise UserError(f'config.seed={config.seed} must be a whole number from 0 to 2**63 - 1')
   if config.num_summary_images < 0:
@@ -45,18 +118,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise UserError(f'config.learning_rate={config.learning_rate} must be positive')
   if config.noise.std < 0:
     raise UserError(f'config.noise.std={config.noise.std} must not be negative')
-  if config.model.name == 'AE':
-    for field in ('hidden_dim', 'latent_dim'):
-      if config.model[field] < 1:
-        raise UserError(f'config.model.{field}={config.model[field]} must be at least 1')
-    if not 0 <= config.model.dropout_rate < 1:
-      raise UserError(
-          f'config.model.dropout_rate={config.model.dropout_rate} must be in [0, 1)')
-  else:
-    _one_of(config.model.conv, ('auto', 'matmul', 'xla'), 'config.model.conv')
-    if len(config.model.features) != 4 or min(config.model.features) < 1:
-      raise UserError(f'config.model.features={tuple(config.model.features)} must be four '
-                      'positive channel counts, e.g. (32, 64, 128, 256)')
   _one_of(config.data.placement, ('auto', 'device', 'host', 'disk'), 'config.data.placement')
   _one_of(config.data.source, tuple(input_pipeline.READERS), 'config.data.source')
   if config.data.image_size is not None and config.data.image_size < 1:
@@ -66,13 +127,31 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     'must be between 0 and 1 (exclusive)')
 
 
+# configs/default.py: every field and its default. It sits beside the package, not in it.
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              'configs', 'default.py')
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """configs/default.py's get_config(): every field with its default."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location('ae_jax_default_config', DEFAULT_CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 def is_denoising(config) -> bool:
   return config.noise.std > 0
 
 
 def display_name(config) -> str:
-  """AE, CAE, DAE or DCAE."""
-  return ('D' if is_denoising(config) else '') + config.model.name
+  """AE, CAE, VAE, ConvVAE; with a D in front for denoising (DAE, DCAE, DVAE, DConvVAE); beta
+  where a VAE's is not 1."""
+  name = ('D' if is_denoising(config) else '') + config.model.name
+  if 'model.beta' in model_fields(config) and config.model.beta != 1:
+    name += f' (beta {config.model.beta:g})'
+  return name
 
 
 def _describe(config) -> dict[str, object]:

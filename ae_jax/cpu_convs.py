@@ -1,44 +1,36 @@
-"""The CAE's convolutions as matmuls over channels-first activations: how they run fast on a CPU
-(config.model.conv = 'matmul', what 'auto' picks on CPUs; models.conv_kind decides).
+"""How the convolutional models run fast on CPUs: their convolutions as matmuls over
+channels-first activations (config.model.conv = 'matmul', what 'auto' picks on CPUs), given to
+the models as MATMUL_CONVS; and what their programs ask of XLA:CPU.
 
-XLA:CPU runs convolutions inside a loop body very slowly (jax-ml/jax#12868: here a CAE step
-took 80 s in lax.scan against 1.6 s outside) and its backward convolutions slowly everywhere,
-while its matmuls run near the CPU's peak. These modules compute exactly what the flax layers
-named in their docstrings compute, with the same parameters, as matmuls
-(tests/test_models.py checks outputs and gradients).
+XLA:CPU runs convolutions inside a loop body very slowly (jax-ml/jax#12868) and its backward
+convolutions slowly everywhere, while its matmuls run near the CPU's peak. These modules compute
+exactly what the flax layers named in their docstrings compute, with the same parameters, as
+matmuls (tests/test_models.py checks outputs and gradients).
 
 Activations are (channels, batch, height, width) here: each convolution is then `weights @
-patches` with the long batch*height*width axis last and contiguous in every operand, which ran a
-CAE training step in 0.82-0.87 s against 0.93-0.96 s for the same matmuls on (batch, height,
-width, channels) activations (2 CPU cores, huge pages). models.CAE moves the channels axis once on
-the way in and once on the way out (CHANNELS_FIRST).
+patches` with the long batch*height*width axis last and contiguous in every operand. The model
+moves the channels axis once on the way in and once on the way out (CHANNELS_FIRST).
 
 A 3x3 convolution takes one of three ways (conv3x3): from 16 input channels up, Winograd's
-F(2x2, 3x3), which needs 16 products per 2x2 output pixels where patches need 36 (the CAE's
-training step took 0.65 s instead of 0.85 s); to a few output channels, one matmul over the
-padded pixels and a sum of nine shifted planes; otherwise patches (im2col), nine times the input,
-made a few images at a time and again for the gradients (PATCH_BYTES). With stride 2 a
-convolution computes only the pixels that the CAE's subsampling keeps, which is what it needs in
-evaluation (models.CAE.encode), with patches: they then do less work than Winograd's tiles.
+F(2x2, 3x3), which needs 16 products per 2x2 output pixels where patches need 36; to a few output
+channels, one matmul over the padded pixels and a sum of nine shifted planes; otherwise patches
+(im2col), nine times the input, made a few images at a time and again for the gradients
+(PATCH_BYTES). Asked for the subsampled output only (evaluation), a convolution computes just
+the pixels that the subsampling keeps, with patches, which then do less work than Winograd's
+tiles. benchmarks/README.md has the measurements behind each choice.
 """
 
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-
-class Layout(NamedTuple):
-  """Where a CAE keeps the channels of its activations."""
-  enter: Callable  # (B, H, W, C) images or latents -> this layout
-  leave: Callable  # this layout -> (B, H, W, C)
-  feature_axis: int
-  subsample: Callable  # keeps every second pixel in each spatial direction
+from ae_jax.models import layers
 
 
-CHANNELS_FIRST = Layout(
+CHANNELS_FIRST = layers.Layout(
     enter=lambda x: jnp.moveaxis(x, -1, 0), leave=lambda x: jnp.moveaxis(x, 0, -1),
     feature_axis=0, subsample=lambda x: x[:, :, ::2, ::2])
 
@@ -68,8 +60,7 @@ def conv3x3(x, kernel, stride=1):
   if 4 * features <= channels:
     # Few output channels (the CAE's last layer, 32 -> 1): multiply every padded pixel by the
     # nine taps and add the nine shifted planes. That takes (H+2)(W+2)/HW times the multiplies
-    # of patches, but writes and reads 9F planes where patches take 9C: the CAE's 32 -> 1
-    # layer on a batch of 128 took 0.029 s forward and backward instead of 0.115 s.
+    # of patches, but writes and reads 9F planes where patches take 9C (4 times faster here).
     taps = kernel.reshape(9, channels, features)
     planes = taps.transpose(0, 2, 1).reshape(9 * features, channels) @ _pad(x).reshape(
         channels, -1)
@@ -87,14 +78,11 @@ def conv3x3(x, kernel, stride=1):
 # Winograd's minimal filtering F(2x2, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional
 # Neural Networks", 2016) makes each 2x2 block of output pixels from the 4x4 input tile around it
 # with 16 products per pair of channels instead of 36: 16 matmuls (F, C) @ (C, B*H*W/4), between
-# additions. For the CAE's 3x3 convolutions from 32 channels up, forward and backward on a batch
-# of 128 (2 CPU cores, same run): 28x28 32->64 0.097 s against 0.111 s with patches, 64->128
-# 0.244 against 0.327, 14x14 128->256 0.180 against 0.270, 7x7 256->128 0.079 against 0.110.
-# The first convolution (1 channel) keeps patches, whose matmuls are 9 times less thin; 16 is a
-# round threshold below the CAE's 32, not a tuned one. With stride 2 patches do less work.
-# Autodiff keeps the transformed inputs, 4 times a layer's input, for the kernel's gradient: a
-# training step's temporaries came to 542 MB instead of 422 MB. A custom VJP that made them
-# again in the backward pass took more (676 MB) and its step 10% longer.
+# additions. It is faster than patches for each of the CAE's 3x3 convolutions from 32 channels
+# up. The first convolution (1 channel) keeps patches, whose matmuls are 9 times less thin; 16 is
+# a round threshold below the CAE's 32, not a tuned one. With stride 2 patches do less work.
+# Autodiff keeps the transformed inputs, 4 times a layer's input, for the kernel's gradient (a
+# custom VJP that made them again in the backward pass took more memory, and longer).
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_KERNEL = ((1, 0, 0), (.5, .5, .5), (.5, -.5, .5), (0, 0, 1))  # the paper's G
 
@@ -125,8 +113,8 @@ def winograd_conv3x3(x, kernel):
   data = [_winograd_input([r[..., j:j + 2 * tiles_x:2] for j in range(4)]) for r in rows]
   g = jnp.asarray(WINOGRAD_KERNEL, kernel.dtype)
   weights = jnp.einsum('ai,ijcf,bj->abfc', g, kernel, g)  # G g G^T, (4, 4, F, C)
-  # 16 matmuls rather than one batched matmul over a stack of the tiles, which took the CAE's
-  # training step to 0.90-1.14 s against 0.68 s (XLA:CPU, same run).
+  # 16 matmuls rather than one batched matmul over a stack of the tiles, which XLA:CPU runs
+  # much slower (a CAE training step 0.90-1.14 s against 0.68 s).
   products = [[(weights[a, b] @ data[a][b].reshape(channels, -1)).reshape(
       features, batch, tiles_y, tiles_x) for b in range(4)] for a in range(4)]
   columns = [_winograd_output([products[a][b] for a in range(4)]) for b in range(4)]
@@ -138,11 +126,8 @@ def winograd_conv3x3(x, kernel):
 
 # A layer's patch tensor, 9 times its input, is made at most this large at a time: its images
 # are taken in `chunks` groups, forward and again in the backward pass, instead of keeping the
-# patches of the whole batch for the gradients. When every 3x3 convolution of the CAE still
-# made patches, XLA's temporaries for a training step of 128 images (2 CPU cores) came to 422 MB
-# instead of 806 MB and the process's peak to 1.2 GB instead of 1.75 GB, and evaluation ran at
-# 443-459 images/s against 376-402, the chunks' matmuls working in the caches. Patches now serve
-# the CAE's first convolution (1 channel) and evaluation's strided ones.
+# patches of the whole batch for the gradients; the chunks' matmuls then work in the caches, and
+# a training step's temporaries take about half the memory.
 PATCH_BYTES = 8 << 20
 
 
@@ -239,7 +224,8 @@ def _params(module: nn.Module, x, size: int):
 
 
 class MatmulConv3x3(nn.Module):
-  """nn.Conv(features, (3, 3), padding='SAME') on channels-first activations.
+  """nn.Conv(features, (3, 3), padding='SAME') on channels-first activations; `subsample`: only
+  the output pixels that CHANNELS_FIRST.subsample keeps, computed alone.
 
   Also flax's nn.ConvTranspose(features, (3, 3), padding='SAME'): with stride 1 and no kernel
   transposition it computes the same correlation.
@@ -248,9 +234,9 @@ class MatmulConv3x3(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, stride: int = 1):
+  def __call__(self, x, subsample: bool = False):
     x, kernel, bias = _params(self, x, size=3)
-    return conv3x3(x, kernel, stride) + bias[:, None, None, None]
+    return conv3x3(x, kernel, stride=2 if subsample else 1) + bias[:, None, None, None]
 
 
 class MatmulConvTranspose2x2(nn.Module):
@@ -263,3 +249,35 @@ class MatmulConvTranspose2x2(nn.Module):
   def __call__(self, x):
     x, kernel, bias = _params(self, x, size=2)
     return conv_transpose2x2(x, kernel) + bias[:, None, None, None]
+
+
+# --- What the models are given -------------------------------------------------------------
+
+# XLA's older fusion emitters compile the CAE's update in two thirds of the time and run it as
+# fast. Not for the dense models, which run slower with them (so they go with these layers).
+FUSION_EMITTERS_OFF = {'xla_cpu_use_fusion_emitters': False}
+
+
+@functools.cache
+def compiler_options() -> dict:
+  """What programs of a model with these layers ask of XLA: its older fusion emitters on CPUs,
+  where this XLA has the option (an XLA without it refuses every program that asks)."""
+  if jax.default_backend() != 'cpu':
+    return {}
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=FUSION_EMITTERS_OFF).lower(1.0).compile()
+  except Exception:  # pylint: disable=broad-except  (XLA's error for an unknown option)
+    return {}
+  return dict(FUSION_EMITTERS_OFF)
+
+
+# These layers evaluate as fast in batches of 64 as in larger ones, and their temporaries then
+# take 1/16 of the memory a batch of 1,000 takes (the Winograd products of the second
+# convolution, 4 times its 28x28x64 output, are the largest). Accelerators evaluate larger
+# batches best, and XLA's layers are not capped.
+EVAL_BATCH_SIZE = 64
+
+MATMUL_CONVS = layers.Convs(
+    conv3x3=MatmulConv3x3, conv_transpose3x3=MatmulConv3x3,
+    conv_transpose2x2=MatmulConvTranspose2x2, layout=CHANNELS_FIRST,
+    compiler_options=compiler_options, eval_batch_size=EVAL_BATCH_SIZE)

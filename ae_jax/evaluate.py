@@ -1,6 +1,9 @@
-"""Evaluates a trained run: MSE, binary cross-entropy and PSNR on a split, and a figure.
+"""Evaluates a trained run: MSE, binary cross-entropy and PSNR on a split, and a figure; for a
+VAE also the negative ELBO, its reconstruction and KL parts, and the importance-weighted
+estimate of -log p(x), in nats per image.
 
   scripts/eval.sh [runs/cae] [--split=test] [--checkpoint=best] [--num_examples=10]
+  scripts/eval.sh runs/vae [--num_samples=1000] [--iw_images=10000]
 
 Without a workdir: the run under runs/ that trained last. Without --split: the test split where
 the run's data has one, else validation. Writes workdir/eval/<split>.json and workdir/eval/<split>_reconstructions.png. Denoising models
@@ -15,6 +18,7 @@ if __name__ == '__main__':  # a command: prepare the process before JAX is impor
 import functools
 import json
 import os
+import time
 from typing import Any, NamedTuple
 
 import jax
@@ -69,7 +73,7 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
     raise UserError(f'the data of this run has no {split} split (config.data.test_split is '
                     "empty): use --split=validation, or name a test split with "
                     '--config.data.test_split=...')
-  model = models.create_model(config.model, splits['train'].images.shape[1:])
+  model = models.create_model(config, splits['train'].images.shape[1:])
   mesh = train.create_mesh()
   abstract = jax.eval_shape(functools.partial(models.init_variables, model),
                             jax.random.PRNGKey(0))
@@ -81,14 +85,33 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
 
 
 def evaluate(run: TrainedRun, noisy: bool) -> dict[str, float]:
-  """Mean MSE, BCE and PSNR over every image of the split (the last batch padded, not dropped)."""
-  mesh, config = run.mesh, run.config
-  placement = train.choose_feed(config.data, run.images)
+  """The means of the model's numbers over every image of the split (the last batch padded, not
+  dropped): its loss, the MSE, BCE and PSNR of its reconstructions, a VAE's ELBO and parts."""
+  return _evaluate_split(run, metrics.make_eval_fn(run.model, run.config, run.mesh, noisy=noisy))
+
+
+def _evaluate_split(run: TrainedRun, eval_fn, images=None, **kwargs) -> dict[str, float]:
+  images = run.images if images is None else images
+  placement = train.choose_feed(run.config.data, images)
   return metrics.evaluate_split(
-      metrics.make_eval_fn(run.model, config, mesh), run.variables,
-      train.make_feed(run.images, mesh, placement), len(run.images), config, mesh,
-      streamed_bytes=0 if placement == 'device' else int(np.prod(run.images.shape[1:])),
-      noise_rng=jax.random.PRNGKey(metrics.EVAL_NOISE_SEED) if noisy else None)
+      eval_fn, run.variables, train.make_feed(images, run.mesh, placement), len(images),
+      run.config, run.mesh, model=run.model,
+      streamed_bytes=0 if placement == 'device' else int(np.prod(images.shape[1:])), **kwargs)
+
+
+def importance_weighted_nll(run: TrainedRun, num_samples: int, num_images: int) -> dict:
+  """Burda et al.'s estimate of -log p(x) in nats, with `num_samples` samples of q(z|x) per
+  image, averaged over the first `num_images` images of the split (clean inputs)."""
+  images = input_pipeline.splits.rows(run.images, slice(0, min(num_images, len(run.images))))
+  eval_fn = metrics.make_eval_fn(run.model, run.config, run.mesh,
+                                 step=metrics.importance_weighted_step, num_samples=num_samples)
+  start = time.time()
+  # a batch holds IW_DECODES decodes at a time: larger batches only wait longer between calls
+  batch_size = min(metrics.eval_batch_size(run.config, run.model, len(images), run.mesh.size),
+                   max(run.model.IW_DECODES // run.mesh.size, 1) * run.mesh.size)
+  nll = _evaluate_split(run, eval_fn, images, batch_size=batch_size)['iw_nll']
+  return {'iw_nll': nll, 'iw_num_samples': num_samples, 'iw_num_images': len(images),
+          'iw_seconds': time.time() - start}
 
 
 def reconstruction_rows(run: TrainedRun, num_examples: int, seed: int = 0) -> dict:
@@ -99,10 +122,10 @@ def reconstruction_rows(run: TrainedRun, num_examples: int, seed: int = 0) -> di
   rows = {'input': images}
   inputs = images
   if config_lib.is_denoising(run.config):
-    inputs = np.asarray(metrics.add_noise(jax.random.PRNGKey(metrics.EVAL_NOISE_SEED), images,
+    inputs = np.asarray(metrics.add_noise(jax.random.PRNGKey(metrics.EVAL_SEED), images,
                                         run.config.noise.mean, run.config.noise.std))
     rows['noisy input'] = inputs
-  reconstruct = jax.jit(lambda v, x: run.model.apply(v, x, train=False)[0],
+  reconstruct = jax.jit(lambda v, x: run.model.apply(v, x, method='reconstruct'),
                         compiler_options=models.compile_once_options(run.model))  # a few images
   rows['reconstruction'] = np.asarray(reconstruct(run.variables, inputs))
   titles = None
@@ -125,14 +148,35 @@ def output_dir(workdir: str, out_dir: str | None, name: str) -> str:
   return folder
 
 
+# The columns of the printed table, in order, where the model reports them.
+COLUMNS = {'mse': ('mse', '.5f'), 'bce': ('bce', '.5f'), 'psnr': ('psnr (dB)', '.2f'),
+           'nelbo': ('-elbo (nats)', '.2f'), 'reconstruction': ('reconstruction', '.2f'),
+           'kl': ('kl', '.2f'), 'iw_nll': ('-log p(x)', '.2f')}
+
+
 def main(workdir: str, config, checkpoint: str, split: str | None, num_examples: int,
-         out_dir: str | None = None) -> dict:
+         out_dir: str | None = None, num_samples: int | None = None,
+         iw_images: int | None = None) -> dict:
+  """Evaluates the run in `workdir`; for a model with a prior also the importance-weighted
+  -log p(x), with `num_samples` samples on the first `iw_images` images of the split (None: the
+  model's defaults, IW_SAMPLES and IW_IMAGES; 0 samples: none)."""
   if num_examples < 1:
     raise UserError(f'--num_examples={num_examples}: the figure needs at least 1 image')
+  for flag, value in (('num_samples', num_samples), ('iw_images', iw_images)):
+    if value is not None and value < 0:
+      raise UserError(f'--{flag}={value} must be 0 (no importance-weighted estimate) or more')
   out_dir = output_dir(workdir, out_dir, 'eval')
   run = load_run(workdir, config, checkpoint, split)
   split = run.split
   results = {'clean': evaluate(run, noisy=False)}
+  if models.has_prior(run.model):
+    num_samples = run.model.IW_SAMPLES if num_samples is None else num_samples
+    iw_images = run.model.IW_IMAGES if iw_images is None else iw_images
+    iw_images = len(run.images) if iw_images is None else min(iw_images, len(run.images))
+    if num_samples and iw_images:
+      print(f'importance-weighted -log p(x): {num_samples:,} samples of each of {iw_images:,} '
+            'images (--num_samples, --iw_images) ...', flush=True)
+      results['clean'].update(importance_weighted_nll(run, num_samples, iw_images))
   if config_lib.is_denoising(config):
     results = {'noisy': evaluate(run, noisy=True), **results}
   report = {'workdir': os.path.abspath(workdir), 'split': split, 'checkpoint_step': run.step,
@@ -152,9 +196,18 @@ def main(workdir: str, config, checkpoint: str, split: str | None, num_examples:
 
   print(f'{config_lib.display_name(config)} in {workdir}, checkpoint of step {run.step} ({checkpoint}), '
         f'{split} split: {len(run.images):,} images')
-  print(f'{"inputs":<8} {"mse":>10} {"bce":>10} {"psnr (dB)":>10}')
+  columns = [c for c in COLUMNS if any(c in values for values in results.values())]
+  widths = [max(10, len(COLUMNS[c][0])) for c in columns]
+  print(f'{"inputs":<8} ' + ' '.join(f'{COLUMNS[c][0]:>{w}}' for c, w in zip(columns, widths)))
   for name, values in results.items():
-    print(f'{name:<8} {values["mse"]:>10.5f} {values["bce"]:>10.5f} {values["psnr"]:>10.2f}')
+    print(f'{name:<8} ' + ' '.join(
+        f'{values[c]:>{w}{COLUMNS[c][1]}}' if c in values else ' ' * w
+        for c, w in zip(columns, widths)))
+  if 'iw_nll' in results['clean']:
+    clean = results['clean']
+    print(f'-log p(x): importance-weighted with {clean["iw_num_samples"]:,} samples (Burda et al.) '
+          f'on {clean["iw_num_images"]:,} images in {clean["iw_seconds"]:.1f} s; the other '
+          'numbers on all of them, in nats per image where they are a VAE\'s')
   print(f'wrote {os.path.join(out_dir, split + ".json")} and {figure}')
   return report
 
@@ -167,6 +220,12 @@ if __name__ == '__main__':
   cli.define_run_flags(sys.argv)
   flags.DEFINE_integer('num_examples', 10, 'Images in the reconstruction figure.')
   flags.DEFINE_string('out_dir', None, 'Where to write (default: WORKDIR/eval).')
+  flags.DEFINE_integer('num_samples', None, 'VAEs: samples per image of the importance-weighted '
+                       '-log p(x) (default: 1000 for the VAE, 100 for the ConvVAE; 0: none).')
+  flags.DEFINE_integer('iw_images', None, 'VAEs: images of the split that get the '
+                       'importance-weighted estimate (default: all for the VAE, 1000 for the '
+                       'ConvVAE).')
   FLAGS = flags.FLAGS
   cli.run(lambda argv: main(cli.run_workdir(FLAGS.workdir), FLAGS.config, FLAGS.checkpoint,
-                            FLAGS.split, FLAGS.num_examples, FLAGS.out_dir))
+                            FLAGS.split, FLAGS.num_examples, FLAGS.out_dir, FLAGS.num_samples,
+                            FLAGS.iw_images))

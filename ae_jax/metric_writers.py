@@ -98,6 +98,16 @@ def write_hparams(logdir: str, hparams: dict, metrics: dict) -> None:
     raise cannot_write(e, 'the TensorBoard hparams to') from None
 
 
+def write_png(path: str, image: np.ndarray) -> None:
+  """An image ((H, W) or (H, W, C), values in [0, 1]) as a PNG file, replaced atomically."""
+  import matplotlib.image  # pylint: disable=g-import-not-at-top
+  image = np.clip(np.asarray(image, np.float32), 0, 1)
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  with replaced_atomically(path) as tmp:
+    matplotlib.image.imsave(tmp, image, cmap='gray', vmin=0, vmax=1, format='png')
+
+
 def read_metrics(path: str) -> list[dict]:
   if not os.path.exists(path):
     return []
@@ -121,6 +131,7 @@ class RunLog:
   """
 
   def __init__(self, workdir: str, start_step: int, enabled: bool = True):
+    self._workdir = workdir
     self._metrics_path = os.path.join(workdir, 'metrics.jsonl')
     self._partial_path = os.path.join(workdir, 'partial_epoch.json')
     self._curve_path = os.path.join(workdir, 'loss_curve.png')
@@ -148,33 +159,41 @@ class RunLog:
     if self._enabled:
       self._pending.append(self._executor.submit(fn, *args))
 
-  def save_partial_epoch(self, step: int, losses: list[float]) -> None:
-    """The losses of the current epoch's steps up to `step`, the step of the checkpoint that
-    an interrupted run saves mid-epoch, so that the resumed epoch's train_loss counts them."""
+  def save_partial_epoch(self, step: int, numbers: dict[str, list[float]]) -> None:
+    """The numbers of the current epoch's steps up to `step` ({'loss': [...], ...}), the step of
+    the checkpoint that an interrupted run saves mid-epoch, so that the resumed epoch's means
+    count them."""
     if self._enabled:
       try:
         with open(self._partial_path, 'w') as f:
-          json.dump({'step': step, 'losses': [float(l) for l in losses]}, f)
+          json.dump({'step': step, 'numbers': {name: [float(v) for v in values]
+                                               for name, values in numbers.items()}}, f)
       except OSError as e:
         raise cannot_write(e, 'the partial epoch to') from None
 
-  def partial_epoch(self, step: int) -> list[float]:
-    """The losses save_partial_epoch saved at `step` (none where it saved another step)."""
+  def partial_epoch(self, step: int) -> dict[str, list[float]]:
+    """The numbers save_partial_epoch saved at `step` (none where it saved another step)."""
     try:
       with open(self._partial_path) as f:
         saved = json.load(f)
     except (OSError, ValueError):
-      return []
-    return list(saved['losses']) if saved.get('step') == step else []
+      return {}
+    if saved.get('step') != step:
+      return {}
+    return saved['numbers'] if 'numbers' in saved else {'loss': list(saved.get('losses', []))}
 
-  def train_losses(self, first_step: int, losses) -> None:
-    """The losses of steps first_step, first_step + 1, ... (numbered from 1)."""
+  def train_numbers(self, first_step: int, numbers: dict) -> None:
+    """The numbers of steps first_step, first_step + 1, ... (numbered from 1): train/loss, and
+    train/NAME for each part of the objective."""
     def write():
-      for i, loss in enumerate(losses):
-        self._writer.scalar('train/loss', loss, first_step + i)
+      for name, values in numbers.items():
+        for i, value in enumerate(values):
+          self._writer.scalar(f'train/{name}', value, first_step + i)
     self._submit(write)
 
-  def epoch(self, row: dict, reconstructions) -> None:
+  def epoch(self, row: dict, figures: dict[str, np.ndarray]) -> None:
+    """An epoch's row of metrics.jsonl, and its figures ({'reconstructions': image, ...}: a
+    PNG each in the workdir and an image each in TensorBoard)."""
     self.rows.append(row)
     rows = list(self.rows)
 
@@ -186,10 +205,14 @@ class RunLog:
       plots.loss_curve(rows, self._curve_path)
       step = row['step']
       self._writer.scalar('val/loss', row['val_loss'], step)
+      for name, value in row.items():
+        if name.startswith('val_') and name != 'val_loss':
+          self._writer.scalar(f'val/{name[4:]}', value, step)
       self._writer.scalar('train/epoch_loss', row['train_loss'], step)
       self._writer.scalar('train/images_per_sec', row['images_per_sec'], step)
-      if reconstructions is not None:
-        self._writer.image('val/reconstructions', reconstructions, step)
+      for name, image in figures.items():
+        self._writer.image(f'val/{name}', image, step)
+        write_png(os.path.join(self._workdir, f'{name}.png'), image)
       self._writer.flush()
     self._submit(write)
 

@@ -1,6 +1,8 @@
-"""Evaluation: per-example losses and PSNR, and the compiled loop that sums them over a split.
+"""Evaluation: the compiled loop that sums a model's per-example numbers over a split.
 
-Training validates with it every epoch; eval.sh, tsne.sh and the study use it on trained runs.
+The numbers are the model's (models/: its objective's loss and parts, the MSE, BCE and PSNR of
+its reconstructions). Training validates with this loop every epoch; eval.sh, the study and the
+other commands use it on trained runs.
 """
 
 import functools
@@ -15,35 +17,8 @@ from ae_jax import input_pipeline
 from ae_jax import models
 
 
-# --- losses and metrics -------------------------------------------------------------------
-
 def to_float(images):
   return images.astype(jnp.float32) / 255.0
-
-
-def _pixel_mean(x):
-  return jnp.mean(x, axis=tuple(range(1, x.ndim)))
-
-
-def per_example_mse(reconstruction, target):
-  return _pixel_mean((reconstruction - target) ** 2)
-
-
-def per_example_bce(reconstruction, target):
-  r = jnp.clip(reconstruction, 1e-7, 1 - 1e-7)  # PyTorch's BCELoss clamps its logs likewise
-  return -_pixel_mean(target * jnp.log(r) + (1 - target) * jnp.log1p(-r))
-
-
-def per_example_psnr(reconstruction, target):
-  """In dB, for images in [0, 1]."""
-  return -10.0 * jnp.log10(jnp.maximum(per_example_mse(reconstruction, target), 1e-10))
-
-
-LOSSES = {'mse': per_example_mse, 'bce': per_example_bce}
-# The noise of every evaluation, validation included: the same draw every time, so that
-# eval.sh on the validation split of a denoising model prints the validation loss training logged.
-EVAL_NOISE_SEED = 0
-METRICS = {**LOSSES, 'psnr': per_example_psnr}
 
 
 def add_noise(key, images, mean: float, std: float, axis_name=None):
@@ -51,40 +26,70 @@ def add_noise(key, images, mean: float, std: float, axis_name=None):
   return images + mean + std * noise
 
 
+# The noise and the latent samples of every evaluation, validation included: the same draws every
+# time, so that eval.sh on the validation split prints the validation numbers training logged.
+EVAL_SEED = 0
+
+
+def eval_rngs(key) -> dict:
+  """The rng streams of a model in evaluation (its latent samples), apart from the noise's key."""
+  return {'latent': jax.random.fold_in(key, 1)}
+
+
 # --- evaluation ---------------------------------------------------------------------------
 
-def eval_step(variables, images, mask, noise_rng, *, model, noise_mean, noise_std,
-              metrics=tuple(METRICS)):
-  """Sums of the per-example `metrics` over the examples where `mask` is true, and their count."""
-  target = to_float(images)
-  inputs = target if noise_rng is None else add_noise(noise_rng, target, noise_mean, noise_std)
-  reconstruction, _ = model.apply(variables, inputs, train=False)
-  sums = {name: jnp.sum(jnp.where(mask, METRICS[name](reconstruction, target), 0.0))
-          for name in metrics}
+def eval_step(variables, images, mask, rng, *, model, noise_mean, noise_std, noisy: bool,
+              names=None):
+  """Sums of the model's per-example numbers ('loss' and what its objective reports; only
+  `names`, where given) over the examples where `mask` is true, and their count. `noisy`: the
+  inputs get the training noise, drawn from `rng`; the targets are the clean images."""
+  targets = to_float(images)
+  inputs = add_noise(rng, targets, noise_mean, noise_std) if noisy else targets
+  loss, numbers = model.apply(variables, inputs, targets, train=False, rngs=eval_rngs(rng),
+                              method='objective')
+  numbers = {'loss': loss, **numbers}
+  if names is not None:
+    numbers = {name: numbers[name] for name in names}
+  sums = {name: jnp.sum(jnp.where(mask, value, 0.0)) for name, value in numbers.items()}
   return {**sums, 'count': jnp.sum(mask)}
 
 
-def eval_loop(variables, images, indices, mask, first_batch, noise_rng, *, step_fn,
+def importance_weighted_step(variables, images, mask, rng, *, model, noise_mean, noise_std,
+                             noisy: bool, num_samples: int):
+  """The sum of Burda et al.'s estimate of -log p(x) with `num_samples` samples (models with a
+  prior), over the examples where `mask` is true, and their count."""
+  targets = to_float(images)
+  inputs = add_noise(rng, targets, noise_mean, noise_std) if noisy else targets
+  nll = models.importance_weighted_nll(model, variables, inputs, targets,
+                                       eval_rngs(rng)['latent'], num_samples)
+  return {'iw_nll': jnp.sum(jnp.where(mask, nll, 0.0)), 'count': jnp.sum(mask)}
+
+
+def eval_loop(variables, images, indices, mask, first_batch, seed, *, step_fn,
               batch_sharding=None):
   """Metric sums over the batches images[indices[i]] (masked where padded). Batch i draws its
-  noise from fold_in(noise_rng, first_batch + i), whichever call it is evaluated in."""
+  noise and samples from fold_in(PRNGKey(seed), first_batch + i), whichever call it is
+  evaluated in."""
+  rng = jax.random.PRNGKey(seed)
+
   def body(i, sums):
     batch = images[indices[i]]
     if batch_sharding is not None:
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    rng = None if noise_rng is None else jax.random.fold_in(noise_rng, first_batch + i)
-    return jax.tree.map(jnp.add, sums, step_fn(variables, batch, mask[i], rng))
+    batch_rng = jax.random.fold_in(rng, first_batch + i)
+    return jax.tree.map(jnp.add, sums, step_fn(variables, batch, mask[i], batch_rng))
 
-  zeros = jax.eval_shape(step_fn, variables, images[indices[0]], mask[0], noise_rng)
+  zeros = jax.eval_shape(step_fn, variables, images[indices[0]], mask[0], rng)
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
   return jax.lax.fori_loop(0, indices.shape[0], body, zeros)
 
 
-def make_eval_fn(model, config, mesh, metrics=tuple(METRICS)):
+def make_eval_fn(model, config, mesh, *, noisy: bool = False, step=eval_step, **step_kwargs):
+  """The compiled loop of `step` (eval_step, or importance_weighted_step) over batches."""
   return jax.jit(functools.partial(
       eval_loop,
-      step_fn=functools.partial(eval_step, model=model, noise_mean=config.noise.mean,
-                                noise_std=config.noise.std, metrics=metrics),
+      step_fn=functools.partial(step, model=model, noise_mean=config.noise.mean,
+                                noise_std=config.noise.std, noisy=noisy, **step_kwargs),
       batch_sharding=NamedSharding(mesh, P('data'))),
       compiler_options=models.compiler_options(model))
 
@@ -101,21 +106,12 @@ def padded_batches(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.n
       num_batches, batch_size)
 
 
-# The matmul CAE (cpu_convs.py) evaluates as fast in batches of 64 as in larger ones (on 2 CPU
-# cores 64, 128 and 256 images a batch ran at 976, 959 and 914 images/s), and its temporaries
-# then take 1/16 of the memory that a batch of 1,000 takes (800 MB for its largest, the
-# Winograd products of the second convolution: 4 times its 28x28x64 output; the third and fourth
-# compute only the pixels they keep).
-# Accelerators evaluate larger batches best, so the cap applies to the CPU formulation only.
-MATMUL_CAE_EVAL_BATCH = 64
-
-
-def eval_batch_size(config, num_examples: int, num_devices: int) -> int:
-  """config.eval_batch_size (at most MATMUL_CAE_EVAL_BATCH for the matmul CAE), no larger than
-  the split needs, a multiple of the device count."""
+def eval_batch_size(config, model, num_examples: int, num_devices: int) -> int:
+  """config.eval_batch_size (at most what the model's layers are worth: models.eval_batch_size),
+  no larger than the split needs, a multiple of the device count."""
   size = min(config.eval_batch_size, num_examples)
-  if config.model.name == 'CAE' and models.conv_kind(config.model) == 'matmul':
-    size = min(size, MATMUL_CAE_EVAL_BATCH)
+  if models.eval_batch_size(model):
+    size = min(size, models.eval_batch_size(model))
   return -(-size // num_devices) * num_devices
 
 
@@ -130,12 +126,14 @@ def streamed_batches_per_call(config, batch_size: int, example_bytes: int) -> in
   return max(1, min(config.steps_per_call, STREAMED_CALL_BYTES // (batch_size * example_bytes)))
 
 
-def evaluate_split(eval_fn, variables, feed, num_examples, config, mesh, *,
-                   streamed_bytes: int = 0, noise_rng=None) -> dict[str, float]:
+def evaluate_split(eval_fn, variables, feed, num_examples, config, mesh, *, model,
+                   streamed_bytes: int = 0, seed: int = EVAL_SEED,
+                   batch_size=None) -> dict[str, float]:
   """Mean metrics over every example of a split that `feed` serves: all its batches in one call
   where the images are on the devices; where they are streamed (from host memory or disk; an
-  example `streamed_bytes` large), streamed_batches_per_call a call."""
-  batch_size = eval_batch_size(config, num_examples, mesh.size)
+  example `streamed_bytes` large), streamed_batches_per_call a call. `seed`: of the noise and
+  samples."""
+  batch_size = batch_size or eval_batch_size(config, model, num_examples, mesh.size)
   rows, mask = padded_batches(num_examples, batch_size)
   per_call = len(rows)
   if streamed_bytes:
@@ -149,7 +147,7 @@ def evaluate_split(eval_fn, variables, feed, num_examples, config, mesh, *,
     call_mask[:len(rows) - first] = mask[first:first + per_call]
     images, indices = feed(call_rows)
     result = eval_fn(variables, images, indices, input_pipeline.to_device(call_mask, mask_sharding),
-                     first, noise_rng)
+                     first, seed)
     sums = result if sums is None else jax.tree.map(jnp.add, sums, result)
   sums = jax.device_get(sums)
   return {name: float(value / sums['count']) for name, value in sums.items() if name != 'count'}

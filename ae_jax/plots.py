@@ -67,7 +67,7 @@ def reconstructions(rows: dict[str, np.ndarray], column_titles, path: str, title
       ax = axes[r, c]
       _show(ax, image)
       if c == 0:
-        ax.set_ylabel(row_title, fontsize=11)
+        ax.set_ylabel(row_title, fontsize=8 if '\n' in row_title else 11)
       if r == 0 and column_titles is not None:
         ax.set_title(str(column_titles[c]), fontsize=10)
   fig.suptitle(title, fontsize=11)
@@ -186,3 +186,34 @@ def study_reconstructions(by_point: dict, path: str) -> None:
     rows[_point_label(point)] = images['reconstruction']
   reconstructions(rows, None, path, 'reconstructions at each grid point (inputs noisy where '
                   'the member trains on noise)')
+
+
+def image_grid_figure(images: np.ndarray, path: str, title: str) -> None:
+  """Images (N, H, W, C) in a square-ish grid, without gaps: samples from a prior."""
+  columns = int(np.ceil(np.sqrt(len(images))))
+  rows = -(-len(images) // columns)
+  padded = np.concatenate([images, np.zeros((rows * columns - len(images), *images.shape[1:]),
+                                            images.dtype)])
+  grid = image_grid(np.split(padded, rows))
+  fig = _figure(figsize=(min(0.6 * columns + 1, 12), min(0.6 * rows + 1.2, 12.5)), dpi=100)
+  ax = fig.add_subplot()
+  _show(ax, grid)
+  ax.set_title(title, fontsize=11)
+  _save(fig, path)
+
+
+def latent_grid(images: np.ndarray, values: np.ndarray, path: str, title: str) -> None:
+  """A 2-D latent space decoded (Keras's VAE figure): images (n, n, H, W, C), row 0 at the top
+  with the largest z2; `values`: the latent values of each axis, ascending."""
+  n, height, width = images.shape[:3]
+  grid = image_grid(list(images))
+  fig = _figure(figsize=(8.5, 8), dpi=100)
+  ax = fig.add_subplot()
+  _show(ax, grid)
+  ticks = [k for k in range(n) if k in (0, n // 2, n - 1)]
+  ax.set_xticks([width * (k + 0.5) for k in ticks], [f'{values[k]:.2f}' for k in ticks])
+  ax.set_yticks([height * (k + 0.5) for k in ticks], [f'{values[::-1][k]:.2f}' for k in ticks])
+  ax.set_xlabel('z[0]')
+  ax.set_ylabel('z[1]')
+  ax.set_title(title, fontsize=11)
+  _save(fig, path)

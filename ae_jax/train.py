@@ -55,33 +55,40 @@ def create_train_state(model, tx, seed: int) -> TrainState:
 
 # --- the update step ----------------------------------------------------------------------
 
-def train_step(state: TrainState, images, *, model, tx, loss: str, noise_mean: float,
-               noise_std: float, axis_name=None):
-  """One optimizer step on a batch of uint8 images; returns the new state and the batch loss.
+def train_step(state: TrainState, images, *, model, tx, noise_mean: float, noise_std: float,
+               axis_name=None):
+  """One optimizer step on a batch of uint8 images: the model's objective, averaged over the
+  batch. Returns the new state and the batch means of the loss and of the numbers the objective
+  reports in training.
 
   Under jit (axis_name None) the batch may be sharded over devices and XLA adds the
-  cross-device reductions. Under pmap (axis_name set) gradients and the loss are averaged over
+  cross-device reductions. Under pmap (axis_name set) gradients and numbers are averaged over
   the axis here; BatchNorm averages its statistics over it itself.
   """
-  target = metrics.to_float(images)
-  noise_rng, dropout_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
-  inputs = target
+  targets = metrics.to_float(images)
+  noise_rng, dropout_rng, latent_rng = jax.random.split(
+      jax.random.fold_in(state.rng, state.step), 3)
+  inputs = targets
   if noise_std > 0:
-    inputs = metrics.add_noise(noise_rng, target, noise_mean, noise_std, axis_name)
+    inputs = metrics.add_noise(noise_rng, targets, noise_mean, noise_std, axis_name)
 
   def loss_fn(params):
-    (reconstruction, _), updates = model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, inputs, train=True,
-        rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
-    return jnp.mean(metrics.LOSSES[loss](reconstruction, target)), updates.get('batch_stats', {})
+    (losses, numbers), updates = model.apply(
+        {'params': params, 'batch_stats': state.batch_stats}, inputs, targets, train=True,
+        rngs={'dropout': dropout_rng, 'latent': latent_rng}, mutable=['batch_stats'],
+        method='objective')
+    numbers = jax.tree.map(jnp.mean, numbers)
+    return jnp.mean(losses), (numbers, updates.get('batch_stats', {}))
 
-  (loss_value, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (numbers, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  numbers = {'loss': loss, **numbers}
   if axis_name is not None:
-    grads, loss_value = jax.lax.pmean((grads, loss_value), axis_name)
+    grads, numbers = jax.lax.pmean((grads, numbers), axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             batch_stats=batch_stats, opt_state=opt_state)
-  return new_state, loss_value
+  return new_state, numbers
 
 
 def train_loop(state, images, indices, num_steps, *, step_fn, batch_sharding=None):
@@ -89,23 +96,25 @@ def train_loop(state, images, indices, num_steps, *, step_fn, batch_sharding=Non
 
   One compiled call runs many steps with the data already on the device; `num_steps` is a
   traced value, so a shorter last call of an epoch needs no second compilation. The loop stops
-  after the first non-finite loss. Returns the state and each step's loss (NaN where not run).
+  after the first non-finite loss. Returns the state and each step's numbers ({'loss': ...,
+  ...}, NaN where not run).
   """
   def cond(carry):
-    i, _, losses = carry
-    return (i < num_steps) & ((i == 0) | jnp.isfinite(losses[i - 1]))
+    i, _, numbers = carry
+    return (i < num_steps) & ((i == 0) | jnp.isfinite(numbers['loss'][i - 1]))
 
   def body(carry):
-    i, state, losses = carry
+    i, state, numbers = carry
     batch = images[indices[i]]
     if batch_sharding is not None:
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    state, loss = step_fn(state, batch)
-    return i + 1, state, losses.at[i].set(loss)
+    state, step_numbers = step_fn(state, batch)
+    return i + 1, state, jax.tree.map(lambda all_, x: all_.at[i].set(x), numbers, step_numbers)
 
-  losses = jnp.full(indices.shape[:1], jnp.nan, jnp.float32)
-  _, state, losses = jax.lax.while_loop(cond, body, (0, state, losses))
-  return state, losses
+  shapes = jax.eval_shape(step_fn, state, images[indices[0]])[1]
+  numbers = jax.tree.map(lambda _: jnp.full(indices.shape[:1], jnp.nan, jnp.float32), shapes)
+  _, state, numbers = jax.lax.while_loop(cond, body, (0, state, numbers))
+  return state, numbers
 
 
 # --- devices and data ---------------------------------------------------------------------
@@ -155,18 +164,17 @@ class Update(NamedTuple):
   """How to compile the update (`run`) and what it takes, for config.parallel = 'jit' or
   'pmap'."""
   compile: Any  # example arguments -> run: (state, images, indices, num_steps) -> (state,
-  #   each step's loss)
+  #   each step's numbers)
   feed: Any  # rows (steps, batch_size) -> (images, indices) for `run`
   to_run_state: Any  # a replicated TrainState -> the state `run` takes
   from_run_state: Any  # and back
-  losses: Any  # the losses `run` returns -> one per step, on the host
+  numbers: Any  # the numbers `run` returns -> {name: one per step}, on the host
 
 
 def make_update(config, image_shape, tx, mesh, train_images, placement) -> Update:
-  step_kwargs = dict(tx=tx, loss=config.loss, noise_mean=config.noise.mean,
-                     noise_std=config.noise.std)
+  step_kwargs = dict(tx=tx, noise_mean=config.noise.mean, noise_std=config.noise.std)
   if config.parallel == 'jit':
-    model = models.create_model(config.model, image_shape)
+    model = models.create_model(config, image_shape)
     step_fn = functools.partial(train_step, model=model, **step_kwargs)
     run = functools.partial(train_loop, step_fn=step_fn,
                             batch_sharding=NamedSharding(mesh, P('data')))
@@ -175,7 +183,7 @@ def make_update(config, image_shape, tx, mesh, train_images, placement) -> Updat
         donate_argnums=(0,), compiler_options=models.compiler_options(model))
     identity = lambda x: x
     return Update(compile_run, make_feed(train_images, mesh, placement), identity, identity,
-                  np.asarray)
+                  lambda numbers: jax.tree.map(np.asarray, numbers))
 
   # pmap: the same train_step per device, with the batch statistics, gradients and loss averaged
   # over the axis; one copy of the data and of the state per device, stacked on a leading axis.
@@ -185,7 +193,7 @@ def make_update(config, image_shape, tx, mesh, train_images, placement) -> Updat
   if jax.process_count() > 1:
     raise UserError("config.parallel='pmap' runs in one process: use config.parallel='jit' "
                     'across processes')
-  pmap_model = models.create_model(config.model, image_shape, axis_name='data')
+  pmap_model = models.create_model(config, image_shape, axis_name='data')
   step_fn = functools.partial(train_step, model=pmap_model, axis_name='data', **step_kwargs)
   run = jax.pmap(functools.partial(train_loop, step_fn=step_fn), axis_name='data',
                  in_axes=(0, 0, 0, None), donate_argnums=0)
@@ -200,7 +208,8 @@ def make_update(config, image_shape, tx, mesh, train_images, placement) -> Updat
       rows.reshape(len(rows), num_devices, -1).transpose(1, 0, 2), stacked))
   from_pmap = lambda state: jax.device_put(jax.tree.map(lambda x: x[0], state),
                                            NamedSharding(mesh, P()))
-  return Update(compile_run, feed, to_pmap, from_pmap, lambda losses: np.asarray(losses[0]))
+  return Update(compile_run, feed, to_pmap, from_pmap,
+                lambda numbers: jax.tree.map(lambda x: np.asarray(x[0]), numbers))
 
 
 # --- interruptions ------------------------------------------------------------------------
@@ -241,10 +250,13 @@ def _log(*args):
 
 # A call runs as many steps as take about this long (at most config.steps_per_call): the
 # progress bar moves and SIGINT is answered every few seconds, whatever the model's speed. Each
-# call also pays a fixed cost, its temporaries allocated afresh (the CAE's: ~1 GB, ~500 huge-page
-# faults a call): on 2 CPU cores the CAE trained at 0.94-0.99 s a step at one step a call (what
-# 1 s gave it), 0.89-0.91 s at three.
+# call also pays a fixed cost, its temporaries allocated afresh (the CAE's: ~1 GB), which calls
+# of a few seconds spread thinner: the CAE's steps take 5% less time than in calls of one.
 SECONDS_PER_CALL = 3.0
+
+# Samples a model with a prior decodes every epoch, from the same draws: an 8 x 8 grid.
+NUM_SAMPLES_SHOWN = 64
+SAMPLE_ROWS = 8
 
 
 class Loop(NamedTuple):
@@ -260,11 +272,12 @@ class Loop(NamedTuple):
   max_steps: int
 
 
-def train_epoch(loop: Loop, state, epoch: int, first: int, num_steps: int, losses: list):
+def train_epoch(loop: Loop, state, epoch: int, first: int, num_steps: int, numbers: dict):
   """Runs the steps first, first + 1, ... of `epoch` in compiled calls of about SECONDS_PER_CALL
-  (`num_steps` steps to start with). Returns the state, the epoch's losses (after `losses`, those
-  of its steps before `first`) and the call size reached. On SIGINT / SIGTERM it saves a
-  checkpoint of the current step and raises Interrupted; on a non-finite loss, a UserError."""
+  (`num_steps` steps to start with). Returns the state, the epoch's numbers per step ({'loss':
+  [...], ...}, after `numbers`, those of its steps before `first`) and the call size reached.
+  On SIGINT / SIGTERM it saves a checkpoint of the current step and raises Interrupted; on a
+  non-finite loss, a UserError."""
   config, update, manager = loop.config, loop.update, loop.manager
   steps_per_epoch = loop.steps_per_epoch
   order = epoch_permutation(config.seed, epoch, loop.num_train)
@@ -275,10 +288,12 @@ def train_epoch(loop: Loop, state, epoch: int, first: int, num_steps: int, losse
   steps_per_second, last_read = None, time.time()
 
   def read(pending):
-    """Waits for a call's losses: the only place where the host waits for the device."""
+    """Waits for a call's numbers: the only place where the host waits for the device."""
     nonlocal steps_per_second, last_read
-    call_losses, call_first, call_steps = pending
-    call_losses = update.losses(call_losses)[:call_steps]
+    call_numbers, call_first, call_steps = pending
+    call_numbers = {name: values[:call_steps]
+                    for name, values in update.numbers(call_numbers).items()}
+    call_losses = call_numbers['loss']
     checkpoints.check(manager)  # a failed background save stops the run now
     now = time.time()
     steps_per_second = call_steps / max(now - last_read, 1e-6)
@@ -293,10 +308,11 @@ def train_epoch(loop: Loop, state, epoch: int, first: int, num_steps: int, losse
           + (f'the latest checkpoint, of step {latest} in {manager.directory}, is from '
              'before it' if latest is not None else
              'no checkpoint was saved, so the run starts afresh'))
-    losses.extend(call_losses.tolist())
-    loop.run_log.train_losses(epoch * steps_per_epoch + call_first + 1, call_losses)
+    for name, values in call_numbers.items():
+      numbers.setdefault(name, []).extend(values.tolist())
+    loop.run_log.train_numbers(epoch * steps_per_epoch + call_first + 1, call_numbers)
     bar.update(call_steps)
-    bar.set_postfix(loss=f'{np.mean(losses):.5f}')
+    bar.set_postfix(loss=f'{np.mean(numbers["loss"]):.5f}')
 
   try:
     pending = None
@@ -310,7 +326,7 @@ def train_epoch(loop: Loop, state, epoch: int, first: int, num_steps: int, losse
         state = update.from_run_state(state)
         checkpoints.save(manager, state)
         checkpoints.wait(manager)
-        loop.run_log.save_partial_epoch(int(state.step), losses)
+        loop.run_log.save_partial_epoch(int(state.step), numbers)
         signum = loop.received[0] if loop.received else signal.SIGTERM
         raise Interrupted(signum, (
             f'{signal.Signals(signum).name}: saved the checkpoint of step '
@@ -319,17 +335,17 @@ def train_epoch(loop: Loop, state, epoch: int, first: int, num_steps: int, losse
       call_steps = min(num_steps, steps_per_epoch - call_first)
       rows = np.full((loop.max_steps, config.batch_size), -1, np.int32)  # -1: steps not run
       rows[:call_steps] = order[call_first:call_first + call_steps]
-      state, call_losses = loop.run_steps(state, *update.feed(rows), call_steps)
+      state, call_numbers = loop.run_steps(state, *update.feed(rows), call_steps)
       # Read the previous call's results only now, while this one runs.
       if pending:
         read(pending)
         num_steps = int(np.clip(round(SECONDS_PER_CALL * steps_per_second), 1, loop.max_steps))
-      pending = (call_losses, call_first, call_steps)
+      pending = (call_numbers, call_first, call_steps)
       call_first += call_steps
     read(pending)
   finally:
     bar.close()  # also on the way out of an error: its line must not follow the error's
-  return state, losses, num_steps
+  return state, numbers, num_steps
 
 
 # --- the whole run ------------------------------------------------------------------------
@@ -366,7 +382,7 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
                     'training images: use a smaller batch')
 
   # --- The model and the train state; then where the data goes, with the state counted.
-  model = models.create_model(config.model, image_shape)
+  model = models.create_model(config, image_shape)
   tx = create_optimizer(config)
   state = trace_cache.jit_compile(
       functools.partial(create_train_state, model, tx, config.seed), (), name='init',
@@ -400,15 +416,20 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
                              max_steps)
   _log(f'compiled the update function in {time.time() - compile_start:.1f} s')
   launch.start_up_done()
-  eval_fn = metrics.make_eval_fn(model, config, mesh, metrics=(config.loss,))
-  val_feed = make_feed(val_images, mesh, placement)
   # Denoising models are validated on their training task: noisy inputs (the same noise every
-  # epoch, so that epochs compare), clean targets.
-  val_noise_rng = (jax.random.PRNGKey(metrics.EVAL_NOISE_SEED)
-                   if config_lib.is_denoising(config) else None)
+  # epoch, so that epochs compare), clean targets. Validation measures what training reports.
+  eval_fn = metrics.make_eval_fn(model, config, mesh, noisy=config_lib.is_denoising(config),
+                                 names=('loss', *models.objective_parts(model)))
+  val_feed = make_feed(val_images, mesh, placement)
   shown = val_images[:config.num_summary_images].astype(np.float32) / 255.0
-  reconstruct = jax.jit(lambda variables, x: model.apply(variables, x, train=False)[0],
+  reconstruct = jax.jit(lambda variables, x: model.apply(variables, x, method='reconstruct'),
                         compiler_options=models.compile_once_options(model))  # a few images
+  prior_draws = None
+  if models.has_prior(model):  # the same draws every epoch, so that epochs compare
+    prior_draws = jax.random.normal(jax.random.PRNGKey(metrics.EVAL_SEED),
+                                    (NUM_SAMPLES_SHOWN, model.latent_dim))
+    generate = jax.jit(lambda variables, z: model.apply(variables, z, method='decode'),
+                       compiler_options=models.compile_once_options(model))
 
   with checkpoints.managed(workdir) as manager:
     # --- Load a checkpoint.
@@ -433,26 +454,35 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
         for epoch in range(start_step // steps_per_epoch, config.num_epochs):
           epoch_start = time.time()
           first = max(start_step - epoch * steps_per_epoch, 0)
-          # the losses of this epoch's steps before a mid-epoch resume count too
-          losses = run_log.partial_epoch(start_step) if first else []
-          state, losses, num_steps = train_epoch(loop, state, epoch, first, num_steps, losses)
+          # the numbers of this epoch's steps before a mid-epoch resume count too
+          numbers = run_log.partial_epoch(start_step) if first else {}
+          state, numbers, num_steps = train_epoch(loop, state, epoch, first, num_steps, numbers)
           train_seconds = time.time() - epoch_start
 
           eval_state = update.from_run_state(state)
           variables = {'params': eval_state.params, 'batch_stats': eval_state.batch_stats}
-          val_loss = metrics.evaluate_split(eval_fn, variables, val_feed, len(val_images), config,
-                                            mesh, streamed_bytes=streamed_bytes,
-                                            noise_rng=val_noise_rng)[config.loss]
-          checkpoints.save(manager, eval_state, val_loss)
-          grid = plots.image_grid([shown, np.asarray(reconstruct(variables, shown))]) if len(
-              shown) else None
-          row = dict(epoch=epoch + 1, step=int(eval_state.step), loss=config.loss,
-                     train_loss=float(np.mean(losses)), val_loss=val_loss,
+          val = metrics.evaluate_split(eval_fn, variables, val_feed, len(val_images), config,
+                                       mesh, model=model, streamed_bytes=streamed_bytes)
+          checkpoints.save(manager, eval_state, val['loss'])
+          figures = {}
+          if len(shown):
+            figures['reconstructions'] = plots.image_grid(
+                [shown, np.asarray(reconstruct(variables, shown))])
+          if prior_draws is not None:
+            samples = np.asarray(generate(variables, prior_draws))
+            figures['samples'] = plots.image_grid(np.split(samples, SAMPLE_ROWS))
+          row = dict(epoch=epoch + 1, step=int(eval_state.step), loss=model.loss_name,
+                     train_loss=float(np.mean(numbers['loss'])), val_loss=val['loss'],
+                     **{f'train_{name}': float(np.mean(values))
+                        for name, values in numbers.items() if name != 'loss'},
+                     **{f'val_{name}': value for name, value in val.items() if name != 'loss'},
                      images_per_sec=(steps_per_epoch - first) * config.batch_size / train_seconds,
                      seconds=time.time() - epoch_start)
-          run_log.epoch(row, grid)
+          run_log.epoch(row, figures)
+          # the parts of the objective, where it has more than one (a VAE's ELBO)
+          parts = ''.join(f'  val_{name} {val[name]:.2f}' for name in models.objective_parts(model))
           _log(f'epoch {epoch + 1}/{config.num_epochs}: train_loss {row["train_loss"]:.5f}  '
-               f'val_loss {val_loss:.5f}  {row["images_per_sec"]:,.0f} images/s  '
+               f'val_loss {val["loss"]:.5f}{parts}  {row["images_per_sec"]:,.0f} images/s  '
                f'{row["seconds"]:.1f} s')
     except BaseException:
       run_log.close(quietly=True)  # what is on its way out says more than a second error

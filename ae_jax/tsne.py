@@ -61,15 +61,15 @@ ANGLE = 0.7
 
 
 def encode(run: evaluate.TrainedRun, images: np.ndarray) -> np.ndarray:
-  """The latents of `images`, flattened: (N, latent size)."""
+  """The latents of `images` (a VAE's posterior means), flattened: (N, latent size)."""
   mesh = run.mesh
-  batch_size = metrics.eval_batch_size(run.config, len(images), mesh.size)
+  batch_size = metrics.eval_batch_size(run.config, run.model, len(images), mesh.size)
   indices, _ = metrics.padded_batches(len(images), batch_size)
 
   @functools.partial(jax.jit, compiler_options=models.compiler_options(run.model))
   def encode_batches(variables, images, indices):
     encode_batch = lambda idx: run.model.apply(variables, metrics.to_float(images[idx]),
-                                               method='encode')
+                                               method='embed')
     return jax.lax.map(encode_batch, indices)
 
   latents = encode_batches(run.variables, *input_pipeline.device_feed(images, mesh)(indices))

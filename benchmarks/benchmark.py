@@ -153,7 +153,7 @@ def jax_child(model: str, folder: str, launched: float, full_epochs: bool,
   # Steady-state training, with the program's own compiled update.
   splits = input_pipeline.load_splits(config.data)
   mesh = train.create_mesh()
-  model_def = models.create_model(config.model, splits['train'].images.shape[1:])
+  model_def = models.create_model(config, splits['train'].images.shape[1:])
   tx = train.create_optimizer(config)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   state = jax.jit(functools.partial(train.create_train_state, model_def, tx, config.seed),
@@ -164,11 +164,11 @@ def jax_child(model: str, folder: str, launched: float, full_epochs: bool,
   steps = 4 if slow else 100
   rows = np.arange(steps * BATCH, dtype=np.int32).reshape(steps, BATCH)
   run = update.compile(state, *update.feed(rows), steps)
-  state, losses = run(state, *update.feed(rows), steps)
-  np.asarray(losses)
+  state, numbers = run(state, *update.feed(rows), steps)
+  np.asarray(numbers['loss'])
   start = time.perf_counter()
-  state, losses = run(state, *update.feed(rows), steps)
-  np.asarray(losses)
+  state, numbers = run(state, *update.feed(rows), steps)
+  np.asarray(numbers['loss'])
   result['train_images_per_s'] = steps * BATCH / (time.perf_counter() - start)
 
   # Evaluation: the MSE over a split, as the original evaluates (and as validation runs), and
@@ -176,10 +176,10 @@ def jax_child(model: str, folder: str, launched: float, full_epochs: bool,
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
 
   def evaluate(images, names):
-    eval_fn = metrics.make_eval_fn(model_def, config, mesh, metrics=names)
+    eval_fn = metrics.make_eval_fn(model_def, config, mesh, names=names)
     feed = train.make_feed(images, mesh, 'device')
     evaluate_ = functools.partial(metrics.evaluate_split, eval_fn, variables, feed, len(images),
-                                  config, mesh)
+                                  config, mesh, model=model_def)
     evaluate_()  # compiles
     start = time.perf_counter()
     evaluate_()
@@ -188,7 +188,7 @@ def jax_child(model: str, folder: str, launched: float, full_epochs: bool,
   validation_s = evaluate(splits['validation'].images, ('mse',))
   result['eval_images_per_s'] = len(test_images) / evaluate(test_images, ('mse',))
   result['eval_all_metrics_images_per_s'] = len(test_images) / evaluate(
-      test_images, tuple(metrics.METRICS))
+      test_images, ('mse', 'bce', 'psnr'))
 
   # An epoch: the program's own loop (checkpoint, metrics, figures included), or an estimate.
   if slow and not full_epochs:

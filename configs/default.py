@@ -1,6 +1,6 @@
 """Every field of an ae_jax experiment, with the original PyTorch codebase's defaults.
 
-The model files (ae.py, cae.py, dae.py, dcae.py) import this and change a few fields.
+The experiment files (ae.py, cae.py, vae.py, ...) import this and change a few fields.
 Any field can be overridden on the command line, for example
 
   python -m ae_jax.main --config=configs/ae.py --workdir=runs/ae \
@@ -16,14 +16,22 @@ def get_config():
   config.seed = 0
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'AE'  # AE or CAE (see ae_jax/models.py).
-  config.model.hidden_dim = 256  # AE only.
-  config.model.latent_dim = 32  # AE only; the CAE latent is H/4 x W/4 x features[-1].
-  config.model.dropout_rate = 0.1  # AE only.
-  config.model.features = (32, 64, 128, 256)  # CAE only: channels of the four encoder convolutions.
-  # CAE only: 'matmul' computes the convolutions as matmuls, which XLA runs fast on CPUs; 'xla'
-  # uses flax's Conv / ConvTranspose (cuDNN on GPUs); 'auto' picks matmul on CPU, xla elsewhere.
+  # AE, CAE, VAE or ConvVAE (ae_jax/models/). Each model reads some of the fields below; one set
+  # to other than its default on a model that does not read it is refused.
+  config.model.name = 'AE'
+  config.model.hidden_dim = 256  # AE, VAE: units of the hidden layers.
+  config.model.latent_dim = 32  # AE, VAE, ConvVAE; the CAE's latent is H/4 x W/4 x features[-1].
+  config.model.dropout_rate = 0.1  # AE.
+  config.model.features = (32, 64, 128, 256)  # CAE, ConvVAE: channels of the four encoder convs.
+  # CAE, ConvVAE: 'matmul' computes the convolutions as matmuls, which XLA runs fast on CPUs;
+  # 'xla' uses flax's Conv / ConvTranspose (cuDNN on GPUs); 'auto' picks matmul on CPU, xla
+  # elsewhere.
   config.model.conv = 'auto'
+  # VAE, ConvVAE: the weight of the KL term (1: the VAE's ELBO; > 1: a beta-VAE).
+  config.model.beta = 1.0
+  # VAE, ConvVAE: p(x|z) of the pixels: 'bernoulli' (binary cross-entropy on logits, summed over
+  # pixels) or 'gaussian' (unit variance: half the squared error, summed, plus its constant).
+  config.model.likelihood = 'bernoulli'
 
   # Gaussian noise added to the inputs; std > 0 makes a denoising autoencoder.
   # The target is always the clean image.
@@ -65,12 +73,15 @@ def get_config():
   config.num_epochs = 10
   config.optimizer = 'adam'  # adam, adamw or sgd.
   config.learning_rate = 1e-3
-  config.loss = 'mse'  # mse or bce: the reconstruction loss, averaged over pixels.
+  config.loss = 'mse'  # AE, CAE: mse or bce, the reconstruction loss, averaged over pixels.
+  # The dtype of activations and matmuls: float32, or bfloat16 (parameters, optimizer state and
+  # losses stay float32), which accelerators run faster.
+  config.dtype = 'float32'
 
   # 'jit': one program over a ('data',) mesh of all devices. 'pmap': the same train_step under
   # jax.pmap, with gradients, batch statistics and metrics averaged over the device axis.
   config.parallel = 'jit'
-  # The most training steps one compiled call runs. Calls are sized to take about a second,
+  # The most training steps one compiled call runs. Calls are sized to take about three seconds,
   # so that the progress bar moves and Ctrl-C is answered that often.
   config.steps_per_call = 100
   # Validation images shown in TensorBoard every epoch.

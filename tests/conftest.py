@@ -84,7 +84,7 @@ def save_untrained(config, workdir):
   from ae_jax import checkpoints, config_lib, models, train  # pylint: disable=g-import-not-at-top
   config_lib.write_config(config, workdir)
   import functools, jax  # pylint: disable=g-import-not-at-top,g-multiple-import
-  model = models.create_model(config.model, (28, 28, 1))
+  model = models.create_model(config, (28, 28, 1))
   state = jax.jit(functools.partial(train.create_train_state, model,
                                     train.create_optimizer(config), config.seed),
                   compiler_options=models.compile_once_options(model))()

@@ -24,7 +24,8 @@ LABELS = input_pipeline.read_idx(os.path.join(MNIST_SMALL, 'train-labels-idx1-ub
 def _config(source, path=None, model='AE', **data):
   config = default.get_config()
   config.model.name = model
-  config.model.features = (4, 8, 8, 16)
+  if model == 'CAE':
+    config.model.features = (4, 8, 8, 16)
   config.data.source = source
   config.data.path = path
   config.data.update(data)

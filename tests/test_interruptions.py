@@ -20,24 +20,38 @@ from conftest import ROOT
 from conftest import run_module
 from conftest import small_config
 
-# 3 epochs of 4 steps, one step per call: many places to be killed at.
-FLAGS = ['--config=configs/dae.py', '--config.data.source=idx',
+# 3 epochs of 4 steps, one step per call: many places to be killed at. The DAE draws noise and
+# dropout masks every step; the denoising VAE noise and latent samples.
+FLAGS = ['--config.data.source=idx',
          f'--config.data.path={os.path.join(ROOT, "tests", "data", "mnist_small")}',
          '--config.data.train_split=train[:80]', '--config.batch_size=16',
          '--config.num_epochs=3', '--config.steps_per_call=1']
+MODELS = {'dae': ['--config=configs/dae.py'],
+          'vae': ['--config=configs/vae.py', '--config.noise.std=0.1']}
 
 
-def _config():
-  config = small_config('dae', num_train=64, batch_size=16, num_epochs=3, steps_per_call=1)
+def _flags(name):
+  return MODELS[name] + FLAGS
+
+
+def _config(name='dae'):
+  config = small_config(name if name == 'dae' else 'vae', num_train=64, batch_size=16,
+                        num_epochs=3, steps_per_call=1)
   config.data.train_split = 'train[:80]'
+  if name == 'vae':
+    config.noise.std = 0.1
   return config
+
+
+def _uninterrupted(tmp_path_factory, name):
+  workdir = str(tmp_path_factory.mktemp('uninterrupted') / 'run')
+  return workdir, train.train_and_evaluate(_config(name), workdir)
 
 
 @pytest.fixture(scope='module')
 def uninterrupted_run(tmp_path_factory):
   """The workdir and final train state of a run that was never stopped."""
-  workdir = str(tmp_path_factory.mktemp('uninterrupted') / 'run')
-  return workdir, train.train_and_evaluate(_config(), workdir)
+  return _uninterrupted(tmp_path_factory, 'dae')
 
 
 @pytest.fixture(scope='module')
@@ -45,9 +59,9 @@ def uninterrupted(uninterrupted_run):
   return uninterrupted_run[1]
 
 
-def _final_state(workdir):
-  config = _config()
-  model = train.models.create_model(config.model, (28, 28, 1))
+def _final_state(workdir, name='dae'):
+  config = _config(name)
+  model = train.models.create_model(config, (28, 28, 1))
   state = jax.jit(lambda: train.create_train_state(model, train.create_optimizer(config), 0))()
   manager = checkpoints.create_manager(workdir, read_only=True)
   return checkpoints.restore_train_state(manager, manager.latest_step(), state,
@@ -60,10 +74,10 @@ def _assert_same_state(a, b):
     np.testing.assert_array_equal(x, y)
 
 
-def _start(workdir, marker, **env):
+def _start(workdir, marker, name='dae', **env):
   environment = {**os.environ, 'MARKER': str(marker), 'XLA_FLAGS': '', **env}
   return subprocess.Popen([sys.executable, os.path.join(ROOT, 'tests', 'train_worker.py'),
-                           f'--workdir={workdir}', *FLAGS], cwd=ROOT, env=environment,
+                           f'--workdir={workdir}', *_flags(name)], cwd=ROOT, env=environment,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -83,8 +97,8 @@ def _steps(lines):
   return [int(l.split()[1]) for l in lines if l.startswith('step ')]
 
 
-def _finish(workdir):
-  result = run_module('ae_jax.main', f'--workdir={workdir}', *FLAGS)
+def _finish(workdir, name='dae'):
+  result = run_module('ae_jax.main', f'--workdir={workdir}', *_flags(name))
   assert result.returncode == 0, result.stderr[-2000:]
   return result
 
@@ -142,3 +156,34 @@ def test_sigterm_and_sigint_save_the_current_step_and_say_how_to_resume(
   metrics = lambda w: metric_writers.read_metrics(os.path.join(w, 'metrics.jsonl'))
   assert [r['train_loss'] for r in metrics(workdir)] == pytest.approx(
       [r['train_loss'] for r in metrics(uninterrupted_workdir)], rel=1e-6)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted_vae(tmp_path_factory):
+  return _uninterrupted(tmp_path_factory, 'vae')
+
+
+@pytest.mark.slow
+def test_a_vae_killed_and_stopped_mid_epoch_resumes_to_the_same_parameters(tmp_path,
+                                                                        uninterrupted_vae):
+  """Its latent samples, like the noise, are a function of the seed and the step."""
+  uninterrupted_workdir, uninterrupted = uninterrupted_vae
+  workdir, marker = str(tmp_path / 'run'), tmp_path / 'marker'
+  process = _start(workdir, marker, 'vae', STEP_DELAY='0.3')
+  _wait_for(marker, lambda l: _steps(l) and max(_steps(l)) >= 6, process)  # mid epoch 2
+  process.kill()  # SIGKILL: resumes from the checkpoint of step 4
+  process.wait()
+  process = _start(workdir, marker, 'vae', STEP_DELAY='0.3')
+  _wait_for(marker, lambda l: _steps(l).count(10) or max(_steps(l)) >= 10, process)
+  process.send_signal(signal.SIGTERM)  # saves the current step, mid epoch 3
+  _, stderr = process.communicate(timeout=60)
+  assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+  step = checkpoints.create_manager(workdir, read_only=True).latest_step()
+  assert step % 4 and step >= 9, step
+  result = _finish(workdir, 'vae')
+  assert f'resumed from the checkpoint of step {step}' in result.stdout
+  _assert_same_state(_final_state(workdir, 'vae'), uninterrupted)
+  rows = lambda w: metric_writers.read_metrics(os.path.join(w, 'metrics.jsonl'))
+  for key in ('train_loss', 'val_loss', 'val_nelbo', 'val_kl'):
+    assert [r[key] for r in rows(workdir)] == pytest.approx(
+        [r[key] for r in rows(uninterrupted_workdir)], rel=1e-6), key

@@ -26,7 +26,7 @@ _assert_one_line_error = assert_one_line_error
 @pytest.mark.parametrize('flag, fragments', [
     ('--config.model.latnt_dim=3', ['no such config field', 'Did you mean "latent_dim"']),
     ('--config.model.latent_dim=abc', ['--config.model.latent_dim=abc', 'int()']),
-    ('--config.model.name=VAE', ["config.model.name='VAE' is not one of: AE, CAE"]),
+    ('--config.model.name=GAN', ["config.model.name='GAN' is not one of: AE, CAE, VAE, ConvVAE"]),
     ('--config.optimizer=adagrad', ['config.optimizer', 'adam, adamw, sgd']),
     ('--config.loss=l1', ['config.loss', 'mse, bce']),
     ('--config.data.source=csv', ['config.data.source', 'tfds, idx']),

@@ -12,7 +12,7 @@ from configs import cae
 
 
 def _init(config, image_shape):
-  model = models.create_model(config.model, image_shape)
+  model = models.create_model(config, image_shape)
   init = jax.jit(models.init_variables, static_argnums=0,
                  compiler_options=models.compile_once_options(model))
   return model, init(model, jax.random.PRNGKey(0))
@@ -44,9 +44,9 @@ def test_models_follow_the_image_shape(config, image_shape):
 
 def test_unknown_model_lists_the_choices():
   config = ae.get_config()
-  config.model.name = 'VAE'
-  with pytest.raises(UserError, match='AE, CAE'):
-    models.create_model(config.model, (28, 28, 1))
+  config.model.name = 'GAN'
+  with pytest.raises(UserError, match='AE, CAE, VAE, ConvVAE'):
+    models.create_model(config, (28, 28, 1))
 
 
 @pytest.mark.parametrize('image_shape', [(10, 14, 3)])  # odd sizes: the crop path too
@@ -132,7 +132,7 @@ def test_a_conv_made_chunk_by_chunk_has_flax_outputs_and_gradients(chunks, strid
   variables = conv.init(jax.random.PRNGKey(1), x)
   layout = cpu_convs.CHANNELS_FIRST
   fast = lambda v, x: layout.leave(
-      cpu_convs.MatmulConv3x3(7).apply(v, layout.enter(x), stride=stride))
+      cpu_convs.MatmulConv3x3(7).apply(v, layout.enter(x), subsample=stride == 2))
   flax_conv = lambda v, x: conv.apply(v, x)[:, ::stride, ::stride]
   np.testing.assert_allclose(fast(variables, x), flax_conv(variables, x), atol=1e-5)
   grads = lambda f: jax.grad(lambda v, x: jnp.sum(jnp.sin(f(v, x))), argnums=(0, 1))(variables, x)

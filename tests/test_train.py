@@ -24,11 +24,11 @@ IMAGES = input_pipeline.read_idx(
 
 
 def _setup(config):
-  model = models.create_model(config.model, IMAGES.shape[1:])
+  model = models.create_model(config, IMAGES.shape[1:])
   tx = train.create_optimizer(config)
   state = jax.jit(functools.partial(train.create_train_state, model, tx, config.seed),
                   compiler_options=models.compile_once_options(model))()
-  step_fn = functools.partial(train.train_step, model=model, tx=tx, loss=config.loss,
+  step_fn = functools.partial(train.train_step, model=model, tx=tx,
                               noise_mean=config.noise.mean, noise_std=config.noise.std)
   return state, step_fn
 
@@ -39,8 +39,8 @@ def test_loss_falls_within_a_few_steps(name):
   state, step_fn = _setup(config)
   run = jax.jit(functools.partial(train.train_loop, step_fn=step_fn))
   indices = np.arange(10 * 32, dtype=np.int32).reshape(10, 32)
-  state, losses = run(state, IMAGES, indices, 10)
-  losses = np.asarray(losses)
+  state, numbers = run(state, IMAGES, indices, 10)
+  losses = np.asarray(numbers['loss'])
   assert int(state.step) == 10 and np.isfinite(losses).all()
   assert losses[-3:].mean() < 0.8 * losses[0], losses
 
@@ -49,9 +49,9 @@ def test_each_step_draws_fresh_noise_from_the_state_key():
   state, step_fn = _setup(small_config('dae'))
   step = jax.jit(step_fn)
   batch = IMAGES[:32]
-  _, loss = step(state, batch)
-  _, again = step(state, batch)
-  _, next_step = step(state.replace(step=state.step + 1), batch)
+  loss = step(state, batch)[1]['loss']
+  again = step(state, batch)[1]['loss']
+  next_step = step(state.replace(step=state.step + 1), batch)[1]['loss']
   assert loss == again  # a pure function of the state and the batch
   assert loss != next_step  # another step: other noise and dropout on the same images
 
@@ -61,8 +61,8 @@ def test_train_loop_stops_at_a_non_finite_loss():
   state, step_fn = _setup(config)
   run = jax.jit(functools.partial(train.train_loop, step_fn=step_fn))
   state = state.replace(params=jax.tree.map(lambda p: p * np.inf, state.params))
-  state, losses = run(state, IMAGES, np.zeros((5, 32), np.int32), 5)
-  assert int(state.step) == 1 and not np.isfinite(losses[0])
+  state, numbers = run(state, IMAGES, np.zeros((5, 32), np.int32), 5)
+  assert int(state.step) == 1 and not np.isfinite(numbers['loss'][0])
 
 
 def test_padded_batches_cover_every_example_once():
@@ -188,3 +188,38 @@ def _step_losses(workdir):
   events = event_accumulator.EventAccumulator(str(workdir))
   events.Reload()
   return [e.value for e in events.Scalars('train/loss')]
+
+
+# Numbers of the AE, DAE, CAE and DCAE recorded from the code before models owned their
+# objective (tests/data/regression.json): the models must still reach them exactly.
+with open(os.path.join(os.path.dirname(__file__), 'data', 'regression.json')) as f:
+  REGRESSION = json.load(f)
+
+
+@pytest.mark.parametrize('key', sorted(REGRESSION['steps']))
+def test_the_models_reach_the_numbers_recorded_before_they_owned_their_objective(key):
+  name, _, loss = key.partition('_')
+  config = small_config(name, **({'loss': loss} if loss else {}))
+  state, step_fn = _setup(config)
+  run = jax.jit(functools.partial(train.train_loop, step_fn=step_fn))
+  state, numbers = run(state, IMAGES, np.arange(6 * 32, dtype=np.int32).reshape(6, 32), 6)
+  assert np.asarray(numbers['loss']).tolist() == REGRESSION['steps'][key]
+  model = models.create_model(config, IMAGES.shape[1:])
+  mesh = train.create_mesh()
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  images = IMAGES[:100]
+  for inputs, recorded in REGRESSION['eval_after_steps'][key].items():
+    eval_fn = metrics.make_eval_fn(model, config, mesh, noisy=inputs == 'noisy')
+    numbers = metrics.evaluate_split(eval_fn, variables, input_pipeline.device_feed(images, mesh),
+                                     len(images), config, mesh, model=model)
+    assert {k: numbers[k] for k in recorded} == recorded, inputs
+
+
+@pytest.mark.parametrize('key', ['ae', 'ae_bce', 'dae'])
+def test_two_epochs_log_the_losses_recorded_before_models_owned_their_objective(key, tmp_path):
+  name, _, loss = key.partition('_')
+  config = small_config(name, num_train=128, batch_size=32, num_epochs=2,
+                        **({'loss': loss} if loss else {}))
+  train.train_and_evaluate(config, str(tmp_path))
+  rows = metric_writers.read_metrics(str(tmp_path / 'metrics.jsonl'))
+  assert [[r['train_loss'], r['val_loss']] for r in rows] == REGRESSION['two_epochs'][key]

@@ -25,12 +25,12 @@ def _mark(line: str) -> None:
     f.write(line + '\n')
 
 
-original_losses = metric_writers.RunLog.train_losses
+original_numbers = metric_writers.RunLog.train_numbers
 
 
-def train_losses(self, first_step, losses):
-  original_losses(self, first_step, losses)
-  _mark(f'step {first_step + len(losses) - 1}')
+def train_numbers(self, first_step, numbers):
+  original_numbers(self, first_step, numbers)
+  _mark(f'step {first_step + len(numbers["loss"]) - 1}')
   time.sleep(float(os.environ.get('STEP_DELAY', '0')))
 
 
@@ -64,6 +64,6 @@ if __name__ == '__main__':
   if 'READ_LOG' in os.environ:
     log_reads()
   if 'MARKER' in os.environ:
-    metric_writers.RunLog.train_losses = train_losses
+    metric_writers.RunLog.train_numbers = train_numbers
   atomicity.AtomicRenameTemporaryPath.finalize = finalize
   cli.run(main.main)

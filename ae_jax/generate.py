@@ -1,0 +1,197 @@
+"""Draws from a trained run's latent space: samples from the prior, walks between images or
+classes, and the decoded grid of a 2-D latent.
+
+  scripts/generate.sh [runs/vae] [--walk=3,7] [--walk_images=12,345] [--num_samples=64]
+
+Without a workdir: the run under runs/ that trained last. Writes to workdir/generate/:
+  samples.png  images decoded from draws of the prior N(0, I) (models with a prior: the VAEs);
+  walk.png     a walk through the latent space, decoded at --steps evenly spaced points: between
+               the mean latents of two classes (--walk=3,7, by label number or name) and between
+               pairs of their images, or between two images of the split (--walk_images=I,J);
+               without either, between random pairs of images. Every model walks: the AE and
+               the CAE between encodings, the VAEs between posterior means;
+  grid.png     for a 2-D latent with a prior, the latents at evenly spaced quantiles of the prior
+               in each dimension, decoded (Keras's VAE figure).
+"""
+
+if __name__ == '__main__':  # a command: prepare the process before JAX is imported
+  from ae_jax import launch
+  launch.start()
+
+import os
+
+import jax
+import numpy as np
+
+from ae_jax import UserError
+from ae_jax import cannot_write
+from ae_jax import config_lib
+from ae_jax import evaluate
+from ae_jax import launch
+from ae_jax import metrics
+from ae_jax import models
+from ae_jax import plots
+
+WALK_PAIRS = 4  # rows of a walk between classes, besides the row between their means
+
+
+def _decoder(run):
+  return jax.jit(lambda variables, z: run.model.apply(variables, z, method='decode'),
+                 compiler_options=models.compile_once_options(run.model))
+
+
+def _embedder(run):
+  """(images uint8) -> their latents, decodable, a batch at a time."""
+  embed = jax.jit(lambda variables, x: run.model.apply(variables, metrics.to_float(x),
+                                                       method='embed'),
+                  compiler_options=models.compiler_options(run.model))
+  batch = metrics.eval_batch_size(run.config, run.model, 1_000, 1)
+  return lambda images: np.concatenate([
+      np.asarray(embed(run.variables, images[i:i + batch]))
+      for i in range(0, len(images), batch)])
+
+
+def parse_pair(text: str, flag: str) -> tuple[str, str]:
+  parts = [p.strip() for p in text.split(',')]
+  if len(parts) != 2 or not all(parts):
+    raise UserError(f'--{flag}={text!r}: give two values separated by a comma, e.g. '
+                    f'--{flag}=' + ('3,7' if flag == 'walk' else '12,345'))
+  return parts[0], parts[1]
+
+
+def _label(run, text: str) -> int:
+  """A label given by number or by name, as the data has it."""
+  names = list(run.label_names or [])
+  present = sorted(set(np.unique(run.labels).tolist()))
+  shown = ', '.join(f'{i} ({names[i]})' if i < len(names) else str(i) for i in present)
+  if text in names:
+    label = names.index(text)
+  else:
+    try:
+      label = int(text)
+    except ValueError:
+      label = None
+  if label is None or label not in present:
+    raise UserError(f'--walk: the {run.split} split has no label {text!r}; it has {shown}')
+  return label
+
+
+def _index(run, text: str) -> int:
+  try:
+    index = int(text)
+  except ValueError:
+    index = -1
+  if not 0 <= index < len(run.images):
+    raise UserError(f'--walk_images: {text!r} is not an image of the {run.split} split: give '
+                    f'indices from 0 to {len(run.images) - 1}')
+  return index
+
+
+def walk_rows(run, walk, walk_images, steps: int, seed: int) -> dict[str, np.ndarray]:
+  """{row title: the decoded walk, (steps, H, W, C)}: the rows of walk.png."""
+  embed, decode = _embedder(run), _decoder(run)
+  line = lambda a, b: np.stack([(1 - t) * a + t * b for t in np.linspace(0, 1, steps)])
+  rng = np.random.default_rng(seed)
+  rows = {}
+  if walk is not None:
+    if run.labels is None:
+      raise UserError(f'--walk={walk}: the {run.split} split has no labels; walk between two of '
+                      'its images with --walk_images=I,J')
+    a, b = (_label(run, t) for t in parse_pair(walk, 'walk'))
+    name = lambda label: run.label_names[label] if run.label_names else str(label)
+    chosen = [np.flatnonzero(run.labels == label) for label in (a, b)]
+    means = [embed(run.images[c]).mean(0) for c in chosen]
+    rows[f'{name(a)} → {name(b)}\nclass means'] = decode(run.variables, line(*means))
+    for _ in range(WALK_PAIRS):
+      i, j = rng.choice(chosen[0]), rng.choice(chosen[1])
+      rows[f'{name(a)} → {name(b)}\nimages {i}, {j}'] = decode(
+          run.variables, line(*embed(run.images[np.array([i, j])])))
+  else:
+    if walk_images is not None:
+      pairs = [tuple(_index(run, t) for t in parse_pair(walk_images, 'walk_images'))]
+    else:
+      pairs = [tuple(rng.choice(len(run.images), 2, replace=False)) for _ in range(WALK_PAIRS)]
+    for i, j in pairs:
+      rows[f'images\n{i} → {j}'] = decode(run.variables,
+                                              line(*embed(run.images[np.array([i, j])])))
+  return {title: np.asarray(images) for title, images in rows.items()}
+
+
+def prior_grid(run, size: int) -> tuple[np.ndarray, np.ndarray]:
+  """For a 2-D latent: (the decoded images (size, size, H, W, C), the latent values of each
+  axis), at evenly spaced quantiles of N(0, 1) from 5% to 95%."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  values = stats.norm.ppf(np.linspace(0.05, 0.95, size)).astype(np.float32)
+  z = np.stack(np.meshgrid(values, values[::-1]), -1).reshape(-1, 2)  # z2 rises up the figure
+  images = np.asarray(_decoder(run)(run.variables, z))
+  return images.reshape(size, size, *images.shape[1:]), values
+
+
+def main(workdir, config, checkpoint, split, num_samples, walk, walk_images, steps, grid_size,
+         seed, out_dir=None) -> dict:
+  if walk is not None and walk_images is not None:
+    raise UserError('give --walk (two classes) or --walk_images (two images), not both')
+  if steps < 2:
+    raise UserError(f'--steps={steps}: a walk needs at least 2 points')
+  if num_samples is not None and num_samples < 0:
+    raise UserError(f'--num_samples={num_samples} must be 0 (none) or more')
+  if grid_size < 2:
+    raise UserError(f'--grid_size={grid_size}: the grid needs at least 2 points a side')
+  out_dir = evaluate.output_dir(workdir, out_dir, 'generate')
+  run = evaluate.load_run(workdir, config, checkpoint, split)
+  prior = models.has_prior(run.model)
+  if num_samples and not prior:
+    raise UserError(f'--num_samples={num_samples}: the {config.model.name} has no prior to '
+                    'sample from (the VAEs have: configs/vae.py); its walks need none')
+  num_samples = (64 if prior else 0) if num_samples is None else num_samples
+  name = config_lib.display_name(config)
+  figures = {}
+  if num_samples:
+    z = jax.random.normal(jax.random.PRNGKey(seed), (num_samples, run.model.latent_dim))
+    figures['samples'] = lambda path: plots.image_grid_figure(
+        np.asarray(_decoder(run)(run.variables, z)), path,
+        f'{name}: {num_samples} samples from the prior, step {run.step}')
+  rows = walk_rows(run, walk, walk_images, steps, seed)
+  figures['walk'] = lambda path: plots.reconstructions(
+      rows, None, path, f'{name}: walks through the latent space, {run.split} split, '
+      f'step {run.step}')
+  if prior and run.model.latent_dim == 2:
+    grid, values = prior_grid(run, grid_size)
+    figures['grid'] = lambda path: plots.latent_grid(
+        grid, values, path, f'{name}: the 2-D latent space decoded, step {run.step}')
+  launch.start_up_done()
+  written = []
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+    for figure, draw in figures.items():
+      path = os.path.join(out_dir, f'{figure}.png')
+      draw(path)
+      written.append(path)
+  except OSError as e:
+    raise cannot_write(e, 'the figures to') from None
+  if not prior:
+    print(f'the {config.model.name} has no prior: walks only (samples and the grid need a VAE)')
+  elif run.model.latent_dim != 2:
+    print(f'the latent has {run.model.latent_dim} dimensions: no grid (it needs 2: '
+          '--config.model.latent_dim=2 when training)')
+  print(f'wrote {", ".join(written)}')
+  return {'figures': written}
+
+
+if __name__ == '__main__':
+  import sys  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ae_jax import cli  # pylint: disable=g-import-not-at-top
+
+  cli.define_run_flags(sys.argv)
+  flags.DEFINE_integer('num_samples', None, 'Samples from the prior (VAEs; default 64).')
+  flags.DEFINE_string('walk', None, 'Walk between two classes: their labels, e.g. 3,7, or names.')
+  flags.DEFINE_string('walk_images', None, 'Walk between two images of the split: indices I,J.')
+  flags.DEFINE_integer('steps', 10, 'Points of a walk, its ends included.')
+  flags.DEFINE_integer('grid_size', 15, 'Points a side of the grid of a 2-D latent.')
+  flags.DEFINE_integer('seed', 0, 'Seed of the samples and of the images walked between.')
+  flags.DEFINE_string('out_dir', None, 'Where to write (default: WORKDIR/generate).')
+  FLAGS = flags.FLAGS
+  cli.run(lambda argv: main(cli.run_workdir(FLAGS.workdir), FLAGS.config, FLAGS.checkpoint,
+                            FLAGS.split, FLAGS.num_samples, FLAGS.walk, FLAGS.walk_images,
+                            FLAGS.steps, FLAGS.grid_size, FLAGS.seed, FLAGS.out_dir))

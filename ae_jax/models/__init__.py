@@ -1,0 +1,111 @@
+"""The models, and the one place that makes them from a config.
+
+  autoencoders.py  AE (dense) and CAE (convolutional): a reconstruction loss
+  vae.py           VAE (dense) and ConvVAE: the negative ELBO, with beta-VAE's weight
+  objectives.py    per-example losses, PSNR, likelihoods and the Gaussian KL
+  layers.py        dropout and random draws that do not depend on the device layout; flax's
+                   convolution layers, which cpu_convs.py replaces on CPUs
+
+Every model takes images in [0, 1] of shape (batch, height, width, channels) and has
+  objective(inputs, targets, train) -> (per-example loss, {name: per-example number})
+  reconstruct(inputs) -> images;  embed(inputs) -> latents;  encode;  decode(latents) -> images
+and a model with a prior (the VAEs) `latent_dim`, whose latents decode from N(0, I). Training,
+evaluation, the maps and the study call these, and know no model by name. A new model is a class
+with them, a `from_config` and the config fields it reads (FIELDS), added to MODELS.
+"""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ae_jax import UserError
+from ae_jax import cpu_convs
+from ae_jax.models import layers
+from ae_jax.models import objectives
+from ae_jax.models.autoencoders import AE
+from ae_jax.models.autoencoders import CAE
+from ae_jax.models.layers import Dropout
+from ae_jax.models.layers import draw_for_global_batch
+from ae_jax.models.vae import ConvVAE
+from ae_jax.models.vae import VAE
+from ae_jax.models.vae import importance_weighted_nll
+
+MODELS = {'AE': AE, 'CAE': CAE, 'VAE': VAE, 'ConvVAE': ConvVAE}
+DTYPES = ('float32', 'bfloat16')
+
+
+def create_model(config, image_shape, *, axis_name=None) -> nn.Module:
+  """The model that `config.model.name` names, for images of `image_shape` (H, W, C), computing
+  in config.dtype (parameters and losses stay float32)."""
+  name = config.model.name
+  if name not in MODELS:
+    raise UserError(
+        f'unknown model {name!r}: config.model.name must be one of {", ".join(MODELS)}')
+  cls = MODELS[name]
+  kwargs = dict(axis_name=axis_name, dtype=jnp.dtype(config.get('dtype', 'float32')))
+  if 'model.conv' in cls.FIELDS:
+    kwargs['convs'] = conv_layers(config.model)
+  return cls.from_config(config, tuple(int(d) for d in image_shape), **kwargs)
+
+
+def conv_kind(model_config) -> str:
+  """How a convolutional model computes its convolutions: config.model.conv, with 'auto' the
+  matmuls of cpu_convs.py on CPUs and XLA's convolutions elsewhere. The one place that chooses."""
+  if model_config.conv != 'auto':
+    return model_config.conv
+  return 'matmul' if jax.default_backend() == 'cpu' else 'xla'
+
+
+def conv_layers(model_config) -> layers.Convs:
+  return cpu_convs.MATMUL_CONVS if conv_kind(model_config) == 'matmul' else layers.XLA_CONVS
+
+
+def has_prior(model: nn.Module) -> bool:
+  """Whether the model's latents decode from N(0, I) draws (the VAEs)."""
+  return hasattr(model, 'log_weights')
+
+
+def compiler_options(model: nn.Module) -> dict:
+  """What a program that runs `model` asks of XLA (its convolution layers may ask)."""
+  convs = getattr(model, 'convs', None)
+  return convs.compiler_options() if convs is not None else {}
+
+
+def compile_once_options(model: nn.Module) -> dict:
+  """compiler_options(model) for code that runs once (the init, a figure's few images), which
+  needs no optimizing: XLA:CPU compiles the CAE's init in a quarter of the time at level 0."""
+  return {**compiler_options(model), 'xla_backend_optimization_level': 0}
+
+
+def eval_batch_size(model: nn.Module) -> int | None:
+  """The largest evaluation batch worth its memory for `model`'s layers (None: any)."""
+  convs = getattr(model, 'convs', None)
+  return convs.eval_batch_size if convs is not None else None
+
+
+def init_variables(model: nn.Module, rng) -> dict:
+  """The model's variables ({'params': ..., 'batch_stats': ...}) for one dummy batch.
+
+  Jit it (with compile_once_options(model)) or call it inside a jitted function.
+  """
+  dummy = jnp.zeros((1, *model.image_shape), jnp.float32)
+  variables = model.init({'params': rng}, dummy, train=False)
+  return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+
+
+def objective_parts(model: nn.Module) -> tuple[str, ...]:
+  """The names of the numbers that `model`'s objective reports in training besides its loss,
+  in the order people read them (a VAE's nelbo, reconstruction and kl; none for the AE)."""
+  return model.PARTS
+
+
+def count_params(params) -> int:
+  return sum(x.size for x in jax.tree.leaves(params))
+
+
+__all__ = ['AE', 'CAE', 'ConvVAE', 'DTYPES', 'Dropout', 'MODELS', 'VAE', 'compile_once_options',
+           'compiler_options', 'conv_kind', 'conv_layers', 'count_params', 'create_model',
+           'draw_for_global_batch', 'eval_batch_size', 'has_prior', 'importance_weighted_nll',
+           'init_variables', 'objective_parts', 'objectives']

@@ -1,0 +1,95 @@
+"""What the models are built of: random draws that do not depend on the device layout, dropout,
+and the convolution layers a convolutional model is given (flax's own here; cpu_convs.py has
+another formulation of the same functions)."""
+
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def draw_for_global_batch(key, sampler, local_shape, axis_name):
+  """Draws `sampler(key, shape)` for the whole global batch and returns this device's part.
+
+  Under jit the draw for a sharded batch does not depend on the sharding, so jit on 8
+  devices draws what one device draws. Under pmap each device sees only its part of the batch;
+  drawing the global batch and slicing keeps pmap's noise, dropout masks and latent samples
+  identical too.
+  """
+  if axis_name is None:
+    return sampler(key, local_shape)
+  num_devices = jax.lax.axis_size(axis_name)
+  local_batch = local_shape[0]
+  samples = sampler(key, (num_devices * local_batch, *local_shape[1:]))
+  start = jax.lax.axis_index(axis_name) * local_batch
+  return jax.lax.dynamic_slice_in_dim(samples, start, local_batch)
+
+
+class Dropout(nn.Module):
+  """Inverted dropout like nn.Dropout, with masks that do not depend on the device layout."""
+  rate: float
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    if not train or self.rate == 0.0:
+      return x
+    keep = draw_for_global_batch(
+        self.make_rng('dropout'),
+        lambda key, shape: jax.random.bernoulli(key, 1.0 - self.rate, shape),
+        x.shape, self.axis_name)
+    return jnp.where(keep, x / (1.0 - self.rate), 0.0).astype(x.dtype)
+
+
+# --- Convolution layers --------------------------------------------------------------------
+
+class Layout(NamedTuple):
+  """Where a convolutional model keeps the channels of its activations."""
+  enter: Callable  # (B, H, W, C) images or latents -> this layout
+  leave: Callable  # this layout -> (B, H, W, C)
+  feature_axis: int
+  subsample: Callable  # keeps every second pixel in each spatial direction
+
+
+class Convs(NamedTuple):
+  """How a convolutional model computes its layers: the model says what it computes, a Convs
+  how. Each constructor takes (features, dtype=...) and makes a module with flax's parameters
+  (a kernel of shape (size, size, in, out) and a bias) that maps activations in `layout`."""
+  conv3x3: Callable[..., nn.Module]  # nn.Conv(features, (3, 3), padding='SAME'); called as
+  #   conv(x, subsample=True) it returns only the pixels that layout.subsample keeps
+  conv_transpose3x3: Callable[..., nn.Module]  # nn.ConvTranspose(features, (3, 3), 'SAME')
+  conv_transpose2x2: Callable[..., nn.Module]  # nn.ConvTranspose(features, (2, 2), strides=2)
+  layout: Layout
+  compiler_options: Callable[[], dict]  # what a program running the model asks of XLA
+  eval_batch_size: int | None  # the largest evaluation batch worth its memory; None: any
+
+
+# Activations as flax keeps them, (batch, height, width, channels). subsample is the original's
+# MaxPool2d(kernel_size=1, stride=2): it keeps every second pixel.
+CHANNELS_LAST = Layout(enter=lambda x: x, leave=lambda x: x, feature_axis=-1,
+                       subsample=lambda x: x[:, ::2, ::2, :])
+
+
+class Conv3x3(nn.Conv):
+  """nn.Conv(features, (3, 3), padding='SAME'), whose output can be subsampled as it is made."""
+  kernel_size: Any = (3, 3)
+  padding: Any = 'SAME'
+
+  def __call__(self, x, subsample: bool = False):  # pylint: disable=arguments-differ
+    y = super().__call__(x)
+    return CHANNELS_LAST.subsample(y) if subsample else y
+
+
+def _no_options() -> dict:
+  return {}
+
+
+# flax's layers, which XLA lowers to its convolutions (cuDNN's on NVIDIA GPUs).
+XLA_CONVS = Convs(
+    conv3x3=lambda features, dtype=jnp.float32: Conv3x3(features, dtype=dtype),
+    conv_transpose3x3=lambda features, dtype=jnp.float32: nn.ConvTranspose(
+        features, (3, 3), padding='SAME', dtype=dtype),
+    conv_transpose2x2=lambda features, dtype=jnp.float32: nn.ConvTranspose(
+        features, (2, 2), strides=(2, 2), padding='VALID', dtype=dtype),
+    layout=CHANNELS_LAST, compiler_options=_no_options, eval_batch_size=None)
