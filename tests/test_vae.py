@@ -1,0 +1,216 @@
+"""The variational autoencoders: their objective's terms, the importance-weighted bound, beta,
+exact resume, evaluation and generation as users run them."""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ae_jax import UserError
+from ae_jax import evaluate
+from ae_jax import generate
+from ae_jax import input_pipeline
+from ae_jax import metric_writers
+from ae_jax import metrics
+from ae_jax import models
+from ae_jax import train
+from conftest import MNIST_SMALL
+from conftest import assert_one_line_error
+from conftest import run_script
+from conftest import small_config
+
+IMAGES = input_pipeline.read_idx(
+    os.path.join(MNIST_SMALL, 'train-images-idx3-ubyte.gz'))[..., None]
+
+
+@pytest.fixture(scope='module')
+def trained_vae(tmp_path_factory):
+  """(workdir, config) of the VAE trained for 4 epochs on 800 real digits."""
+  config = small_config('vae', num_train=800, num_epochs=4)
+  workdir = str(tmp_path_factory.mktemp('trained') / 'vae')
+  train.train_and_evaluate(config, workdir)
+  return workdir, config
+
+
+def test_the_vae_has_the_shape_of_flax_example():
+  config = small_config('vae')
+  model = models.create_model(config, (28, 28, 1))
+  variables = jax.jit(functools.partial(models.init_variables, model))(jax.random.PRNGKey(0))
+  # Dense 784-500, two heads 500-20, Dense 20-500-784
+  assert models.count_params(variables['params']) == (
+      784 * 500 + 500 + 2 * (500 * 20 + 20) + 20 * 500 + 500 + 500 * 784 + 784)
+  mean, logvar = model.apply(variables, jnp.zeros((3, 28, 28, 1)), method='encode')
+  assert mean.shape == logvar.shape == (3, 20)
+
+
+def test_the_conv_vae_decodes_its_latent_to_the_image_shape():
+  image_shape = (30, 30, 3)  # not a multiple of 4: decoded to 32 x 32 and cropped
+  config = small_config('conv_vae', **{'model.features': (4, 8, 8, 16), 'model.latent_dim': 5,
+                                       'model.conv': 'xla'})
+  model = models.create_model(config, image_shape)
+  variables = jax.jit(functools.partial(models.init_variables, model))(jax.random.PRNGKey(0))
+  reconstruction, mean = jax.jit(model.apply)(variables, jnp.zeros((2, *image_shape)))
+  assert reconstruction.shape == (2, *image_shape) and mean.shape == (2, 5)
+
+
+def test_the_closed_form_kl_is_the_monte_carlo_estimate():
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  mean = jax.random.normal(keys[0], (4, 6))
+  logvar = jax.random.normal(keys[1], (4, 6)) * 0.5
+  z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(keys[2], (200_000, 4, 6))
+  log_q = models.objectives.gaussian_log_density(z, mean, logvar)
+  log_p = models.objectives.gaussian_log_density(z, 0.0, jnp.zeros_like(z))
+  monte_carlo = jnp.mean(log_q - log_p, axis=0)
+  np.testing.assert_allclose(models.objectives.gaussian_kl(mean, logvar), monte_carlo, rtol=0.02)
+
+
+def test_the_importance_weighted_bound_is_below_the_elbo_and_falls_with_k(trained_vae):
+  workdir, config = trained_vae
+  run = evaluate.load_run(workdir, config, 'latest', 'test')
+  nelbo = evaluate.evaluate(run, noisy=False)['nelbo']
+  nll = {k: evaluate.importance_weighted_nll(run, k, 200)['iw_nll'] for k in (1, 10, 100)}
+  # k=1 is the single-sample negative ELBO, an estimate of its expectation
+  assert nll[1] == pytest.approx(nelbo, rel=0.02)
+  assert nll[100] < nll[10] < nll[1] and nll[10] < nelbo
+
+
+def _reconstruction_mse(beta, tmp_path):
+  config = small_config('vae', num_train=800, num_epochs=3, **{'model.beta': beta})
+  train.train_and_evaluate(config, str(tmp_path / f'beta{beta}'))
+  run = evaluate.load_run(str(tmp_path / f'beta{beta}'), config, 'latest', 'test')
+  return evaluate.evaluate(run, noisy=False)
+
+
+def test_beta_zero_reconstructs_at_least_as_well_as_beta_one(tmp_path):
+  without_kl, vae = _reconstruction_mse(0.0, tmp_path), _reconstruction_mse(1.0, tmp_path)
+  assert without_kl['mse'] <= vae['mse']
+  assert without_kl['kl'] > vae['kl']  # nothing holds its posterior to the prior
+
+
+def test_a_resumed_vae_ends_with_the_parameters_of_an_uninterrupted_one(tmp_path):
+  kwargs = dict(num_train=128, batch_size=32, **{'noise.std': 0.1})
+  straight = train.train_and_evaluate(small_config('vae', num_epochs=2, **kwargs),
+                                      str(tmp_path / 'straight'))
+  train.train_and_evaluate(small_config('vae', num_epochs=1, **kwargs), str(tmp_path / 'resumed'))
+  resumed = train.train_and_evaluate(small_config('vae', num_epochs=2, **kwargs),
+                                     str(tmp_path / 'resumed'))
+  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_training_logs_the_elbo_and_its_parts_and_draws_samples(trained_vae):
+  workdir, _ = trained_vae
+  rows = metric_writers.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+  assert rows[0]['loss'] == 'nelbo'
+  for row in rows:
+    assert row['val_nelbo'] == pytest.approx(row['val_reconstruction'] + row['val_kl'])
+    assert row['val_loss'] == row['val_nelbo'] and row['train_kl'] > 0
+  assert rows[-1]['val_nelbo'] < rows[0]['val_nelbo']
+  for figure in ('samples.png', 'reconstructions.png'):
+    with open(os.path.join(workdir, figure), 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_eval_reports_the_elbo_its_parts_and_the_likelihood(trained_vae, tmp_path):
+  workdir, config = trained_vae
+  report = evaluate.main(workdir, config, 'best', 'test', num_examples=3, num_samples=50,
+                         out_dir=str(tmp_path))
+  clean = report['clean']
+  assert clean['nelbo'] == pytest.approx(clean['reconstruction'] + clean['kl'])
+  assert clean['iw_nll'] < clean['nelbo'] and clean['iw_num_samples'] == 50
+  assert 0 < clean['mse'] < 0.1 and clean['psnr'] > 10
+  with open(tmp_path / 'test.json') as f:
+    assert json.load(f) == report
+
+
+def test_generate_draws_samples_walks_and_the_grid_of_a_2d_latent(tmp_path):
+  config = small_config('vae', num_train=256, **{'model.latent_dim': 2})
+  workdir = str(tmp_path / 'vae2d')
+  train.train_and_evaluate(config, workdir)
+  written = generate.main(workdir, config, 'latest', 'test', None, '3,7', None, steps=6,
+                          grid_size=5, seed=0)['figures']
+  assert [os.path.basename(p) for p in written] == ['samples.png', 'walk.png', 'grid.png']
+  run = evaluate.load_run(workdir, config, 'latest', 'test')
+  rows = generate.walk_rows(run, '3,7', None, steps=6, seed=0)
+  assert len(rows) == 1 + generate.WALK_PAIRS
+  assert all(r.shape == (6, 28, 28, 1) for r in rows.values())
+  grid, values = generate.prior_grid(run, 5)
+  assert grid.shape == (5, 5, 28, 28, 1) and abs(values[2]) < 1e-6  # the prior's median
+
+
+def test_walks_work_for_the_ae_and_refuse_samples(trained_ae, tmp_path):
+  workdir, config = trained_ae
+  run = evaluate.load_run(workdir, config, 'best', 'test')
+  rows = generate.walk_rows(run, None, '0,5', steps=4, seed=0)
+  [walk] = rows.values()
+  assert walk.shape == (4, 28, 28, 1)
+  # the ends are the two images' reconstructions
+  ends = np.asarray(run.model.apply(run.variables, metrics.to_float(run.images[[0, 5]]),
+                                    method='reconstruct'))
+  np.testing.assert_allclose(walk[[0, -1]], ends, atol=1e-5)
+  with pytest.raises(UserError, match='the AE has no prior to sample from'):
+    generate.main(workdir, config, 'best', 'test', 16, None, None, 4, 5, 0, str(tmp_path))
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--walk=3,12'], "the test split has no label '12'; it has 0"),
+    (['--walk=3'], "--walk='3': give two values separated by a comma"),
+    (['--walk_images=0,100000'], "'100000' is not an image of the test split"),
+    (['--walk=3,7', '--walk_images=0,1'], 'give --walk (two classes) or --walk_images'),
+    (['--steps=1'], '--steps=1: a walk needs at least 2 points'),
+])
+def test_bad_walks_are_one_line_and_write_nothing(trained_vae, flags, message):
+  workdir, _ = trained_vae
+  before = sorted(os.listdir(workdir))
+  assert_one_line_error(run_script('generate.sh', workdir, *flags), message)
+  assert sorted(os.listdir(workdir)) == before
+
+
+def test_a_walk_between_classes_of_unlabelled_data_asks_for_two_images(trained_vae, tmp_path):
+  workdir, config = trained_vae
+  run = evaluate.load_run(workdir, config, 'best', 'test')
+  with pytest.raises(UserError, match='has no labels; walk between two of its images with '
+                     '--walk_images=I,J'):
+    generate.walk_rows(run._replace(labels=None), '3,7', None, 4, 0)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'model.beta': -1.0}, 'config.model.beta=-1.0 must be 0 or more'),
+    ({'model.likelihood': 'poisson'}, "config.model.likelihood='poisson' is not one of: "
+     'bernoulli, gaussian'),
+    ({'model.dropout_rate': 0.3}, 'config.model.dropout_rate=0.3 is not used by the VAE'),
+    ({'loss': 'bce'}, "config.loss='bce' is not used by the VAE"),
+])
+def test_bad_vae_fields_are_refused_before_anything_is_written(tmp_path, overrides, message):
+  with pytest.raises(UserError, match=message.replace('(', r'\(').replace(')', r'\)')):
+    train.train_and_evaluate(small_config('vae', **overrides), str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_a_kl_that_overflows_stops_with_the_divergence_hint(tmp_path):
+  config = small_config('vae', num_train=64, batch_size=16, learning_rate=1e4)
+  with pytest.raises(UserError, match=r'the loss became (nan|inf) at step \d+ .*training '
+                     r'diverged. Lower config.learning_rate'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+@pytest.mark.parametrize('name', ['vae', 'conv_vae'])
+def test_the_negative_elbo_falls_within_a_few_steps(name):
+  overrides = {'model.features': (8, 16, 16, 32)} if name == 'conv_vae' else {}
+  config = small_config(name, **overrides)
+  model = models.create_model(config, IMAGES.shape[1:])
+  tx = train.create_optimizer(config)
+  state = jax.jit(functools.partial(train.create_train_state, model, tx, config.seed),
+                  compiler_options=models.compile_once_options(model))()
+  step_fn = functools.partial(train.train_step, model=model, tx=tx, noise_mean=0.0,
+                              noise_std=0.0)
+  run = jax.jit(functools.partial(train.train_loop, step_fn=step_fn))
+  state, numbers = run(state, IMAGES, np.arange(320, dtype=np.int32).reshape(10, 32), 10)
+  nelbo = np.asarray(numbers['nelbo'])
+  assert np.isfinite(nelbo).all() and nelbo[-3:].mean() < 0.9 * nelbo[0], nelbo
+  np.testing.assert_allclose(numbers['nelbo'], numbers['reconstruction'] + numbers['kl'],
+                             rtol=1e-5)
