@@ -53,8 +53,12 @@ from ae_jax import train
 from ae_jax import tsne
 
 # The numbers of a member, and whether lower is better.
-LOWER_IS_BETTER = {'mse': True, 'bce': True, 'psnr': False, 'knn_accuracy': False,
+# (None: neither; a VAE's KL term is a cost paid for its latent's information.)
+LOWER_IS_BETTER = {'mse': True, 'bce': True, 'psnr': False, 'nelbo': True,
+                   'reconstruction': True, 'kl': None, 'knn_accuracy': False,
                    'linear_probe_accuracy': False, 'trustworthiness': False}
+# The numbers of eval.sh, reported for clean and for noisy inputs.
+EVALUATED = ('mse', 'bce', 'psnr', 'nelbo', 'reconstruction', 'kl')
 SCORE_FILE = 'study.json'  # in a member's workdir, once it is scored
 
 
@@ -94,8 +98,39 @@ def _parse(text: str, kind, path: str):
                     f'the type of config.{path}') from None
 
 
+# The grid axis over whole experiments: --grid=config=ae,dae,vae trains each config file's
+# model (configs/ae.py, ...), with the command line's --config.FIELD=... applied to each.
+CONFIG_AXIS = 'config'
+
+
+def load_config_file(name: str, overrides=()) -> ml_collections.ConfigDict:
+  """The config of configs/`name`.py (or of the file `name`), with `overrides` ('FIELD=VALUE',
+  as after --config.) applied."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from ae_jax import cli  # pylint: disable=g-import-not-at-top
+  path = name if name.endswith('.py') else os.path.join(cli.CONFIGS, f'{name}.py')
+  if not os.path.isfile(path):
+    there = sorted(f[:-3] for f in os.listdir(cli.CONFIGS)
+                   if f.endswith('.py') and not f.startswith('_') and f != 'default.py')
+    raise UserError(f'--grid={CONFIG_AXIS}=...: there is no config {name!r}; the configs are: '
+                    f'{", ".join(there)}')
+  spec = importlib.util.spec_from_file_location(f'ae_jax_study_config_{len(name)}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for override in overrides:
+    field, _, value = override.partition('=')
+    node, leaf = _field(config, field)
+    try:
+      node[leaf] = _parse(value, node.get_type(leaf), field)
+    except TypeError as e:
+      raise UserError(f'--config.{override}: {e}') from None
+  return config
+
+
 def parse_grid(config, specs) -> list[tuple[str, list]]:
-  """['noise.std=0,0.1', ...] -> [('noise.std', [0.0, 0.1]), ...], each value checked."""
+  """['noise.std=0,0.1', ...] -> [('noise.std', [0.0, 0.1]), ...], each value checked; the
+  axis 'config' names config files."""
   axes = []
   for spec in specs:
     path, sep, values = spec.partition('=')
@@ -104,6 +139,14 @@ def parse_grid(config, specs) -> list[tuple[str, list]]:
                       '(e.g. --grid=noise.std=0,0.1,0.2)')
     if path.strip() == 'seed':
       raise UserError('--grid=seed=...: give the seeds with --seeds=0,1,2')
+    if path.strip() == CONFIG_AXIS:
+      names = [v.strip() for v in values.split(',')]
+      for name in names:
+        load_config_file(name)  # a name that is not a config, refused now
+      if len(set(names)) != len(names):
+        raise UserError(f'--grid={spec!r} names a value twice')
+      axes.append((CONFIG_AXIS, names))
+      continue
     node, name = _field(config, path.strip())
     kind = node.get_type(name)
     parsed = [_parse(v, kind, path) for v in values.split(',')]
@@ -130,14 +173,21 @@ def _value_name(value) -> str:
   return str(value).replace('/', '_').replace(' ', '')
 
 
-def members(config, axes, seeds) -> list[tuple[str, dict, ml_collections.ConfigDict]]:
-  """(name, settings, config) of every member: each grid point with each seed."""
+def members(config, axes, seeds, overrides=()) -> list[tuple[str, dict,
+                                                             ml_collections.ConfigDict]]:
+  """(name, settings, config) of every member: each grid point with each seed. `overrides`:
+  the command line's --config.FIELD=VALUE, for the configs that a 'config' axis names."""
   found = []
   for values in itertools.product(*[v for _, v in axes]):
     for seed in seeds:
-      member = config.copy_and_resolve_references()
       settings = dict(zip([path for path, _ in axes], values))
+      if CONFIG_AXIS in settings:
+        member = load_config_file(settings[CONFIG_AXIS], overrides)
+      else:
+        member = config.copy_and_resolve_references()
       for path, value in settings.items():
+        if path == CONFIG_AXIS:
+          continue
         node, name = _field(member, path)
         try:
           node[name] = value
@@ -172,9 +222,9 @@ def score(workdir: str, config, splits, num_points: int, draw_map: bool) -> tupl
 # --- The whole study ------------------------------------------------------------------------
 
 def run_study(config, workdir: str, axes, seeds, *, num_points: int = 2000,
-              draw_maps: bool = False) -> list[dict]:
+              draw_maps: bool = False, overrides=()) -> list[dict]:
   """Trains, scores and tabulates every member; returns the rows of results.csv."""
-  found = members(config, axes, seeds)
+  found = members(config, axes, seeds, overrides)
   os.makedirs(workdir, exist_ok=True)
   print(f'study in {workdir}: {len(found)} members ({len(found) // len(seeds)} grid points x '
         f'{len(seeds)} seeds)')
@@ -229,13 +279,13 @@ def _numbers(rows) -> list[str]:
   for prefix in ('clean_', 'noisy_', ''):
     for metric in LOWER_IS_BETTER:
       name = prefix + metric
-      if (prefix or metric not in ('mse', 'bce', 'psnr')) and any(name in r for r in rows):
+      if (prefix or metric not in EVALUATED) and any(name in r for r in rows):
         names.append(name)
   return names
 
 
-def _better(name: str) -> bool:
-  """Whether a lower value of the number `name` is better."""
+def _better(name: str) -> bool | None:
+  """Whether a lower value of the number `name` is better (None: neither)."""
   return LOWER_IS_BETTER[name.removeprefix('noisy_').removeprefix('clean_')]
 
 
@@ -285,7 +335,7 @@ def markdown_table(summary, fields, names) -> str:
   best = {}
   for name in names:
     means = [entry[name][0] for entry in summary if name in entry]
-    best[name] = min(means) if _better(name) else max(means)
+    best[name] = None if _better(name) is None else min(means) if _better(name) else max(means)
   header = ' | '.join([f.removeprefix('config.') for f in fields] + ['seeds'] + names)
   lines = [f'| {header} |', '|' + ' --- |' * (len(fields) + 1 + len(names))]
   for entry in summary:
@@ -295,23 +345,27 @@ def markdown_table(summary, fields, names) -> str:
         cells.append('')
         continue
       mean, std = entry[name]
-      digits = 5 if 'mse' in name or 'bce' in name else 4 if 'psnr' not in name else 2
+      digits = (5 if 'mse' in name or 'bce' in name else
+                2 if any(n in name for n in ('psnr', 'nelbo', 'reconstruction', 'kl')) else 4)
       cell = f'{mean:.{digits}f} ± {std:.{digits}f}'
       cells.append(f'**{cell}**' if mean == best[name] else cell)
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
 
 
-def main(config, workdir: str, grid_specs, seeds_text, num_points: int, draw_maps: bool):
+def main(config, workdir: str, grid_specs, seeds_text, num_points: int, draw_maps: bool,
+         overrides=()):
   study_config = config.get('study') or {}
   specs = grid_specs or list(study_config.get('grid', ()))
   seeds = parse_seeds(seeds_text or study_config.get('seeds', '0'))
   axes = parse_grid(config, specs)
   tsne.check_flags(num_points, tsne.NUM_TRAIN_POINTS, tsne.PERPLEXITY, seed=0, angle=tsne.ANGLE)
-  return run_study(config, workdir, axes, seeds, num_points=num_points, draw_maps=draw_maps)
+  return run_study(config, workdir, axes, seeds, num_points=num_points, draw_maps=draw_maps,
+                   overrides=overrides)
 
 
 if __name__ == '__main__':
+  import sys  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from ae_jax import cli  # pylint: disable=g-import-not-at-top
@@ -337,6 +391,10 @@ if __name__ == '__main__':
                       'studies/<config file name>')
     if workdir is None:
       workdir = cli.default_workdir(config_flags.get_config_filename(FLAGS['config']), 'studies')
-    main(FLAGS.config, workdir, FLAGS.grid, FLAGS.seeds, FLAGS.num_points, FLAGS.maps)
+    overrides = [arg[len('--config.'):] for arg in sys.argv if arg.startswith('--config.')]
+    if any('=' not in o for o in overrides):
+      raise UserError('write each --config.FIELD=VALUE with an = in a study')
+    main(FLAGS.config, workdir, FLAGS.grid, FLAGS.seeds, FLAGS.num_points, FLAGS.maps,
+         overrides)
 
   cli.run(_main)

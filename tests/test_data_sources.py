@@ -418,3 +418,23 @@ def test_two_processes_read_disjoint_halves_of_each_batch_from_disk(tmp_path):
   [a], [b] = rows('one'), rows('two')
   assert a['train_loss'] == pytest.approx(b['train_loss'], rel=1e-5)
   assert a['val_loss'] == pytest.approx(b['val_loss'], rel=1e-5)
+
+
+def test_binarized_mnist_pixels_are_scaled_to_255(tmp_path, monkeypatch):
+  """tfds's binarized_mnist stores pixels as 0 and 1, and has no labels (the papers' VAE data)."""
+  monkeypatch.setattr(tfds_source, '_can_reach', lambda url: True)
+  binary = (DIGITS[:30, ..., None] > 127).astype(np.uint8)
+
+  def as_dataset(self, split, *args, **kwargs):
+    del self, split, args, kwargs
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return tf.data.Dataset.from_tensor_slices({'image': binary})
+
+  config = _config('tfds', name='binarized_mnist', data_dir=str(tmp_path / 'tfds'))
+  with tfds.testing.mock_data(num_examples=30, as_dataset_fn=as_dataset):
+    splits = input_pipeline.load_splits(config.data)
+  assert splits['train'].labels is None
+  assert len(splits['train'].images) + len(splits['validation'].images) == 30
+  for split in ('train', 'validation'):
+    assert set(np.unique(splits[split].images).tolist()) == {0, 255}
+  assert splits['train'].images.sum() + splits['validation'].images.sum() == binary.sum() * 255

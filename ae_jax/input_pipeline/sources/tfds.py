@@ -24,6 +24,8 @@ from ae_jax.input_pipeline.splits import to_grayscale
 
 
 IDX_DATASETS = ('mnist', 'fashion_mnist', 'kmnist')  # tfds datasets made of IDX files
+# Datasets whose pixels are stored as 0 and 1: scaled to 0 and 255, like every other source's.
+BINARY_DATASETS = ('binarized_mnist',)
 
 
 def _can_reach(url: str, timeout: float = 5.0) -> bool:
@@ -140,6 +142,8 @@ def read_tfds(data_config, wanted) -> dict[str, Split]:
   def decode(example):
     return example[image_key], example[label_key] if label_key else 0
 
+  scale = 255 if builder.name in BINARY_DATASETS else 1
+
   splits = {}
   for role, spec in wanted.items():
     if available and parse_split(spec)[0] not in available:
@@ -149,7 +153,8 @@ def read_tfds(data_config, wanted) -> dict[str, Split]:
       continue
     if on_disk:
       records = Records(builder.as_data_source(split=spec), image_key, size,
-                        data_config.grayscale, varying, where=f'{builder.data_dir} ({spec})')
+                        data_config.grayscale, varying, where=f'{builder.data_dir} ({spec})',
+                        scale=scale)
       labels = None
       if label_key:  # read once, the images left undecoded
         undecoded = builder.as_data_source(
@@ -170,7 +175,7 @@ def read_tfds(data_config, wanted) -> dict[str, Split]:
       for image_batch, label_batch in tfds.as_numpy(ds.batch(4096)):
         images.append(image_batch)
         labels.append(label_batch)
-    splits[role] = Split(np.concatenate(images),
+    splits[role] = Split(np.concatenate(images) * np.uint8(scale),
                          np.concatenate(labels).astype(np.int32) if label_key else None,
                          label_names)
   return splits
@@ -228,8 +233,9 @@ class Records(disk.OnDisk):
   asks, as read_tfds and input_pipeline.finish would) when a batch asks for them."""
 
   def __init__(self, source, image_key: str, size, grey: bool, varying: bool, where: str,
-               indices=None):
+               indices=None, scale: int = 1):
     self.source, self.image_key, self.size, self.grey = source, image_key, size, grey
+    self.scale = scale
     self.varying, self.where = varying, where
     self.indices = np.arange(len(source)) if indices is None else indices
     first = self._decode(source[0][image_key]) if len(source) else np.zeros((1, 1, 1), np.uint8)
@@ -242,7 +248,7 @@ class Records(disk.OnDisk):
 
   def subset(self, indices) -> 'Records':
     return Records(self.source, self.image_key, self.size, self.grey, self.varying, self.where,
-                   self.indices[indices])
+                   self.indices[indices], self.scale)
 
   def __getitem__(self, key) -> np.ndarray:
     chosen = np.atleast_1d(self.indices[key])
@@ -253,6 +259,7 @@ class Records(disk.OnDisk):
   def _decode(self, image: np.ndarray) -> np.ndarray:
     # in the order of the reads into memory: images of varying size are resized as they are
     # read, then made grayscale; others are made grayscale, then resized
+    image = image * np.uint8(self.scale)
     if self.varying and self.size:
       image = resize_image(image, self.size)
     if self.grey and image.shape[-1] == 3:
