@@ -1,8 +1,8 @@
 """Traced programs kept across processes, beside JAX's compilation cache.
 
 JAX's persistent compilation cache spares a second start the XLA compile, but not the tracing
-and lowering that make the program it looks up: for the CAE on 2 CPU cores 0.65 s of Python for
-the update and 0.26 s for the init, in a start that PyTorch makes in about 3 s. jit_compile
+and lowering that make the program it looks up: for the CAE about a third of a second start's
+time. jit_compile
 keeps the traced program (jax.export's serialized StableHLO) under a key made of everything
 that decides it: the name and context (the config) its caller gives, the structure, shapes,
 dtypes and shardings of the arguments, the source of every ae_jax module, the versions of the

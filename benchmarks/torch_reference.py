@@ -1,8 +1,10 @@
-"""The PyTorch original's AE and CAE, trained the way it trains them, for the benchmark.
+"""The PyTorch original's AE and CAE, trained the way it trains them, and a VAE of the shape of
+flax's example (PyTorch's examples/vae recipe), for the benchmark.
 
-Per step: zero_grad, forward, MSELoss against the clean image, backward, Adam step, on tensors
-already in memory (the original's per-image DataLoader is slower still). Torch's default
-threads. Needs `pip install -e .[bench]`.
+Per step: zero_grad, forward, the loss against the clean image (MSELoss; for the VAE binary
+cross-entropy on logits summed over pixels plus the closed-form KL, averaged over the batch),
+backward, Adam step, on tensors already in memory (the original's per-image DataLoader is slower
+still). Torch's default threads. Needs `pip install -e .[bench]`.
 """
 
 import time
@@ -27,6 +29,40 @@ class AE(nn.Module):
     latent = self.encoder(x)
     return self.decoder(latent), latent
 
+  def loss(self, inputs, clean):
+    return nn.functional.mse_loss(self(inputs)[0], clean)
+
+  def eval_sum(self, clean):
+    """The summed squared error: the MSE's numerator."""
+    return nn.functional.mse_loss(self(clean)[0], clean, reduction='sum')
+
+
+class VAE(nn.Module):
+  """Dense 784-500-20(x2)-500-784 (flax's examples/vae, PyTorch's examples/vae)."""
+
+  def __init__(self, size=784, hidden=500, latent=20):
+    super().__init__()
+    self.hidden, self.mean, self.logvar = (nn.Linear(size, hidden), nn.Linear(hidden, latent),
+                                           nn.Linear(hidden, latent))
+    self.decoder = nn.Sequential(nn.Linear(latent, hidden), nn.ReLU(), nn.Linear(hidden, size))
+
+  def nelbo(self, inputs, clean):
+    """The single-sample negative ELBO of each image, in nats."""
+    h = torch.relu(self.hidden(inputs.flatten(1)))
+    mean, logvar = self.mean(h), self.logvar(h)
+    z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+    logits = self.decoder(z)
+    reconstruction = nn.functional.binary_cross_entropy_with_logits(
+        logits, clean.flatten(1), reduction='none').sum(1)
+    kl = 0.5 * (logvar.exp() + mean ** 2 - 1 - logvar).sum(1)
+    return reconstruction + kl
+
+  def loss(self, inputs, clean):
+    return self.nelbo(inputs, clean).mean()
+
+  def eval_sum(self, clean):
+    return self.nelbo(clean, clean).sum()
+
 
 class CAE(nn.Module):
 
@@ -50,9 +86,11 @@ class CAE(nn.Module):
     latent = self.encoder(x)
     return self.decoder(latent), latent
 
+  loss, eval_sum = AE.loss, AE.eval_sum
+
 
 def create(name: str) -> nn.Module:
-  return {'AE': AE, 'CAE': CAE}[name]()
+  return {'AE': AE, 'CAE': CAE, 'VAE': VAE}[name]()
 
 
 def count_params(model: nn.Module) -> int:
@@ -63,14 +101,12 @@ def train_steps(model, optimizer, images: torch.Tensor, order: np.ndarray, batch
                 noise_std: float) -> float:
   """Trains on images[order] in batches; returns the mean loss."""
   model.train()
-  loss_fn = nn.MSELoss()
   total, steps = 0.0, 0
   for start in range(0, len(order) - batch_size + 1, batch_size):
     clean = images[order[start:start + batch_size]]
     inputs = clean + noise_std * torch.randn_like(clean) if noise_std > 0 else clean
     optimizer.zero_grad()
-    reconstruction, _ = model(inputs)
-    loss = loss_fn(reconstruction, clean)
+    loss = model.loss(inputs, clean)
     loss.backward()
     optimizer.step()
     total += loss.item()
@@ -80,12 +116,12 @@ def train_steps(model, optimizer, images: torch.Tensor, order: np.ndarray, batch
 
 @torch.no_grad()
 def evaluate(model, images: torch.Tensor, batch_size: int) -> float:
+  """The mean MSE over pixels (the VAE: the negative ELBO over images)."""
   model.eval()
   total = 0.0
   for start in range(0, len(images), batch_size):
-    clean = images[start:start + batch_size]
-    total += nn.functional.mse_loss(model(clean)[0], clean, reduction='sum').item()
-  return total / images.numel()
+    total += model.eval_sum(images[start:start + batch_size]).item()
+  return total / (len(images) if isinstance(model, VAE) else images.numel())
 
 
 def epoch_seconds(name: str, images: np.ndarray, num_train: int, batch_size: int,

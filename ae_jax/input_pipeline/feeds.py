@@ -27,6 +27,16 @@ def host_memory() -> int:
   return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
 
 
+# Data goes where it takes at most this share of the memory: the rest is the model's, the
+# optimizer's, XLA's temporaries' and the other processes'.
+MEMORY_SHARE = 4
+
+
+def fits_in_host_memory(num_bytes: int) -> bool:
+  """Whether `num_bytes` of data can be read into host memory (else it stays on disk)."""
+  return num_bytes <= host_memory() // MEMORY_SHARE
+
+
 def fits_on_device(num_bytes: int, device) -> bool:
   """Whether `num_bytes` of data can live on each device and leave room for training."""
   stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
@@ -34,7 +44,7 @@ def fits_on_device(num_bytes: int, device) -> bool:
     free = stats['bytes_limit'] - stats.get('bytes_in_use', 0)
   else:  # a CPU: its memory is the host's
     free = host_memory()
-  return num_bytes <= free // 4
+  return num_bytes <= free // MEMORY_SHARE
 
 
 def device_feed(images: np.ndarray, mesh):

@@ -48,7 +48,7 @@ def read_arrays(data_config, wanted) -> dict[str, Split]:
     raise UserError(f'config.data.path={path!r} is not a file: with config.data.source='
                     "'arrays' it must name a .npy or .npz file of images")
   if data_config.placement == 'disk' or (data_config.placement == 'auto' and path.endswith(
-      '.npy') and os.path.getsize(path) > feeds.host_memory() // 4):
+      '.npy') and not feeds.fits_in_host_memory(os.path.getsize(path))):
     if not path.endswith('.npy'):
       raise UserError(f'{path}: the members of an .npz cannot be read in any order from disk '
                       '(config.data.placement=disk): save the images as a .npy, e.g. '

@@ -13,6 +13,7 @@ from ae_jax.input_pipeline.splits import FOLDER_SPLITS
 from ae_jax.input_pipeline.splits import Split
 from ae_jax.input_pipeline.splits import choose
 from ae_jax.input_pipeline.splits import folder_path
+from ae_jax.input_pipeline.splits import resize_image
 
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp')
@@ -32,13 +33,13 @@ def _decode(path: str, size, grey: bool = False):
       if image.mode in ('I', 'I;16', 'F'):  # 16-bit and float grayscale: to 8 bits
         array = np.asarray(image, np.float32)
         image = Image.fromarray(np.uint8(np.clip(array / max(array.max(), 1) * 255, 0, 255)))
-      image = image.convert('L' if grey else 'RGB')
-      if size and image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
-      array = np.asarray(image)
+      array = np.asarray(image.convert('L' if grey else 'RGB'))
   except (OSError, ValueError, SyntaxError) as e:
     raise UserError(f'cannot read the image {path}: {e}. Delete or replace the file') from None
-  return array[..., None] if array.ndim == 2 else array
+  array = array[..., None] if array.ndim == 2 else array
+  if size and array.shape[:2] != (size, size):
+    array = resize_image(array, size)
+  return array
 
 
 def read_images(paths: list[str], size) -> tuple[np.ndarray, str | None]:
@@ -164,7 +165,8 @@ def read_image_folder(data_config, wanted) -> dict[str, Split]:
   have = [s for s in FOLDER_SPLITS if os.path.isdir(os.path.join(root, s))]
   size = data_config.image_size
   lazy = data_config.placement == 'disk' or (
-      data_config.placement == 'auto' and _decoded_bytes(root, size) > feeds.host_memory() // 4)
+      data_config.placement == 'auto' and not feeds.fits_in_host_memory(
+          _decoded_bytes(root, size)))
   read = functools.partial(_read_image_folder, size=size, lazy=lazy,
                            grayscale=data_config.grayscale)
   if not have:

@@ -122,8 +122,8 @@ def read_tfds(data_config, wanted) -> dict[str, Split]:
                     '--config.data.image_size=N (e.g. 64)')
   on_disk = data_config.placement == 'disk' or (
       data_config.placement == 'auto' and None not in (height, width) and
-      builder.info.splits.total_num_examples * height * width * features[image_key].shape[-1]
-      > feeds.host_memory() // 4)
+      not feeds.fits_in_host_memory(builder.info.splits.total_num_examples * height * width *
+                                    features[image_key].shape[-1]))
   if on_disk:
     builder = _prepared_as_array_record(tfds, builder, data_config)
   elif not _is_prepared(builder):
