@@ -117,7 +117,7 @@ def test_training_twice_in_one_workdir_resumes(workdir):
   third = _train(workdir, *SMALL, '--config.num_epochs=2')
   assert 'nothing to train' in third.stdout
   assert sorted(os.listdir(workdir)) == sorted(
-      ['checkpoints', 'config.json', 'loss_curve.png', 'metrics.jsonl'] +
+      ['checkpoints', 'config.json', 'loss_curve.png', 'metrics.jsonl', 'reconstructions.png'] +
       [f for f in os.listdir(workdir) if f.startswith('events.out.tfevents')])
 
 
