@@ -2,10 +2,9 @@
 
   python -m ae_jax.main --config=configs/ae.py     # into runs/ae
 
-Validation MSE after 10 epochs (noisy inputs for the denoising models):
-0.0113 on Fashion-MNIST (48,000 train / 12,000 validation images, `--config.data.source=idx
---config.data.path=/usr/share/datasets/fashion-mnist`), about 1.1 s per epoch on 2 CPU cores;
-0.0143 on the 10,000 real MNIST test images used as data (8,000 train / 2,000 validation).
+On full Fashion-MNIST (`--config.data.source=idx --config.data.path=$FASHION`, 48,000 train /
+12,000 validation images): test MSE 0.0115 +- 0.0003 after 10 epochs (three seeds, the README's
+results table), about 2 s per epoch on 2 CPU cores.
 """
 
 from configs import default

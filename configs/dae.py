@@ -2,10 +2,10 @@
 
   python -m ae_jax.main --config=configs/dae.py     # into runs/dae
 
-Validation MSE after 10 epochs (noisy inputs for the denoising models):
-0.0117 on Fashion-MNIST (48,000 train / 12,000 validation images, `--config.data.source=idx
---config.data.path=/usr/share/datasets/fashion-mnist`), about 1.4 s per epoch on 2 CPU cores;
-0.0151 on the 10,000 real MNIST test images used as data (8,000 train / 2,000 validation).
+On full Fashion-MNIST (`--config.data.source=idx --config.data.path=$FASHION`, 48,000 train /
+12,000 validation images): test MSE 0.0119 +- 0.0003 on noisy inputs and 0.0116 +- 0.0003 on
+clean ones after 10 epochs (three seeds, the README's results table), about 2 s per epoch on 2
+CPU cores.
 """
 
 from configs import ae
