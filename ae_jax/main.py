@@ -37,6 +37,40 @@ flags.DEFINE_bool('distributed', False,
 flags.mark_flags_as_required(['config'])
 
 
+def check_process_flags() -> bool:
+  """Whether this process joins others (jax.distributed); a UserError where the flags that
+  describe the processes are incomplete or contradict each other. Every process given only some
+  of them would train alone into the same workdir."""
+  address, count, index = FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+  if address is not None and not address.strip():
+    raise UserError('--coordinator_address is empty (an unset shell variable?): give host:port '
+                    'of process 0, or leave the flag out to train in one process')
+  joins = address is not None or FLAGS.distributed
+  given = [f'--{name}' for name in ('num_processes', 'process_id', 'coordinator_timeout')
+           if FLAGS[name].present]
+  if not joins and given:
+    raise UserError(f'{" and ".join(given)} without --coordinator_address: give every process '
+                    '--coordinator_address=HOST:PORT (of process 0), --num_processes and '
+                    '--process_id, or --distributed where the cluster (SLURM, ...) names them')
+  if address is not None:
+    missing = [f'--{name}' for name, value in (('num_processes', count), ('process_id', index))
+               if value is None]
+    if missing and not FLAGS.distributed:
+      raise UserError(f'--coordinator_address={address} needs {" and ".join(missing)}: give '
+                      'each process the number of processes and its own id (0 is the '
+                      'coordinator), or --distributed where the cluster names them')
+    host, sep, port = address.strip().rpartition(':')
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+      raise UserError(f'--coordinator_address={address} is not host:port: add the port that '
+                      'process 0 listens on, e.g. --coordinator_address=10.0.0.1:12345')
+  if count is not None and count < 1:
+    raise UserError(f'--num_processes={count} must be at least 1')
+  if index is not None and (index < 0 or (count is not None and index >= count)):
+    raise UserError(f'--process_id={index} must be from 0 to --num_processes - 1'
+                    + (f' ({count - 1})' if count is not None and count >= 1 else ''))
+  return joins
+
+
 def join_processes():
   """jax.distributed.initialize, saying what it waits for, for at most --coordinator_timeout."""
   if FLAGS.coordinator_timeout < 1:
@@ -71,13 +105,14 @@ def join_processes():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  joins = check_process_flags()
   workdir = FLAGS.workdir
   if workdir == '':
     raise UserError('--workdir is empty (an unset shell variable?): name a folder, or leave the '
                     'flag out for runs/<config file name>')
   if workdir is None:
     workdir = cli.default_workdir(config_flags.get_config_filename(FLAGS['config']))
-  if FLAGS.coordinator_address or FLAGS.distributed:
+  if joins:
     join_processes()
   if jax.process_index() == 0:
     print(f'training into {workdir}' + ('' if FLAGS['workdir'].present else

@@ -154,6 +154,34 @@ def test_a_coordinator_that_does_not_answer_is_one_line_within_the_timeout(tmp_p
   assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize('flags, fragments', [
+    (['--num_processes=2', '--process_id=1'],
+     ['--num_processes and --process_id without --coordinator_address']),
+    (['--process_id=0'], ['--process_id without --coordinator_address']),
+    (['--coordinator_timeout=30'], ['--coordinator_timeout without --coordinator_address']),
+    (['--coordinator_address=', '--num_processes=2', '--process_id=1'],
+     ['--coordinator_address is empty (an unset shell variable?)']),
+    (['--coordinator_address=localhost:1234'],
+     ['--coordinator_address=localhost:1234 needs --num_processes and --process_id']),
+    (['--coordinator_address=localhost:1234', '--num_processes=2'], ['needs --process_id']),
+    (['--coordinator_address=localhost', '--num_processes=2', '--process_id=1'],
+     ['--coordinator_address=localhost is not host:port']),
+    (['--coordinator_address=:1234', '--num_processes=2', '--process_id=1'], ['is not host:port']),
+    (['--coordinator_address=localhost:1234', '--num_processes=2', '--process_id=2'],
+     ['--process_id=2 must be from 0 to --num_processes - 1 (1)']),
+    (['--coordinator_address=localhost:1234', '--num_processes=0', '--process_id=0'],
+     ['--num_processes=0 must be at least 1']),
+])
+def test_processes_flags_that_need_each_other_are_refused_before_any_work(tmp_path, flags,
+                                                                           fragments):
+  """Every process given only some of them would train alone, into the same workdir."""
+  result = run_module('ae_jax.main', f'--config={ROOT}/configs/quickstart.py', *flags,
+                      cwd=tmp_path, timeout=60)
+  _assert_one_line_error(result, *fragments)
+  assert 'waiting for the coordinator' not in result.stdout
+  assert os.listdir(tmp_path) == []
+
+
 def test_verbosity_shows_the_whole_traceback_for_a_bug_report(tmp_path):
   result = run_module('ae_jax.main', f'--config={ROOT}/configs/quickstart.py',
                       '--config.seed=-1', '--verbosity=1', cwd=tmp_path)
