@@ -105,6 +105,8 @@ def parse_flags(argv):
     # configs/cae.py imports configs.default: the folder above configs/ goes on the path, so
     # that a config file works from any directory.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(config_file))))
+    # and a config file elsewhere (one's own experiments) imports ae_jax's configs/ the same way
+    sys.path.append(os.path.dirname(CONFIGS))
   try:
     argv = flags.FLAGS(argv)
     if 'config' in flags.FLAGS and flags.FLAGS['config'].value is not None:
@@ -116,6 +118,9 @@ def parse_flags(argv):
     _fail(_unknown_field(e), 2)
   except (OSError, SyntaxError) as e:
     _fail(' '.join(str(e).split()), 2)
+  except (ImportError, NameError) as e:
+    _fail(f'the config file {config_file} does not load: {type(e).__name__}: '
+          f'{" ".join(str(e).split())}', 2)
 
 
 flags.DEFINE_string(

@@ -20,6 +20,7 @@ from ml_collections import config_flags
 
 from ae_jax import UserError
 from ae_jax import cli
+from ae_jax import config_lib
 from ae_jax import train
 
 FLAGS = flags.FLAGS
@@ -110,8 +111,10 @@ def main(argv):
   if workdir == '':
     raise UserError('--workdir is empty (an unset shell variable?): name a folder, or leave the '
                     'flag out for runs/<config file name>')
+  config_file = config_flags.get_config_filename(FLAGS['config'])
+  config_lib.validate(FLAGS.config, where=config_file)  # before it names a workdir
   if workdir is None:
-    workdir = cli.default_workdir(config_flags.get_config_filename(FLAGS['config']))
+    workdir = cli.default_workdir(config_file)
   if joins:
     join_processes()
   if jax.process_index() == 0:

@@ -118,6 +118,7 @@ def load_config_file(name: str, overrides=()) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
+  config_lib.check_known_fields(config, config_lib.default_config(), path)
   for override in overrides:
     field, _, value = override.partition('=')
     node, leaf = _field(config, field)
@@ -391,6 +392,8 @@ if __name__ == '__main__':
                       'studies/<config file name>')
     if workdir is None:
       workdir = cli.default_workdir(config_flags.get_config_filename(FLAGS['config']), 'studies')
+    config_lib.check_known_fields(FLAGS.config, config_lib.default_config(),
+                                  config_flags.get_config_filename(FLAGS['config']))
     overrides = [arg[len('--config.'):] for arg in sys.argv if arg.startswith('--config.')]
     if any('=' not in o for o in overrides):
       raise UserError('write each --config.FIELD=VALUE with an = in a study')
