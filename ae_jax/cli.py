@@ -97,6 +97,22 @@ def _unknown_field(e: BaseException) -> str:
           '(the fields and their defaults are in configs/default.py)')
 
 
+def _unknown_flag(e: flags.UnrecognizedFlagError) -> str:
+  """absl's message, or where the flag is a config field without `config.` in front
+  (--num_epochs=5, --latent_dim=8), the flag that sets it."""
+  from ae_jax import config_lib  # pylint: disable=g-import-not-at-top
+  name = e.flagname.removeprefix('no')  # absl reads --noflag as a boolean's false
+  known = config_lib.known_fields(config_lib.default_config())
+  fields = sorted(f for f in known if not any(g.startswith(f + '.') for g in known))
+  matches = [f for f in fields if f == e.flagname or f == name] or [
+      f for f in fields if f.rsplit('.', 1)[-1] in (e.flagname, name)]
+  if len(matches) != 1:
+    return f'{e} (see --helpshort)'
+  value = str(e.flagvalue).partition('=')[2] if '=' in str(e.flagvalue) else 'VALUE'
+  return (f'--{e.flagname} is not a flag; config.{matches[0]} is a config field: write '
+          f'--config.{matches[0]}={value}')
+
+
 def parse_flags(argv):
   """absl's parser, with config-file and config-field mistakes reported in one line."""
   config_file = _flag_value(argv, 'config')
@@ -112,6 +128,8 @@ def parse_flags(argv):
     if 'config' in flags.FLAGS and flags.FLAGS['config'].value is not None:
       flags.FLAGS['config'].value.keys()  # a config file that failed to load raises only now
     return argv
+  except flags.UnrecognizedFlagError as e:
+    _fail(_unknown_flag(e), 2)
   except flags.Error as e:
     _fail(f'{e} (see --helpshort)', 2)
   except (AttributeError, KeyError) as e:

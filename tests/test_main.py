@@ -154,6 +154,23 @@ def test_a_coordinator_that_does_not_answer_is_one_line_within_the_timeout(tmp_p
   assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize('module, flag, fragment', [
+    ('ae_jax.main', '--num_epochs=5', '--num_epochs is not a flag; config.num_epochs is a config '
+     'field: write --config.num_epochs=5'),
+    ('ae_jax.main', '--model.latent_dim=4', 'write --config.model.latent_dim=4'),
+    ('ae_jax.main', '--latent_dim=4', 'write --config.model.latent_dim=4'),
+    ('ae_jax.study', '--noise.std=0.1', 'write --config.noise.std=0.1'),
+    ('ae_jax.evaluate', '--batch_size=8', 'write --config.batch_size=8'),
+    ('ae_jax.main', '--workdirr=x', "Did you mean: workdir"),
+])
+def test_a_config_field_given_as_a_flag_names_the_flag_that_sets_it(tmp_path, module, flag,
+                                                                    fragment):
+  config = [] if module == 'ae_jax.evaluate' else [f'--config={ROOT}/configs/quickstart.py']
+  result = run_module(module, *config, flag, cwd=tmp_path)
+  _assert_one_line_error(result, fragment)
+  assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize('flags, fragments', [
     (['--num_processes=2', '--process_id=1'],
      ['--num_processes and --process_id without --coordinator_address']),
