@@ -192,6 +192,29 @@ def compilation_summary() -> str | None:
            if traces['read'] + traces['traced'] else ''))
 
 
+# Flags whose empty value means something: '' turns the compilation cache off.
+EMPTY_ALLOWED = ('compilation_cache',)
+
+
+def check_empty_flags() -> None:
+  """Refuses a flag of ours given an empty value (--seeds=$SEEDS with SEEDS unset): its default
+  would run instead, or a folder named ''."""
+  import re  # pylint: disable=g-import-not-at-top
+  for module, defined in flags.FLAGS.flags_by_module_dict().items():
+    if not (module in ('__main__', sys.argv[0]) or module.startswith('ae_jax')):
+      continue
+    for flag in defined:
+      value = flag.value if isinstance(flag.value, list) else [flag.value]
+      if flag.name in EMPTY_ALLOWED or not flag.present or not any(
+          isinstance(v, str) and not v.strip() for v in value):
+        continue
+      default = re.search(r'\((default: [^)]*)\)', flag.help or '')
+      default = (default.group(1) if default else
+                 None if flag.default in (None, []) else f'default: {flag.default}')
+      raise UserError(f'--{flag.name} is empty (an unset shell variable?): give a value, or '
+                      'leave the flag out' + (f' ({default})' if default else ''))
+
+
 def run(main):
   """app.run(main), with UserError printed as one line and a quiet log by default."""
 
@@ -207,6 +230,7 @@ def run(main):
     use_compilation_cache(flags.FLAGS.compilation_cache)
     from ae_jax import train  # pylint: disable=g-import-not-at-top
     try:
+      check_empty_flags()
       main(argv)
       summary = compilation_summary()
       if summary:

@@ -28,7 +28,8 @@ flags.DEFINE_string('workdir', None, 'Folder for checkpoints, metrics and figure
                     '(default: runs/<config file name>, e.g. runs/cae for configs/cae.py).')
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
 flags.DEFINE_string('coordinator_address', None,
-                    'host:port of process 0, to train across processes (jax.distributed).')
+                    'host:port of process 0, to train across processes (jax.distributed) '
+                    '(default: none, one process trains alone).')
 flags.DEFINE_integer('num_processes', None, 'How many processes train together.')
 flags.DEFINE_integer('process_id', None, 'This process: 0, 1, ... num_processes - 1.')
 flags.DEFINE_integer('coordinator_timeout', 120,
@@ -43,9 +44,6 @@ def check_process_flags() -> bool:
   describe the processes are incomplete or contradict each other. Every process given only some
   of them would train alone into the same workdir."""
   address, count, index = FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
-  if address is not None and not address.strip():
-    raise UserError('--coordinator_address is empty (an unset shell variable?): give host:port '
-                    'of process 0, or leave the flag out to train in one process')
   joins = address is not None or FLAGS.distributed
   given = [f'--{name}' for name in ('num_processes', 'process_id', 'coordinator_timeout')
            if FLAGS[name].present]
@@ -107,10 +105,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   joins = check_process_flags()
-  workdir = FLAGS.workdir
-  if workdir == '':
-    raise UserError('--workdir is empty (an unset shell variable?): name a folder, or leave the '
-                    'flag out for runs/<config file name>')
+  workdir = FLAGS.workdir  # not '': cli refuses an empty flag
   config_file = config_flags.get_config_filename(FLAGS['config'])
   config_lib.validate(FLAGS.config, where=config_file)  # before it names a workdir
   if workdir is None:

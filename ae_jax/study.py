@@ -135,9 +135,12 @@ def parse_grid(config, specs) -> list[tuple[str, list]]:
   axes = []
   for spec in specs:
     path, sep, values = spec.partition('=')
-    if not sep or not values.strip():
+    if not sep:
       raise UserError(f'--grid={spec!r}: write FIELD=VALUE,VALUE,... '
                       '(e.g. --grid=noise.std=0,0.1,0.2)')
+    if any(not value.strip() for value in values.split(',')):
+      raise UserError(f'--grid={spec!r} has an empty value (an unset shell variable, or a comma '
+                      'too many?): write FIELD=VALUE,VALUE,... (e.g. --grid=noise.std=0,0.1,0.2)')
     if path.strip() == 'seed':
       raise UserError('--grid=seed=...: give the seeds with --seeds=0,1,2')
     if path.strip() == CONFIG_AXIS:
@@ -411,10 +414,7 @@ if __name__ == '__main__':
 
   def _main(argv):
     del argv
-    workdir = FLAGS.workdir
-    if workdir == '':
-      raise UserError('--workdir is empty: name a folder, or leave the flag out for '
-                      'studies/<config file name>')
+    workdir = FLAGS.workdir  # not '': cli refuses an empty flag
     if workdir is None:
       workdir = cli.default_workdir(config_flags.get_config_filename(FLAGS['config']), 'studies')
     config_lib.check_known_fields(FLAGS.config, config_lib.default_config(),

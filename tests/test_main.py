@@ -45,12 +45,35 @@ def test_missing_config_file_is_one_clear_line(workdir):
 @pytest.mark.parametrize('flag, fragments', [
     ('--config.seed=-1', ['config.seed=-1']),
     ('--config.num_summary_images=-1', ['config.num_summary_images=-1']),
-    ('--workdir=', ['--workdir is empty']),
 ])
 def test_more_bad_values_are_one_line_and_write_nothing(tmp_path, flag, fragments):
   result = run_module('ae_jax.main', f'--config={ROOT}/configs/quickstart.py', flag, cwd=tmp_path)
   _assert_one_line_error(result, *fragments)
   assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('module, flag, fragment', [
+    ('ae_jax.main', '--workdir=', '(default: runs/<config file name>'),
+    ('ae_jax.study', '--seeds=', '(default: config.study.seeds, else 0)'),
+    ('ae_jax.study', '--grid=', ''),
+    ('ae_jax.study', '--workdir=', '(default: studies/<config name>)'),
+    ('ae_jax.evaluate', '--out_dir=', '(default: WORKDIR/eval)'),
+    ('ae_jax.evaluate', '--checkpoint=', '(default: best)'),
+    ('ae_jax.evaluate', '--split=', ''),
+    ('ae_jax.tsne', '--out_dir=', '(default: WORKDIR/tsne)'),
+    ('ae_jax.generate', '--out_dir=', '(default: WORKDIR/generate)'),
+    ('ae_jax.generate', '--walk=', ''),
+])
+def test_an_empty_flag_is_refused_like_an_unset_shell_variable(tmp_path, module, flag, fragment):
+  """--seeds=$SEEDS with SEEDS unset would run the default, or write into a folder named ''."""
+  run = tmp_path / 'run'
+  run.mkdir()
+  (run / 'config.json').write_text('{}')
+  config = ([f'--config={ROOT}/configs/quickstart.py'] if module in ('ae_jax.main', 'ae_jax.study')
+            else [f'--workdir={run}'])
+  result = run_module(module, *config, flag, cwd=tmp_path)
+  _assert_one_line_error(result, f'{flag[:-1]} is empty (an unset shell variable?)', fragment)
+  assert os.listdir(tmp_path) == ['run'] and os.listdir(run) == ['config.json']
 
 
 def test_a_workdir_of_another_model_names_the_fields_that_differ(trained_ae):

@@ -31,6 +31,9 @@ def _config():
     (['noise.std=0,abc'], "'abc' is not a float"),
     (['model.latent_dim=8,1.5'], "'1.5' is not a int"),
     (['noise.std'], 'write FIELD=VALUE,VALUE'),
+    (['batch_size='], 'has an empty value'),
+    (['data.name=mnist,'], 'has an empty value'),
+    (['config=ae,'], 'has an empty value'),
     (['noise.std=0,0'], 'names a value twice'),
     (['seed=0,1'], '--seeds=0,1,2'),
 ])
