@@ -97,6 +97,22 @@ def _unknown_field(e: BaseException) -> str:
           '(the fields and their defaults are in configs/default.py)')
 
 
+def _unknown_flag(e: flags.UnrecognizedFlagError) -> str:
+  """absl's message, or where the flag is a config field without `config.` in front
+  (--num_epochs=5, --latent_dim=8), the flag that sets it."""
+  from ae_jax import config_lib  # pylint: disable=g-import-not-at-top
+  name = e.flagname.removeprefix('no')  # absl reads --noflag as a boolean's false
+  known = config_lib.known_fields(config_lib.default_config())
+  fields = sorted(f for f in known if not any(g.startswith(f + '.') for g in known))
+  matches = [f for f in fields if f == e.flagname or f == name] or [
+      f for f in fields if f.rsplit('.', 1)[-1] in (e.flagname, name)]
+  if len(matches) != 1:
+    return f'{e} (see --helpshort)'
+  value = str(e.flagvalue).partition('=')[2] if '=' in str(e.flagvalue) else 'VALUE'
+  return (f'--{e.flagname} is not a flag; config.{matches[0]} is a config field: write '
+          f'--config.{matches[0]}={value}')
+
+
 def parse_flags(argv):
   """absl's parser, with config-file and config-field mistakes reported in one line."""
   config_file = _flag_value(argv, 'config')
@@ -105,17 +121,24 @@ def parse_flags(argv):
     # configs/cae.py imports configs.default: the folder above configs/ goes on the path, so
     # that a config file works from any directory.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(config_file))))
+    # and a config file elsewhere (one's own experiments) imports ae_jax's configs/ the same way
+    sys.path.append(os.path.dirname(CONFIGS))
   try:
     argv = flags.FLAGS(argv)
     if 'config' in flags.FLAGS and flags.FLAGS['config'].value is not None:
       flags.FLAGS['config'].value.keys()  # a config file that failed to load raises only now
     return argv
+  except flags.UnrecognizedFlagError as e:
+    _fail(_unknown_flag(e), 2)
   except flags.Error as e:
     _fail(f'{e} (see --helpshort)', 2)
   except (AttributeError, KeyError) as e:
     _fail(_unknown_field(e), 2)
   except (OSError, SyntaxError) as e:
     _fail(' '.join(str(e).split()), 2)
+  except (ImportError, NameError) as e:
+    _fail(f'the config file {config_file} does not load: {type(e).__name__}: '
+          f'{" ".join(str(e).split())}', 2)
 
 
 flags.DEFINE_string(
@@ -169,6 +192,29 @@ def compilation_summary() -> str | None:
            if traces['read'] + traces['traced'] else ''))
 
 
+# Flags whose empty value means something: '' turns the compilation cache off.
+EMPTY_ALLOWED = ('compilation_cache',)
+
+
+def check_empty_flags() -> None:
+  """Refuses a flag of ours given an empty value (--seeds=$SEEDS with SEEDS unset): its default
+  would run instead, or a folder named ''."""
+  import re  # pylint: disable=g-import-not-at-top
+  for module, defined in flags.FLAGS.flags_by_module_dict().items():
+    if not (module in ('__main__', sys.argv[0]) or module.startswith('ae_jax')):
+      continue
+    for flag in defined:
+      value = flag.value if isinstance(flag.value, list) else [flag.value]
+      if flag.name in EMPTY_ALLOWED or not flag.present or not any(
+          isinstance(v, str) and not v.strip() for v in value):
+        continue
+      default = re.search(r'\((default: [^)]*)\)', flag.help or '')
+      default = (default.group(1) if default else
+                 None if flag.default in (None, []) else f'default: {flag.default}')
+      raise UserError(f'--{flag.name} is empty (an unset shell variable?): give a value, or '
+                      'leave the flag out' + (f' ({default})' if default else ''))
+
+
 def run(main):
   """app.run(main), with UserError printed as one line and a quiet log by default."""
 
@@ -184,6 +230,7 @@ def run(main):
     use_compilation_cache(flags.FLAGS.compilation_cache)
     from ae_jax import train  # pylint: disable=g-import-not-at-top
     try:
+      check_empty_flags()
       main(argv)
       summary = compilation_summary()
       if summary:

@@ -92,15 +92,68 @@ def check_unused_fields(config, defaults) -> None:
                       'uses it')
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises UserError for the first field whose value cannot work, or is set and unused."""
+# Fields a config may hold beyond configs/default.py's: a study's grid and seeds
+# (configs/study_noise.py), which ae_jax.study reads.
+EXTRA_FIELDS = ('study.grid', 'study.seeds')
+
+
+def known_fields(defaults) -> set[str]:
+  """Every field path a config may hold: configs/default.py's, the models', EXTRA_FIELDS."""
+  paths = set(EXTRA_FIELDS)
+  for cls in models.MODELS.values():
+    paths.update(cls.FIELDS)
+
+  def walk(prefix, node):
+    for key, value in node.items():
+      paths.add(prefix + key)
+      if isinstance(value, (dict, ml_collections.ConfigDict)):
+        walk(f'{prefix}{key}.', value)
+  walk('', defaults)
+  return paths
+
+
+def unknown_fields(config, defaults) -> list[str]:
+  """The field paths of `config` that no part of ae_jax reads (a misspelling), outermost first."""
+  known = known_fields(defaults)
+  found = []
+
+  def walk(prefix, node):
+    for key, value in node.items():
+      path = prefix + key
+      if path not in known and not any(k.startswith(path + '.') for k in known):
+        found.append(path)
+      elif isinstance(value, (dict, ml_collections.ConfigDict)):
+        walk(path + '.', value)
+  walk('', config)
+  return found
+
+
+def check_known_fields(config, defaults, where: str = 'the config file') -> None:
+  """Refuses a field that nothing reads: a config file's `config.model.latnt_dim = 5` would
+  otherwise train with the default latent_dim and record both."""
+  unknown = unknown_fields(config, defaults)
+  if not unknown:
+    return
+  import difflib  # pylint: disable=g-import-not-at-top
+  path = unknown[0]
+  close = difflib.get_close_matches(path, sorted(known_fields(defaults)), n=1)
+  hint = f' (did you mean config.{close[0]}?)' if close else ''
+  raise UserError(f'config.{path} is not a config field{hint}: correct it in {where} (the '
+                  'fields and their defaults are in configs/default.py)')
+
+
+def validate(config: ml_collections.ConfigDict, where: str = 'the config file') -> None:
+  """Raises UserError for the first field whose value cannot work, or is set and unused, or is
+  no field at all (a misspelling in `where`)."""
+  defaults = default_config()
+  check_known_fields(config, defaults, where)
   _one_of(config.model.name, tuple(models.MODELS), 'config.model.name')
   _one_of(config.optimizer, OPTIMIZERS, 'config.optimizer')
   _one_of(config.parallel, PARALLEL, 'config.parallel')
   _one_of(config.get('dtype', 'float32'), models.DTYPES, 'config.dtype')
   for path in model_fields(config):
     MODEL_FIELD_CHECKS[path](_get(config, path), f'config.{path}')
-  check_unused_fields(config, default_config())
+  check_unused_fields(config, defaults)
   if not 0 <= config.seed < 2**63:
     raise UserError(f'config.seed={config.seed} must be a whole number from 0 to 2**63 - 1')
   if config.num_summary_images < 0:
@@ -211,15 +264,38 @@ def write_config(config, workdir: str) -> None:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config that trained the run in `workdir` (its config.json)."""
+  """The config that trained the run in `workdir` (its config.json), with the fields that an
+  older run's config.json lacks at their defaults; a UserError for a field that nothing reads."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise UserError(f'{path} does not exist: is {workdir!r} the --workdir of a training run?')
   try:
     with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
+      saved = json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise UserError(f'{path} is not valid JSON ({e}): restore it from a copy, or delete '
                     f'{workdir} to start afresh') from None
   except OSError as e:
     raise UserError(f'cannot read {path}: {e.strerror}') from None
+  if not isinstance(saved, dict):
+    raise UserError(f'{path} holds no config (a JSON object of fields): restore it from a copy, '
+                    f'or delete {workdir} to start afresh')
+  config = default_config()
+  check_known_fields(saved, config, path)
+  _fill(config, saved, path)
+  return config
+
+
+def _fill(config, saved: dict, path: str, prefix: str = '') -> None:
+  """config's fields set to `saved`'s (config.json's), recursively; the rest stay defaults."""
+  for key, value in saved.items():
+    if isinstance(value, dict):
+      if key not in config or not isinstance(config[key], ml_collections.ConfigDict):
+        config[key] = ml_collections.ConfigDict()
+      _fill(config[key], value, path, f'{prefix}{key}.')
+      continue
+    try:
+      config[key] = value
+    except TypeError as e:
+      raise UserError(f'{path}: config.{prefix}{key}={value!r} has the wrong type ({e}): '
+                      'restore the file from a copy') from None

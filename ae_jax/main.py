@@ -20,6 +20,7 @@ from ml_collections import config_flags
 
 from ae_jax import UserError
 from ae_jax import cli
+from ae_jax import config_lib
 from ae_jax import train
 
 FLAGS = flags.FLAGS
@@ -27,7 +28,8 @@ flags.DEFINE_string('workdir', None, 'Folder for checkpoints, metrics and figure
                     '(default: runs/<config file name>, e.g. runs/cae for configs/cae.py).')
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
 flags.DEFINE_string('coordinator_address', None,
-                    'host:port of process 0, to train across processes (jax.distributed).')
+                    'host:port of process 0, to train across processes (jax.distributed) '
+                    '(default: none, one process trains alone).')
 flags.DEFINE_integer('num_processes', None, 'How many processes train together.')
 flags.DEFINE_integer('process_id', None, 'This process: 0, 1, ... num_processes - 1.')
 flags.DEFINE_integer('coordinator_timeout', 120,
@@ -35,6 +37,37 @@ flags.DEFINE_integer('coordinator_timeout', 120,
 flags.DEFINE_bool('distributed', False,
                   'Start jax.distributed from what the cluster (SLURM, Cloud TPU, ...) says.')
 flags.mark_flags_as_required(['config'])
+
+
+def check_process_flags() -> bool:
+  """Whether this process joins others (jax.distributed); a UserError where the flags that
+  describe the processes are incomplete or contradict each other. Every process given only some
+  of them would train alone into the same workdir."""
+  address, count, index = FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+  joins = address is not None or FLAGS.distributed
+  given = [f'--{name}' for name in ('num_processes', 'process_id', 'coordinator_timeout')
+           if FLAGS[name].present]
+  if not joins and given:
+    raise UserError(f'{" and ".join(given)} without --coordinator_address: give every process '
+                    '--coordinator_address=HOST:PORT (of process 0), --num_processes and '
+                    '--process_id, or --distributed where the cluster (SLURM, ...) names them')
+  if address is not None:
+    missing = [f'--{name}' for name, value in (('num_processes', count), ('process_id', index))
+               if value is None]
+    if missing and not FLAGS.distributed:
+      raise UserError(f'--coordinator_address={address} needs {" and ".join(missing)}: give '
+                      'each process the number of processes and its own id (0 is the '
+                      'coordinator), or --distributed where the cluster names them')
+    host, sep, port = address.strip().rpartition(':')
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+      raise UserError(f'--coordinator_address={address} is not host:port: add the port that '
+                      'process 0 listens on, e.g. --coordinator_address=10.0.0.1:12345')
+  if count is not None and count < 1:
+    raise UserError(f'--num_processes={count} must be at least 1')
+  if index is not None and (index < 0 or (count is not None and index >= count)):
+    raise UserError(f'--process_id={index} must be from 0 to --num_processes - 1'
+                    + (f' ({count - 1})' if count is not None and count >= 1 else ''))
+  return joins
 
 
 def join_processes():
@@ -71,13 +104,13 @@ def join_processes():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  workdir = FLAGS.workdir
-  if workdir == '':
-    raise UserError('--workdir is empty (an unset shell variable?): name a folder, or leave the '
-                    'flag out for runs/<config file name>')
+  joins = check_process_flags()
+  workdir = FLAGS.workdir  # not '': cli refuses an empty flag
+  config_file = config_flags.get_config_filename(FLAGS['config'])
+  config_lib.validate(FLAGS.config, where=config_file)  # before it names a workdir
   if workdir is None:
-    workdir = cli.default_workdir(config_flags.get_config_filename(FLAGS['config']))
-  if FLAGS.coordinator_address or FLAGS.distributed:
+    workdir = cli.default_workdir(config_file)
+  if joins:
     join_processes()
   if jax.process_index() == 0:
     print(f'training into {workdir}' + ('' if FLAGS['workdir'].present else

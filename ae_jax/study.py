@@ -118,6 +118,7 @@ def load_config_file(name: str, overrides=()) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
+  config_lib.check_known_fields(config, config_lib.default_config(), path)
   for override in overrides:
     field, _, value = override.partition('=')
     node, leaf = _field(config, field)
@@ -134,9 +135,12 @@ def parse_grid(config, specs) -> list[tuple[str, list]]:
   axes = []
   for spec in specs:
     path, sep, values = spec.partition('=')
-    if not sep or not values.strip():
+    if not sep:
       raise UserError(f'--grid={spec!r}: write FIELD=VALUE,VALUE,... '
                       '(e.g. --grid=noise.std=0,0.1,0.2)')
+    if any(not value.strip() for value in values.split(',')):
+      raise UserError(f'--grid={spec!r} has an empty value (an unset shell variable, or a comma '
+                      'too many?): write FIELD=VALUE,VALUE,... (e.g. --grid=noise.std=0,0.1,0.2)')
     if path.strip() == 'seed':
       raise UserError('--grid=seed=...: give the seeds with --seeds=0,1,2')
     if path.strip() == CONFIG_AXIS:
@@ -225,10 +229,13 @@ def run_study(config, workdir: str, axes, seeds, *, num_points: int = 2000,
               draw_maps: bool = False, overrides=()) -> list[dict]:
   """Trains, scores and tabulates every member; returns the rows of results.csv."""
   found = members(config, axes, seeds, overrides)
-  os.makedirs(workdir, exist_ok=True)
+  data = check_members(workdir, found)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise cannot_write(e, 'the study to') from None
   print(f'study in {workdir}: {len(found)} members ({len(found) // len(seeds)} grid points x '
         f'{len(seeds)} seeds)')
-  data = {}  # config.data as JSON -> its splits: read once
   rows, reconstructions = [], {}
   start = time.time()
   for i, (name, settings, member) in enumerate(found):
@@ -241,8 +248,6 @@ def run_study(config, workdir: str, axes, seeds, *, num_points: int = 2000,
     else:
       print(f'[{i + 1}/{len(found)}] {name}')
       key = member.data.to_json()
-      if key not in data:
-        data[key] = input_pipeline.load_splits(member.data)
       train.train_and_evaluate(member, member_dir, splits=data[key])
       numbers, rows_of_images = score(member_dir, member, data[key], num_points, draw_maps)
       row = {**{f'config.{k}': v for k, v in settings.items()}, 'seed': member.seed,
@@ -263,6 +268,30 @@ def run_study(config, workdir: str, axes, seeds, *, num_points: int = 2000,
   print(f'study of {len(found)} members in {time.time() - start:.0f} s: wrote '
         f'{os.path.join(workdir, "results.csv")}, results.md and figures')
   return rows
+
+
+def check_members(workdir: str, found) -> dict:
+  """Every member yet to be scored checked against the devices, its data and its workdir, as
+  training checks one, before the first trains: a late member's mistake would otherwise stop
+  the study after hours. Returns the data read, {config.data as JSON: its splits}, each once."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f'the study workdir {workdir} is a file, not a folder: choose another '
+                    '--workdir')
+  data = {}
+  for name, _, member in found:
+    member_dir = os.path.join(workdir, name)
+    if os.path.exists(os.path.join(member_dir, SCORE_FILE)):
+      continue
+    key = member.data.to_json()
+    if key not in data:
+      data[key] = input_pipeline.load_splits(member.data)
+    try:
+      train.check_devices(member, jax.device_count())
+      train.check_data(member, data[key])
+      config_lib.check_workdir(member, member_dir)
+    except UserError as e:
+      raise UserError(f'member {name}: {e}') from None
+  return data
 
 
 def _write_json(path, value):
@@ -385,12 +414,11 @@ if __name__ == '__main__':
 
   def _main(argv):
     del argv
-    workdir = FLAGS.workdir
-    if workdir == '':
-      raise UserError('--workdir is empty: name a folder, or leave the flag out for '
-                      'studies/<config file name>')
+    workdir = FLAGS.workdir  # not '': cli refuses an empty flag
     if workdir is None:
       workdir = cli.default_workdir(config_flags.get_config_filename(FLAGS['config']), 'studies')
+    config_lib.check_known_fields(FLAGS.config, config_lib.default_config(),
+                                  config_flags.get_config_filename(FLAGS['config']))
     overrides = [arg[len('--config.'):] for arg in sys.argv if arg.startswith('--config.')]
     if any('=' not in o for o in overrides):
       raise UserError('write each --config.FIELD=VALUE with an = in a study')

@@ -187,9 +187,6 @@ def make_update(config, image_shape, tx, mesh, train_images, placement) -> Updat
 
   # pmap: the same train_step per device, with the batch statistics, gradients and loss averaged
   # over the axis; one copy of the data and of the state per device, stacked on a leading axis.
-  if placement != 'device':
-    raise UserError("config.parallel='pmap' keeps the data on the devices, and this data does "
-                    "not fit there: use config.parallel='jit', which streams it from host memory")
   if jax.process_count() > 1:
     raise UserError("config.parallel='pmap' runs in one process: use config.parallel='jit' "
                     'across processes')
@@ -350,6 +347,26 @@ def train_epoch(loop: Loop, state, epoch: int, first: int, num_steps: int, numbe
 
 # --- the whole run ------------------------------------------------------------------------
 
+def check_devices(config, num_devices: int) -> None:
+  """The checks of `config` against the devices, before any work."""
+  if config.batch_size % num_devices:
+    raise UserError(f'config.batch_size={config.batch_size} is not divisible by the '
+                    f'{num_devices} devices: use a multiple of {num_devices}')
+
+
+def check_data(config, splits) -> None:
+  """The checks of `config` against its data (input_pipeline.load_splits), before any work: a
+  study makes them for every member before the first trains."""
+  num_train = len(splits['train'].images)
+  if num_train // config.batch_size < 1:
+    raise UserError(f'config.batch_size={config.batch_size} is larger than the {num_train} '
+                    'training images: use a smaller batch')
+  if config.parallel == 'pmap' and choose_feed(
+      config.data, splits['train'].images, splits['validation'].images.nbytes) != 'device':
+    raise UserError("config.parallel='pmap' keeps the data on the devices, and this data does "
+                    "not fit there: use config.parallel='jit', which streams it from host memory")
+
+
 def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
   """Trains the model that `config` describes, checkpointing to `workdir` every epoch.
 
@@ -366,20 +383,16 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
   mesh = create_mesh()
   replicated = NamedSharding(mesh, P())
   num_devices = mesh.size
-  if config.batch_size % num_devices:
-    raise UserError(f'config.batch_size={config.batch_size} is not divisible by the '
-                    f'{num_devices} devices: use a multiple of {num_devices}')
+  check_devices(config, num_devices)
 
   # --- The input pipeline.
   if splits is None:
     splits = input_pipeline.load_splits(config.data)
+  check_data(config, splits)
   train_images, val_images = splits['train'].images, splits['validation'].images
   image_shape = train_images.shape[1:]
   num_train = len(train_images)
   steps_per_epoch = num_train // config.batch_size
-  if steps_per_epoch < 1:
-    raise UserError(f'config.batch_size={config.batch_size} is larger than the {num_train} '
-                    'training images: use a smaller batch')
 
   # --- The model and the train state; then where the data goes, with the state counted.
   model = models.create_model(config, image_shape)

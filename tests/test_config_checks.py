@@ -8,10 +8,14 @@ import pytest
 
 from ae_jax import UserError
 from ae_jax import checkpoints
+from ae_jax import config_lib
 from ae_jax import metric_writers
+from ae_jax import study
 from ae_jax import train
 from conftest import MNIST_SMALL
+from conftest import assert_one_line_error
 from conftest import run_module
+from conftest import run_script
 from conftest import small_config
 
 
@@ -151,3 +155,54 @@ def test_two_processes_train_like_one_and_their_checkpoint_restores_in_one(tmp_p
   assert result.returncode == 0, result.stderr[-2000:]
   noisy_mse = float(next(l for l in result.stdout.splitlines() if l.startswith('noisy')).split()[1])
   assert noisy_mse == pytest.approx(rows('two')[-1]['val_loss'], abs=1e-5)
+
+
+MISSPELT = ('from configs import quickstart\n\n\ndef get_config():\n'
+            '  config = quickstart.get_config()\n  config.model.latnt_dim = 5\n  return config\n')
+
+
+@pytest.mark.parametrize('module, flags', [('ae_jax.main', []), ('ae_jax.study', ['--seeds=0'])])
+def test_a_misspelt_field_in_a_config_file_is_refused(tmp_path, module, flags):
+  """A config file, unlike the command line, may add fields: one that nothing reads is a
+  misspelling, and the run would train with the default instead."""
+  config_file = tmp_path / 'mine.py'  # a config of one's own, outside configs/
+  config_file.write_text(MISSPELT)
+  result = run_module(module, f'--config={config_file}', f'--workdir={tmp_path / "run"}', *flags)
+  assert_one_line_error(result, 'config.model.latnt_dim is not a config field',
+                        'did you mean config.model.latent_dim?', str(config_file))
+  assert sorted(os.listdir(tmp_path)) == ['mine.py']
+
+
+def test_a_misspelt_field_in_a_study_config_axis_is_refused(tmp_path):
+  config_file = tmp_path / 'mine.py'
+  config_file.write_text(MISSPELT.replace('model.latnt_dim', 'noise.sdt'))
+  with pytest.raises(UserError, match=r'config.noise.sdt is not a config field \(did you mean '
+                     r'config.noise.std\?\): correct it in .*mine.py'):
+    study.parse_grid(small_config('ae'), [f'config=ae,{config_file}'])
+
+
+def test_a_config_json_fills_missing_fields_and_refuses_unknown_ones(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  config = small_config('ae').to_dict()
+  del config['model']['beta'], config['dtype']  # an older run's, before these fields
+  (tmp_path / 'config.json').write_text(json.dumps(config))
+  loaded = config_lib.load_config(str(tmp_path))
+  assert loaded.model.beta == 1.0 and loaded.dtype == 'float32'
+  assert loaded.data.path == MNIST_SMALL and loaded.batch_size == 32
+  config['model']['latnt_dim'] = 5
+  (tmp_path / 'config.json').write_text(json.dumps(config))
+  with pytest.raises(UserError, match=f'config.model.latnt_dim is not a config field .*'
+                     f'correct it in {tmp_path}/config.json'):
+    config_lib.load_config(str(tmp_path))
+
+
+@pytest.mark.parametrize('script', ['eval.sh', 'tsne.sh', 'generate.sh'])
+def test_the_commands_that_read_a_run_refuse_an_unknown_field_of_its_config_json(tmp_path,
+                                                                                 script):
+  import json  # pylint: disable=g-import-not-at-top
+  config = small_config('ae').to_dict()
+  config['optimiser'] = 'sgd'
+  (tmp_path / 'config.json').write_text(json.dumps(config))
+  assert_one_line_error(run_script(script, str(tmp_path)), 'config.optimiser is not a config '
+                        'field (did you mean config.optimizer?)')
+  assert os.listdir(tmp_path) == ['config.json']

@@ -15,6 +15,9 @@ from ae_jax import metric_writers
 from ae_jax import train
 from ae_jax import tsne
 from conftest import MNIST_SMALL
+from conftest import ROOT
+from conftest import assert_one_line_error
+from conftest import run_module
 from configs import default
 
 DIGITS = input_pipeline.read_idx(os.path.join(MNIST_SMALL, 'train-images-idx3-ubyte.gz'))
@@ -235,6 +238,26 @@ def test_tfds_images_of_varying_size_need_image_size(tmp_path, monkeypatch):
 def test_unknown_tfds_name_suggests_the_closest(tmp_path):
   with pytest.raises(UserError, match="no dataset 'fashon_mnist'.*closest names are: fashion_mnist"):
     input_pipeline.load_splits(_config('tfds', name='fashon_mnist').data)
+
+
+def test_an_unknown_tfds_name_is_refused_before_tfds_looks_in_the_cloud(monkeypatch):
+  """tfds.builder looks for an unknown name among the community datasets in Google Cloud
+  Storage, whose client logs credential lookups before the error."""
+  def must_not_look(*args, **kwargs):
+    raise AssertionError('tfds.builder was asked for a name that tfds does not register')
+  monkeypatch.setattr(tfds, 'builder', must_not_look)
+  with pytest.raises(UserError, match="no dataset 'mnsit'.*closest names are: mnist"):
+    input_pipeline.load_splits(_config('tfds', name='mnsit').data)
+  with pytest.raises(UserError, match="no dataset 'mnsit/3.0.1'"):
+    input_pipeline.load_splits(_config('tfds', name='mnsit/3.0.1').data)
+
+
+def test_an_unknown_tfds_name_is_the_only_line_on_stderr(tmp_path):
+  result = run_module('ae_jax.main', f'--config={ROOT}/configs/ae.py', '--config.data.name=mnsit',
+                      f'--workdir={tmp_path / "run"}', timeout=120)
+  assert_one_line_error(result, "tensorflow-datasets has no dataset 'mnsit'")
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+  assert not os.path.exists(tmp_path / 'run')
 
 
 def test_host_streaming_trains_exactly_like_device_placement(tmp_path):

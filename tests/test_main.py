@@ -45,12 +45,35 @@ def test_missing_config_file_is_one_clear_line(workdir):
 @pytest.mark.parametrize('flag, fragments', [
     ('--config.seed=-1', ['config.seed=-1']),
     ('--config.num_summary_images=-1', ['config.num_summary_images=-1']),
-    ('--workdir=', ['--workdir is empty']),
 ])
 def test_more_bad_values_are_one_line_and_write_nothing(tmp_path, flag, fragments):
   result = run_module('ae_jax.main', f'--config={ROOT}/configs/quickstart.py', flag, cwd=tmp_path)
   _assert_one_line_error(result, *fragments)
   assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('module, flag, fragment', [
+    ('ae_jax.main', '--workdir=', '(default: runs/<config file name>'),
+    ('ae_jax.study', '--seeds=', '(default: config.study.seeds, else 0)'),
+    ('ae_jax.study', '--grid=', ''),
+    ('ae_jax.study', '--workdir=', '(default: studies/<config name>)'),
+    ('ae_jax.evaluate', '--out_dir=', '(default: WORKDIR/eval)'),
+    ('ae_jax.evaluate', '--checkpoint=', '(default: best)'),
+    ('ae_jax.evaluate', '--split=', ''),
+    ('ae_jax.tsne', '--out_dir=', '(default: WORKDIR/tsne)'),
+    ('ae_jax.generate', '--out_dir=', '(default: WORKDIR/generate)'),
+    ('ae_jax.generate', '--walk=', ''),
+])
+def test_an_empty_flag_is_refused_like_an_unset_shell_variable(tmp_path, module, flag, fragment):
+  """--seeds=$SEEDS with SEEDS unset would run the default, or write into a folder named ''."""
+  run = tmp_path / 'run'
+  run.mkdir()
+  (run / 'config.json').write_text('{}')
+  config = ([f'--config={ROOT}/configs/quickstart.py'] if module in ('ae_jax.main', 'ae_jax.study')
+            else [f'--workdir={run}'])
+  result = run_module(module, *config, flag, cwd=tmp_path)
+  _assert_one_line_error(result, f'{flag[:-1]} is empty (an unset shell variable?)', fragment)
+  assert os.listdir(tmp_path) == ['run'] and os.listdir(run) == ['config.json']
 
 
 def test_a_workdir_of_another_model_names_the_fields_that_differ(trained_ae):
@@ -151,6 +174,51 @@ def test_a_coordinator_that_does_not_answer_is_one_line_within_the_timeout(tmp_p
                                   'of 2 (for at most 3 s')
   _assert_one_line_error(result, f'not every process joined within 3 s at the coordinator '
                          f'127.0.0.1:{port}', '--coordinator_timeout')
+  assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('module, flag, fragment', [
+    ('ae_jax.main', '--num_epochs=5', '--num_epochs is not a flag; config.num_epochs is a config '
+     'field: write --config.num_epochs=5'),
+    ('ae_jax.main', '--model.latent_dim=4', 'write --config.model.latent_dim=4'),
+    ('ae_jax.main', '--latent_dim=4', 'write --config.model.latent_dim=4'),
+    ('ae_jax.study', '--noise.std=0.1', 'write --config.noise.std=0.1'),
+    ('ae_jax.evaluate', '--batch_size=8', 'write --config.batch_size=8'),
+    ('ae_jax.main', '--workdirr=x', "Did you mean: workdir"),
+])
+def test_a_config_field_given_as_a_flag_names_the_flag_that_sets_it(tmp_path, module, flag,
+                                                                    fragment):
+  config = [] if module == 'ae_jax.evaluate' else [f'--config={ROOT}/configs/quickstart.py']
+  result = run_module(module, *config, flag, cwd=tmp_path)
+  _assert_one_line_error(result, fragment)
+  assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('flags, fragments', [
+    (['--num_processes=2', '--process_id=1'],
+     ['--num_processes and --process_id without --coordinator_address']),
+    (['--process_id=0'], ['--process_id without --coordinator_address']),
+    (['--coordinator_timeout=30'], ['--coordinator_timeout without --coordinator_address']),
+    (['--coordinator_address=', '--num_processes=2', '--process_id=1'],
+     ['--coordinator_address is empty (an unset shell variable?)']),
+    (['--coordinator_address=localhost:1234'],
+     ['--coordinator_address=localhost:1234 needs --num_processes and --process_id']),
+    (['--coordinator_address=localhost:1234', '--num_processes=2'], ['needs --process_id']),
+    (['--coordinator_address=localhost', '--num_processes=2', '--process_id=1'],
+     ['--coordinator_address=localhost is not host:port']),
+    (['--coordinator_address=:1234', '--num_processes=2', '--process_id=1'], ['is not host:port']),
+    (['--coordinator_address=localhost:1234', '--num_processes=2', '--process_id=2'],
+     ['--process_id=2 must be from 0 to --num_processes - 1 (1)']),
+    (['--coordinator_address=localhost:1234', '--num_processes=0', '--process_id=0'],
+     ['--num_processes=0 must be at least 1']),
+])
+def test_processes_flags_that_need_each_other_are_refused_before_any_work(tmp_path, flags,
+                                                                           fragments):
+  """Every process given only some of them would train alone, into the same workdir."""
+  result = run_module('ae_jax.main', f'--config={ROOT}/configs/quickstart.py', *flags,
+                      cwd=tmp_path, timeout=60)
+  _assert_one_line_error(result, *fragments)
+  assert 'waiting for the coordinator' not in result.stdout
   assert os.listdir(tmp_path) == []
 
 

@@ -12,9 +12,11 @@ import time
 import pytest
 
 from ae_jax import UserError
+from ae_jax import config_lib
 from ae_jax import study
 from ae_jax import train
 from conftest import ROOT
+from conftest import assert_one_line_error
 from conftest import small_config
 
 
@@ -29,6 +31,9 @@ def _config():
     (['noise.std=0,abc'], "'abc' is not a float"),
     (['model.latent_dim=8,1.5'], "'1.5' is not a int"),
     (['noise.std'], 'write FIELD=VALUE,VALUE'),
+    (['batch_size='], 'has an empty value'),
+    (['data.name=mnist,'], 'has an empty value'),
+    (['config=ae,'], 'has an empty value'),
     (['noise.std=0,0'], 'names a value twice'),
     (['seed=0,1'], '--seeds=0,1,2'),
 ])
@@ -105,3 +110,45 @@ def test_a_study_killed_mid_member_finishes_with_the_same_command(tmp_path):
   assert json.loads(first.read_text()) == before
   with open(workdir / 'results.csv') as f:
     assert len(list(csv.DictReader(f))) == 2
+
+
+@pytest.mark.parametrize('grid, message', [
+    ('batch_size=32,100000', 'member batch_size=100000_seed=0: config.batch_size=100000 is '
+     'larger than the 128 training images'),
+    ('batch_size=32,3', None),  # 3 is not divisible by the 2 devices of the check below
+])
+def test_every_member_is_checked_against_its_data_before_the_first_trains(tmp_path, monkeypatch,
+                                                                          grid, message):
+  def must_not_train(*args, **kwargs):
+    raise AssertionError('a member trained before every member was checked')
+  monkeypatch.setattr(train, 'train_and_evaluate', must_not_train)
+  if message is None:
+    monkeypatch.setattr(study.jax, 'device_count', lambda: 2)
+    message = 'member batch_size=3_seed=0: config.batch_size=3 is not divisible by the 2 devices'
+  workdir = tmp_path / 'study'
+  with pytest.raises(UserError, match=message):
+    study.run_study(_config(), str(workdir), study.parse_grid(_config(), [grid]), [0])
+  assert not workdir.exists()
+
+
+def test_a_member_whose_workdir_holds_another_model_is_refused_before_the_first_trains(
+    tmp_path, monkeypatch):
+  workdir = tmp_path / 'study'
+  (workdir / 'model.latent_dim=16_seed=0').mkdir(parents=True)
+  config_lib.write_config(_config(), str(workdir / 'model.latent_dim=16_seed=0'))  # latent 32
+  monkeypatch.setattr(train, 'train_and_evaluate', lambda *a, **k: 1 / 0)
+  with pytest.raises(UserError, match=r'member model.latent_dim=16_seed=0: .* holds a run of '
+                     'another model'):
+    study.run_study(_config(), str(workdir), study.parse_grid(_config(),
+                                                              ['model.latent_dim=8,16']), [0])
+  assert os.listdir(workdir) == ['model.latent_dim=16_seed=0']
+
+
+def test_the_study_of_the_issue_refuses_before_any_member_trains(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'ae_jax.study', f'--config={ROOT}/configs/quickstart.py',
+       '--workdir=studies/s', '--grid=batch_size=64,100000'], cwd=tmp_path, capture_output=True,
+      text=True, timeout=120)
+  assert_one_line_error(result, 'member batch_size=100000_seed=0: config.batch_size=100000 is '
+                        'larger than the 1438 training images')
+  assert os.listdir(tmp_path) == []

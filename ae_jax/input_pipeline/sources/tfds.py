@@ -87,13 +87,23 @@ def _checksum_message(error: str, name: str) -> str:
 
 
 def _tfds_builder(tfds, data_config):
+  # A name that tfds does not register sends tfds.builder to look for a community dataset in
+  # Google Cloud Storage, whose client logs failed credential lookups first: refused here, before.
+  registered = tfds.list_builders(with_community_datasets=False)
+  name, _, version = data_config.name.split('/')[0].partition(':')  # 'name/config:version'
+  community = version and not re.fullmatch(r'[\d.*]+', version)  # 'namespace:name'
+  if not community and name not in registered:
+    _no_dataset(data_config.name, registered)
   try:
     return tfds.builder(data_config.name, data_dir=data_config.data_dir)
   except tfds.core.registered.DatasetNotFoundError:
-    close = difflib.get_close_matches(data_config.name, tfds.list_builders(), n=5, cutoff=0.6)
-    hint = f'; the closest names are: {", ".join(close)}' if close else ''
-    raise UserError(f'tensorflow-datasets has no dataset {data_config.name!r} '
-                    f'(config.data.name){hint}') from None
+    _no_dataset(data_config.name, registered)
+
+
+def _no_dataset(name: str, registered) -> None:
+  close = difflib.get_close_matches(name, registered, n=5, cutoff=0.6)
+  hint = f'; the closest names are: {", ".join(close)}' if close else ''
+  raise UserError(f'tensorflow-datasets has no dataset {name!r} (config.data.name){hint}')
 
 
 def read_tfds(data_config, wanted) -> dict[str, Split]:
