@@ -4,6 +4,7 @@ import json
 import os
 
 import ml_collections
+from ml_collections import config_dict
 
 from ae_jax import UserError
 from ae_jax import cannot_write
@@ -122,6 +123,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _one_of(config.data.source, tuple(input_pipeline.READERS), 'config.data.source')
   if config.data.image_size is not None and config.data.image_size < 1:
     raise UserError(f'config.data.image_size={config.data.image_size} must be at least 1')
+  input_pipeline.classes.asked(config.data)  # both fields set: refused before any data is read
   if not 0 < config.data.validation_fraction < 1:
     raise UserError(f'config.data.validation_fraction={config.data.validation_fraction} '
                     'must be between 0 and 1 (exclusive)')
@@ -210,6 +212,24 @@ def write_config(config, workdir: str) -> None:
     raise cannot_write(e, 'the config to') from None
 
 
+def _typed(config, defaults):
+  """`config` read from JSON, where a field that is None there gets its default's type again
+  (config_dict.placeholder), so that --config.FIELD=... can still set it; a field that an older
+  run's config.json lacks gets its default."""
+  for key in defaults.keys():
+    default = defaults[key]
+    if isinstance(default, ml_collections.ConfigDict) and isinstance(
+        config.get(key), ml_collections.ConfigDict):
+      _typed(config[key], default)
+    elif key not in config or (config[key] is None and default is None):
+      with config.unlocked():
+        if key in config:
+          del config[key]
+        config[key] = (config_dict.placeholder(defaults.get_type(key)) if default is None
+                       else default)
+  return config
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config that trained the run in `workdir` (its config.json)."""
   path = os.path.join(workdir, 'config.json')
@@ -217,7 +237,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise UserError(f'{path} does not exist: is {workdir!r} the --workdir of a training run?')
   try:
     with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
+      return _typed(ml_collections.ConfigDict(json.load(f)), default_config())
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise UserError(f'{path} is not valid JSON ({e}): restore it from a copy, or delete '
                     f'{workdir} to start afresh') from None
