@@ -32,12 +32,14 @@ def select(split: Split, which) -> Split:
 _SPLIT = re.compile(r'^([\w-]+)(?:\[(-?\d*%?):(-?\d*%?)\])?$')
 
 
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-  """(H, W, C) uint8 -> (size, size, C) with PIL's antialiased bilinear filter."""
+def resize_image(image: np.ndarray, size) -> np.ndarray:
+  """(H, W, C) uint8 -> (size, size, C), or (height, width, C) for `size` (height, width), with
+  PIL's antialiased bilinear filter."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+  height, width = (size, size) if isinstance(size, (int, np.integer)) else size
   pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-  return np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR)).reshape(
-      size, size, image.shape[-1])
+  return np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR)).reshape(
+      height, width, image.shape[-1])
 
 
 def to_grayscale(images: np.ndarray) -> np.ndarray:
