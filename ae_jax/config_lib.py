@@ -4,6 +4,7 @@ import json
 import os
 
 import ml_collections
+from ml_collections import config_dict
 
 from ae_jax import UserError
 from ae_jax import cannot_write
@@ -175,6 +176,7 @@ def validate(config: ml_collections.ConfigDict, where: str = 'the config file') 
   _one_of(config.data.source, tuple(input_pipeline.READERS), 'config.data.source')
   if config.data.image_size is not None and config.data.image_size < 1:
     raise UserError(f'config.data.image_size={config.data.image_size} must be at least 1')
+  input_pipeline.classes.asked(config.data)  # both fields set: refused before any data is read
   if not 0 < config.data.validation_fraction < 1:
     raise UserError(f'config.data.validation_fraction={config.data.validation_fraction} '
                     'must be between 0 and 1 (exclusive)')

@@ -51,6 +51,7 @@ class TrainedRun(NamedTuple):
   label_names: tuple[str, ...] | None
   splits: dict  # all splits, for what needs the training data too
   mesh: Any
+  files: tuple[str, ...] | None = None  # the file of each image, for data read from files
 
 
 def load_run(workdir: str, config, checkpoint: str, split: str | None,
@@ -81,13 +82,24 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
                                                   NamedSharding(mesh, P()))
   data = splits[split]
   return TrainedRun(config, model, variables, step, split, data.images, data.labels,
-                    data.label_names, splits, mesh)
+                    data.label_names, splits, mesh, data.files)
 
 
 def evaluate(run: TrainedRun, noisy: bool) -> dict[str, float]:
   """The means of the model's numbers over every image of the split (the last batch padded, not
   dropped): its loss, the MSE, BCE and PSNR of its reconstructions, a VAE's ELBO and parts."""
   return _evaluate_split(run, metrics.make_eval_fn(run.model, run.config, run.mesh, noisy=noisy))
+
+
+def map_split(run: TrainedRun, map_fn, consume, images=None, **kwargs) -> float:
+  """metrics.map_split over the run's split (or `images`), fed as training feeds it; returns
+  the seconds of compilation."""
+  images = run.images if images is None else images
+  placement = train.choose_feed(run.config.data, images)
+  return metrics.map_split(
+      map_fn, run.variables, train.make_feed(images, run.mesh, placement), len(images),
+      run.config, run.mesh, consume, model=run.model,
+      streamed_bytes=0 if placement == 'device' else int(np.prod(images.shape[1:])), **kwargs)
 
 
 def _evaluate_split(run: TrainedRun, eval_fn, images=None, **kwargs) -> dict[str, float]:

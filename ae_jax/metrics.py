@@ -6,6 +6,7 @@ other commands use it on trained runs.
 """
 
 import functools
+import time
 
 import jax
 from jax.sharding import NamedSharding
@@ -151,3 +152,102 @@ def evaluate_split(eval_fn, variables, feed, num_examples, config, mesh, *, mode
     sums = result if sums is None else jax.tree.map(jnp.add, sums, result)
   sums = jax.device_get(sums)
   return {name: float(value / sums['count']) for name, value in sums.items() if name != 'count'}
+
+
+# --- per-example outputs ------------------------------------------------------------------
+
+def latent_step(variables, images, rng, *, model, variance: bool = False):
+  """A batch's latents (a VAE's posterior means), flattened, and with `variance` a VAE's
+  posterior variances."""
+  del rng
+  inputs = to_float(images)
+  if variance:
+    mean, logvar = model.apply(variables, inputs, method='encode')
+    return {'latent': mean.reshape(len(images), -1), 'variance': jnp.exp(logvar)}
+  return {'latent': model.apply(variables, inputs, method='embed').reshape(len(images), -1)}
+
+
+def reconstruction_step(variables, images, rng, *, model, noise_mean, noise_std, noisy: bool):
+  """A batch's reconstructions as uint8, from inputs with the training noise where `noisy`
+  (then the noisy inputs too)."""
+  inputs = to_float(images)
+  if noisy:
+    inputs = add_noise(rng, inputs, noise_mean, noise_std)
+  to_uint8 = lambda x: jnp.round(jnp.clip(x, 0, 1) * 255).astype(jnp.uint8)
+  out = {'reconstruction': to_uint8(model.apply(variables, inputs, method='reconstruct'))}
+  if noisy:
+    out['noisy'] = to_uint8(inputs)
+  return out
+
+
+def score_step(variables, images, rng, *, model, names):
+  """A batch's per-example numbers `names` of the model's objective ('loss', a VAE's 'nelbo',
+  'mse', ...) on clean inputs, with the evaluation's latent samples."""
+  targets = to_float(images)
+  loss, numbers = model.apply(variables, targets, targets, train=False, rngs=eval_rngs(rng),
+                              method='objective')
+  numbers = {'loss': loss, **numbers}
+  return {name: numbers[name] for name in names}
+
+
+def map_loop(variables, images, indices, first_batch, seed, *, step_fn, batch_sharding=None):
+  """step_fn's per-example outputs for the batches images[indices[i]], stacked:
+  (num_batches, batch_size, ...). Batch i draws from fold_in(PRNGKey(seed), first_batch + i)."""
+  rng = jax.random.PRNGKey(seed)
+
+  def body(i):
+    batch = images[indices[i]]
+    if batch_sharding is not None:
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    return step_fn(variables, batch, jax.random.fold_in(rng, first_batch + i))
+
+  return jax.lax.map(body, jnp.arange(indices.shape[0]))
+
+
+def make_map_fn(model, mesh, step, **step_kwargs):
+  """The compiled map_loop of `step` (latent_step, reconstruction_step, score_step)."""
+  return jax.jit(functools.partial(
+      map_loop, step_fn=functools.partial(step, model=model, **step_kwargs),
+      batch_sharding=NamedSharding(mesh, P('data'))),
+      compiler_options=models.compiler_options(model))
+
+
+# A call's outputs take at most about this many bytes: a split's latents or reconstructions
+# reach the host, and the files, a call at a time.
+OUTPUT_CALL_BYTES = 64 << 20
+
+
+def map_split(map_fn, variables, feed, num_examples, config, mesh, consume, *, model,
+              streamed_bytes: int = 0, seed: int = EVAL_SEED, batch_size=None) -> float:
+  """Runs `map_fn` (make_map_fn) over every example of a split that `feed` serves and hands
+  its outputs to consume(start, {name: rows start.. of the split}), a call at a time, in order.
+  The next call runs on the devices while `consume` writes the last one's outputs. Returns the
+  seconds that compiling took (before the first call)."""
+  batch_size = batch_size or eval_batch_size(config, model, num_examples, mesh.size)
+  rows, _ = padded_batches(num_examples, batch_size)
+  images, indices = feed(np.full((1, batch_size), -1, np.int32))
+  shapes = jax.eval_shape(map_fn, variables, images, indices, 0, seed)
+  example_bytes = sum(int(np.prod(s.shape[2:])) * s.dtype.itemsize
+                      for s in jax.tree.leaves(shapes))
+  per_call = min(len(rows), max(1, OUTPUT_CALL_BYTES // (batch_size * max(example_bytes, 1))))
+  if streamed_bytes:
+    per_call = min(per_call, streamed_batches_per_call(config, batch_size, streamed_bytes))
+  compile_start = time.time()
+  images, indices = feed(np.full((per_call, batch_size), -1, np.int32))
+  map_fn = map_fn.lower(variables, images, indices, 0, seed).compile()
+  compile_seconds = time.time() - compile_start
+  pending = None
+  for first in list(range(0, len(rows), per_call)) + [None]:
+    result = None
+    if first is not None:
+      call_rows = np.full((per_call, batch_size), -1, np.int32)  # -1: batches past the split
+      call_rows[:len(rows) - first] = rows[first:first + per_call]
+      result = (first, map_fn(variables, *feed(call_rows), first, seed))
+    if pending is not None:
+      start = pending[0] * batch_size
+      count = min(num_examples - start, per_call * batch_size)
+      outputs = jax.device_get(pending[1])
+      consume(start, {name: value.reshape(-1, *value.shape[2:])[:count]
+                      for name, value in outputs.items()})
+    pending = result
+  return compile_seconds

@@ -217,3 +217,21 @@ def latent_grid(images: np.ndarray, values: np.ndarray, path: str, title: str) -
   ax.set_ylabel('z[1]')
   ax.set_title(title, fontsize=11)
   _save(fig, path)
+
+
+def score_histogram(groups: dict[str, np.ndarray], threshold: float, path: str, title: str,
+                    xlabel: str) -> None:
+  """Histograms of anomaly scores, one per group (the validation split, the scored split's
+  classes), with the threshold as a vertical line."""
+  fig = _figure(figsize=(7, 4), dpi=100)
+  ax = fig.subplots()
+  values = np.concatenate(list(groups.values()))
+  bins = np.histogram_bin_edges(values, bins=60)
+  for name, scores in groups.items():
+    ax.hist(scores, bins=bins, alpha=0.5, density=True, label=f'{name} ({len(scores):,})')
+  ax.axvline(threshold, color='k', linestyle='--', label=f'threshold {threshold:.4g}')
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel('density')
+  ax.legend(fontsize=8)
+  ax.set_title(title, fontsize=10)
+  _save(fig, path)

@@ -13,7 +13,10 @@ to every member.
 After training, every member is scored on its test split (else validation), best checkpoint:
 MSE, BCE and PSNR (clean, and noisy for denoising members), and the kNN accuracy, linear-probe
 accuracy and trustworthiness of its latent space (tsne.latent_space; a map is drawn only with
---maps). The study writes to its workdir:
+--maps); a member trained without some classes (config.data.held_out_classes) also by the
+ROC-AUC and average precision of its anomaly scores as a detector of them (anomaly.py):
+
+  python -m ae_jax.study --config=configs/ae.py --grid=data.held_out_classes=0,1,2,3,4,5,6,7,8,9 The study writes to its workdir:
   results.csv    a row per member: its settings, seed, every number, its workdir;
   results.md     a row per grid point: mean and standard deviation over the seeds, best in bold;
   <number>.png   ... against each grid axis, with error bars over the seeds;
@@ -42,6 +45,7 @@ import ml_collections
 import numpy as np
 
 from ae_jax import UserError
+from ae_jax import anomaly
 from ae_jax import cannot_write
 from ae_jax import replaced_atomically
 from ae_jax import config_lib
@@ -56,7 +60,8 @@ from ae_jax import tsne
 # (None: neither; a VAE's KL term is a cost paid for its latent's information.)
 LOWER_IS_BETTER = {'mse': True, 'bce': True, 'psnr': False, 'nelbo': True,
                    'reconstruction': True, 'kl': None, 'knn_accuracy': False,
-                   'linear_probe_accuracy': False, 'trustworthiness': False}
+                   'linear_probe_accuracy': False, 'trustworthiness': False,
+                   'roc_auc': False, 'average_precision': False}
 # The numbers of eval.sh, reported for clean and for noisy inputs.
 EVALUATED = ('mse', 'bce', 'psnr', 'nelbo', 'reconstruction', 'kl')
 SCORE_FILE = 'study.json'  # in a member's workdir, once it is scored
@@ -215,6 +220,9 @@ def score(workdir: str, config, splits, num_points: int, draw_map: bool) -> tupl
   space = tsne.latent_space(run, num_points, num_train_points=tsne.NUM_TRAIN_POINTS,
                             perplexity=tsne.PERPLEXITY, seed=0)
   numbers.update(space.numbers)
+  if input_pipeline.classes.asked(config.data):  # trained without some classes: detect them
+    found = anomaly.anomaly_scores(run, anomaly.PERCENTILE)['report']
+    numbers.update({k: found[k] for k in ('roc_auc', 'average_precision') if k in found})
   if draw_map:
     plots.tsne_map(space.embedding, space.images, space.labels, run.label_names,
                    os.path.join(workdir, f'tsne_{run.split}.png'),

@@ -25,7 +25,9 @@ from ae_jax.input_pipeline.splits import Split
 from ae_jax.input_pipeline.splits import parse_split
 from ae_jax.input_pipeline.splits import resize_image
 from ae_jax.input_pipeline.splits import rows
+from ae_jax.input_pipeline.splits import select
 from ae_jax.input_pipeline.splits import to_grayscale
+from ae_jax.input_pipeline import classes
 from ae_jax.input_pipeline import disk
 
 # The validation set must not change with config.seed, so it has a seed of its own.
@@ -64,7 +66,7 @@ def load_splits(data_config) -> dict[str, Split]:
   splits = {'train': train, 'validation': validation}
   if 'test' in raw:
     splits['test'] = raw['test']
-  return splits
+  return classes.keep_classes(splits, data_config)
 
 
 def finish(split: Split, data_config, where: str) -> Split:
@@ -105,11 +107,9 @@ def split_validation(split: Split, fraction: float) -> tuple[Split, Split]:
                     f'{fraction}: change config.data.validation_fraction or use more data')
   order = np.random.default_rng(VALIDATION_SEED).permutation(n)
   validation_idx, train_idx = np.sort(order[:num_validation]), np.sort(order[num_validation:])
-  take = lambda idx: split._replace(
-      images=rows(split.images, idx), labels=None if split.labels is None else split.labels[idx])
-  return take(train_idx), take(validation_idx)
+  return select(split, train_idx), select(split, validation_idx)
 
 
-__all__ = ['READERS', 'Split', 'disk', 'device_feed', 'finish', 'fits_on_device', 'host_feed',
-           'load_splits', 'parse_split', 'read_idx', 'read_idx_folder', 'resize',
+__all__ = ['READERS', 'Split', 'classes', 'disk', 'device_feed', 'finish', 'fits_on_device',
+           'host_feed', 'load_splits', 'parse_split', 'read_idx', 'read_idx_folder', 'resize', 'rows', 'select',
            'split_validation', 'to_device', 'to_grayscale']

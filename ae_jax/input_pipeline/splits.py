@@ -17,17 +17,29 @@ class Split(NamedTuple):
   labels: np.ndarray | None  # int32 (N,), or None for unlabelled data
   label_names: tuple[str, ...] | None = None  # names of the labels 0, 1, ...; None: the numbers
   note: str | None = None  # what the user may not expect of this data, for the data line
+  files: tuple[str, ...] | None = None  # the file of each image, for data read from files
+
+
+def select(split: Split, which) -> Split:
+  """The examples `which` (a slice or index array) of `split`: images, labels and files."""
+  files = None
+  if split.files is not None:
+    files = tuple(np.asarray(split.files, object)[which])
+  return split._replace(images=rows(split.images, which),
+                        labels=None if split.labels is None else split.labels[which], files=files)
 
 
 _SPLIT = re.compile(r'^([\w-]+)(?:\[(-?\d*%?):(-?\d*%?)\])?$')
 
 
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-  """(H, W, C) uint8 -> (size, size, C) with PIL's antialiased bilinear filter."""
+def resize_image(image: np.ndarray, size) -> np.ndarray:
+  """(H, W, C) uint8 -> (size, size, C), or (height, width, C) for `size` (height, width), with
+  PIL's antialiased bilinear filter."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+  height, width = (size, size) if isinstance(size, (int, np.integer)) else size
   pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-  return np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR)).reshape(
-      size, size, image.shape[-1])
+  return np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR)).reshape(
+      height, width, image.shape[-1])
 
 
 def to_grayscale(images: np.ndarray) -> np.ndarray:
@@ -58,8 +70,7 @@ def take_slice(split: Split, spec: str) -> Split:
   bound = lambda b: None if not b else (
       int(round(n * int(b[:-1]) / 100)) if b.endswith('%') else int(b))
   part = slice(bound(start), bound(stop))
-  selected = split._replace(images=rows(split.images, part),
-                            labels=None if split.labels is None else split.labels[part])
+  selected = select(split, part)
   if not len(selected.images):
     raise UserError(f'the split {spec!r} selects no images (the split has {n})')
   return selected

@@ -144,7 +144,7 @@ def _read_image_folder(folder: str, size, class_names=None, *, lazy=False,
       lambda paths: read_images(paths, size))
   if files:
     images, note = read(files)
-    return Split(images, None, note=note)
+    return Split(images, None, note=note, files=tuple(files))
   class_names = class_names or subfolders
   unknown = [c for c in subfolders if c not in class_names]
   if unknown:
@@ -156,7 +156,7 @@ def _read_image_folder(folder: str, size, class_names=None, *, lazy=False,
     paths += class_files
     labels += [class_names.index(c)] * len(class_files)
   images, note = read(paths)
-  return Split(images, np.array(labels, np.int32), tuple(class_names), note)
+  return Split(images, np.array(labels, np.int32), tuple(class_names), note, tuple(paths))
 
 
 def read_image_folder(data_config, wanted) -> dict[str, Split]:

@@ -1,0 +1,81 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ae_jax import UserError
+from ae_jax import encode
+from ae_jax import evaluate
+from ae_jax import tsne
+from conftest import assert_one_line_error
+from conftest import assert_script_refuses
+from conftest import run_script
+from conftest import save_untrained
+from conftest import small_config
+
+
+def test_latents_are_one_row_per_image_with_the_labels(trained_ae, tmp_path):
+  workdir, config = trained_ae
+  out = str(tmp_path / 'latents')
+  report = encode.main(workdir, config, 'best', 'test', out_dir=out)
+  run = evaluate.load_run(workdir, config, 'best', 'test')
+  latents = np.load(os.path.join(out, 'test_latents.npy'))
+  assert latents.shape == (200, 32) and latents.dtype == np.float32
+  np.testing.assert_allclose(latents, tsne.encode(run, run.images), rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(np.load(os.path.join(out, 'test_labels.npy')), run.labels)
+  with open(os.path.join(out, 'test_encode.json')) as f:
+    assert json.load(f)['num_images'] == report['num_images'] == 200
+  assert sorted(os.listdir(out)) == ['test_encode.json', 'test_labels.npy', 'test_latents.npy']
+
+
+def test_a_vae_gives_posterior_means_and_variances(tmp_path):
+  config = small_config('vae')
+  workdir = save_untrained(config, str(tmp_path / 'vae'))
+  out = str(tmp_path / 'out')
+  encode.main(workdir, config, 'latest', 'validation', variance=True, out_dir=out)
+  run = evaluate.load_run(workdir, config, 'latest', 'validation')
+  mean, logvar = run.model.apply(run.variables, run.images.astype(np.float32) / 255,
+                                 method='encode')
+  np.testing.assert_allclose(np.load(os.path.join(out, 'validation_latents.npy')), mean,
+                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(np.load(os.path.join(out, 'validation_variances.npy')),
+                             np.exp(logvar), rtol=1e-4, atol=1e-6)
+
+
+def test_image_folders_name_the_file_of_each_row(trained_ae, tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  workdir, config = trained_ae
+  folder = tmp_path / 'images'
+  for name in ('a', 'b'):
+    (folder / name).mkdir(parents=True)
+    for i in range(3):
+      Image.fromarray(np.full((28, 28), 40 * i, np.uint8)).save(folder / name / f'{i}.png')
+  config = config.copy_and_resolve_references()
+  config.data.source, config.data.path, config.data.test_split = 'folder', str(folder), ''
+  config.data.train_split = 'train'
+  config.data.validation_fraction = 0.5
+  out = str(tmp_path / 'out')
+  encode.main(workdir, config, 'best', 'train', out_dir=out)
+  with open(os.path.join(out, 'train_files.txt')) as f:
+    files = f.read().splitlines()
+  labels = np.load(os.path.join(out, 'train_labels.npy'))
+  assert len(files) == len(labels) == len(np.load(os.path.join(out, 'train_latents.npy'))) == 3
+  assert all(os.path.basename(os.path.dirname(f)) == 'ab'[l] for f, l in zip(files, labels))
+
+
+def test_refusals_are_one_line_and_write_nothing(trained_ae):
+  workdir, config = trained_ae
+  with pytest.raises(UserError, match='--variance: the AE has no posterior variance'):
+    encode.main(workdir, config, 'best', 'test', variance=True)
+  assert_script_refuses('encode.sh', workdir, '--split=tset', "--split='tset' is not one of")
+  assert_script_refuses('encode.sh', workdir, '--variance', 'no posterior variance')
+  assert not os.path.exists(os.path.join(workdir, 'encode'))
+
+
+def test_the_script_encodes_the_last_trained_run(trained_ae, tmp_path):
+  workdir, _ = trained_ae
+  result = run_script('encode.sh', workdir, '--split=validation', f'--out_dir={tmp_path}')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'validation split: 200 latents of 32 dimensions' in result.stdout
+  assert_one_line_error(run_script('encode.sh', str(tmp_path / 'none')), 'config.json does not')

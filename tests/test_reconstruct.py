@@ -1,0 +1,102 @@
+import os
+
+import numpy as np
+import pytest
+
+from ae_jax import UserError
+from ae_jax import evaluate
+from ae_jax import input_pipeline
+from ae_jax import reconstruct
+from conftest import MNIST_SMALL
+from conftest import assert_one_line_error
+from conftest import run_script
+
+
+def _digits(n):
+  return input_pipeline.read_idx(os.path.join(MNIST_SMALL, 't10k-images-idx3-ubyte.gz'))[:n]
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+  """12 PNGs: grayscale, colour, one of another size, one corrupt, one in a subfolder."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'in'
+  (folder / 'sub').mkdir(parents=True)
+  for i, digit in enumerate(_digits(10)):
+    image = np.stack([digit, digit, 255 - digit], -1) if i % 2 else digit
+    Image.fromarray(image).save(folder / f'{i}.png')
+  Image.fromarray(_digits(11)[10]).resize((40, 33)).save(folder / 'sub' / 'large.png')
+  (folder / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\nnot an image')
+  return str(folder)
+
+
+def test_a_folder_comes_back_with_its_names_and_the_corrupt_file_named(trained_ae, image_folder,
+                                                                       tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  workdir, config = trained_ae
+  out = str(tmp_path / 'out')
+  result = run_script('reconstruct.sh', workdir, f'--input={image_folder}', f'--output={out}')
+  assert result.returncode == 0, result.stderr[-2000:]
+  skipped = [l for l in result.stderr.splitlines() if l.startswith('skipped: ')]
+  assert len(skipped) == 1 and 'broken.png' in skipped[0]
+  assert ('converted as training converts them: 5 colour images made grayscale, 1 images of '
+          'another size resized to 28x28') in result.stdout
+  written = sorted(os.path.relpath(os.path.join(r, f), out) for r, _, fs in os.walk(out)
+                   for f in fs)
+  assert written == sorted([f'{i}.png' for i in range(10)] + ['sub/large.png',
+                                                               reconstruct.FIGURE])
+  for name in ('0.png', '1.png', 'sub/large.png'):
+    with Image.open(os.path.join(out, name)) as image:
+      assert image.size == (28, 28) and image.mode == 'L'
+  # each file holds its own image's reconstruction, as the model makes it
+  run = evaluate.load_run(workdir, config, 'best', 'test')
+  digits = _digits(10)[0:10:2, ..., None].astype(np.float32) / 255
+  expected = np.asarray(run.model.apply(run.variables, digits, method='reconstruct'))
+  outputs = np.stack([np.asarray(Image.open(os.path.join(out, f'{i}.png')), np.float32)
+                      for i in range(0, 10, 2)])
+  np.testing.assert_allclose(outputs / 255, expected[..., 0], atol=1 / 255 + 1e-6)
+
+  before = {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out)}
+  again = run_script('reconstruct.sh', workdir, f'--input={image_folder}', f'--output={out}')
+  assert_one_line_error(again, f'--output={out} already holds', '--overwrite')
+  assert {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out)} == before
+
+
+def test_an_npy_and_one_file_and_overwrite(trained_ae, image_folder, tmp_path):
+  workdir, config = trained_ae
+  np.save(tmp_path / 'digits.npy', _digits(7).astype(np.float32) / 255)  # floats in [0, 1]
+  out = str(tmp_path / 'out')
+  report = reconstruct.main(workdir, config, 'best', str(tmp_path / 'digits.npy'), out)
+  assert report['num_images'] == 7
+  assert np.load(os.path.join(out, 'digits.npy')).shape == (7, 28, 28, 1)
+  report = reconstruct.main(workdir, config, 'best', os.path.join(image_folder, '3.png'), out,
+                            overwrite=True, num_examples=0)
+  assert report['num_images'] == 1 and report['converted'] == {'grayscale': 1}
+  assert sorted(os.listdir(out)) == sorted(['3.png', 'digits.npy', reconstruct.FIGURE])
+
+
+def test_a_denoiser_shows_what_it_does_to_noise(trained_ae, image_folder, tmp_path):
+  workdir, config = trained_ae
+  with pytest.raises(UserError, match='--add_noise: the AE trained without noise'):
+    reconstruct.main(workdir, config, 'best', image_folder, str(tmp_path / 'a'), add_noise=True)
+  config = config.copy_and_resolve_references()
+  config.noise.std = 0.3  # as a denoising run: the same variables, the noise it adds
+  report = reconstruct.main(workdir, config, 'best', image_folder, str(tmp_path / 'b'),
+                            add_noise=True, num_examples=3)
+  assert report['num_images'] == 11 and report['figure'].endswith(reconstruct.FIGURE)
+
+
+@pytest.mark.parametrize('args, message', [
+    (lambda d, t: (str(t / 'nothing'), str(t / 'o')), 'does not exist'),
+    (lambda d, t: (d, d), 'is where the inputs are'),
+    (lambda d, t: (os.path.join(d, '0.png'), os.path.join(d, '2.png')), 'is a file, not a folder'),
+    (lambda d, t: (os.path.join(d, 'broken.png'), str(t / 'o')), 'no image could be read'),
+    (lambda d, t: (str(t / 'empty'), str(t / 'o')), 'holds no image files'),
+])
+def test_refusals_name_the_problem(trained_ae, image_folder, tmp_path, args, message):
+  workdir, config = trained_ae
+  (tmp_path / 'empty').mkdir()
+  input_path, output = args(image_folder, tmp_path)
+  with pytest.raises(UserError, match=message):
+    reconstruct.main(workdir, config, 'best', input_path, output)
+  assert not os.path.exists(tmp_path / 'o')
