@@ -10,6 +10,7 @@ if __name__ == '__main__':  # a command: prepare the process before JAX is impor
   from ae_jax import launch
   launch.start()
 
+import sys
 import threading
 
 from absl import app
@@ -21,6 +22,7 @@ from ml_collections import config_flags
 from ae_jax import UserError
 from ae_jax import cli
 from ae_jax import config_lib
+from ae_jax import devices
 from ae_jax import train
 
 FLAGS = flags.FLAGS
@@ -115,6 +117,9 @@ def main(argv):
   if jax.process_index() == 0:
     print(f'training into {workdir}' + ('' if FLAGS['workdir'].present else
                                         ' (--workdir=FOLDER for another)'), flush=True)
+    warning = devices.unused_gpu_warning()
+    if warning:
+      print(warning, file=sys.stderr, flush=True)
   logging.info('JAX process %d / %d, local devices %r', jax.process_index(),
                jax.process_count(), jax.local_devices())
   train.train_and_evaluate(FLAGS.config, workdir)

@@ -22,6 +22,7 @@ import tqdm
 from ae_jax import UserError
 from ae_jax import checkpoints
 from ae_jax import config_lib
+from ae_jax import devices
 from ae_jax import input_pipeline
 from ae_jax import metric_writers
 from ae_jax import metrics
@@ -410,7 +411,7 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
        + f' images of {image_shape}, '
        + {'device': 'held on the devices', 'host': 'streamed from host memory',
           'disk': 'read from disk a call at a time'}[placement]
-       + f'; {num_devices} {mesh.devices.flat[0].platform} device(s)'
+       + f'; {devices.describe(mesh.devices.flat)}'
        + (f' in {jax.process_count()} processes' if jax.process_count() > 1 else '')
        + ''.join(f'; {note}' for note in dict.fromkeys(s.note for s in splits.values() if s.note)))
   _log(f'model {config_lib.display_name(config)}: '

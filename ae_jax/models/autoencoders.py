@@ -27,8 +27,9 @@ class Autoencoder(nn.Module):
     return self.loss
 
   def embed(self, images):
-    """The representation of `images` that maps and probes use: the latent."""
-    return self.encode(images)
+    """The representation of `images` that maps and probes use: the latent, in float32 whatever
+    the model computes in (scikit-learn takes no bfloat16)."""
+    return self.encode(images).astype(jnp.float32)
 
   def reconstruct(self, images):
     return self(images)[0]
