@@ -4,7 +4,6 @@ import json
 import os
 
 import ml_collections
-from ml_collections import config_dict
 
 from ae_jax import UserError
 from ae_jax import cannot_write

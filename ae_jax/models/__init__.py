@@ -14,7 +14,6 @@ evaluation, the maps and the study call these, and know no model by name. A new 
 with them, a `from_config` and the config fields it reads (FIELDS), added to MODELS.
 """
 
-import functools
 
 import flax.linen as nn
 import jax
