@@ -153,11 +153,18 @@ def use_compilation_cache(folder: str) -> None:
   """Compiled programs are kept in `folder` (if it can be written) and reused across processes."""
   if not folder:
     return
+  # a cache is a convenience: without one, everything still works, a little slower
   try:
     os.makedirs(folder, exist_ok=True)
-  except OSError:
-    return  # a cache is a convenience: without one, everything still works
-  if not os.access(folder, os.W_OK):
+    problem = None if os.access(folder, os.W_OK | os.X_OK) else 'it is not writable'
+  except FileExistsError:
+    problem = 'it is a file'
+  except OSError as e:
+    problem = e.strerror or str(e)
+  if problem:
+    print(f'warning: no compilation cache in {folder} ({problem}): every program compiles '
+          "afresh; give a writable folder with --compilation_cache=FOLDER, or '' for none",
+          file=sys.stderr)
     return
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_compilation_cache_dir', folder)

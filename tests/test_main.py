@@ -311,3 +311,15 @@ def test_a_python_without_the_dependencies_is_told_to_activate_the_environment(m
     launch.check_installed()
   err = capsys.readouterr().err
   assert err.startswith('error: ') and 'lacks jax' in err and '. .venv/bin/activate' in err
+
+
+@pytest.mark.parametrize('where', ['a_file', 'a_file/cache'])
+def test_a_compilation_cache_that_cannot_be_written_is_one_warning_and_training_goes_on(
+    tmp_path, capsys, where):
+  from ae_jax import cli  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'a_file').write_text('')
+  cli.use_compilation_cache(str(tmp_path / where))
+  err = capsys.readouterr().err
+  assert err.startswith(f'warning: no compilation cache in {tmp_path / where} (') and (
+      err.count('\n') == 1), err
+  assert "--compilation_cache=FOLDER, or '' for none" in err
