@@ -255,6 +255,7 @@ def run(main):
 
 
 RUNS = 'runs'  # where training puts a run without --workdir: runs/<config file name>
+HELP_FLAGS = ('-h', '-?', '--help', '--helpshort', '--helpfull', '--helpxml')
 
 
 def default_workdir(config_file: str, root: str = RUNS) -> str:
@@ -263,13 +264,22 @@ def default_workdir(config_file: str, root: str = RUNS) -> str:
   return os.path.join(root, name)
 
 
+def _has_checkpoint(workdir: str) -> bool:
+  """Whether `workdir` holds a complete checkpoint (orbax names them by their step)."""
+  folder = os.path.join(workdir, 'checkpoints')
+  return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
+
+
 def latest_run(root: str = RUNS) -> str | None:
-  """The workdir under `root` whose checkpoints, metrics or config changed last, or None."""
+  """The workdir under `root` with a checkpoint whose checkpoints, metrics or config changed
+  last, or None. A run stopped before its first checkpoint has nothing to evaluate."""
   newest, found = -1.0, None
   for folder, subfolders, files in os.walk(root):
     if 'config.json' not in files:
       continue
     subfolders.clear()  # a run's own folders hold no other run
+    if not _has_checkpoint(folder):
+      continue
     times = [os.path.getmtime(os.path.join(folder, name))
              for name in ('config.json', 'metrics.jsonl', 'checkpoints')
              if os.path.exists(os.path.join(folder, name))]
@@ -288,7 +298,8 @@ def define_run_flags(argv) -> None:
   from ae_jax import config_lib  # pylint: disable=g-import-not-at-top
 
   workdir = _flag_value(argv, 'workdir')
-  if workdir is None:
+  asks_help = any(arg.split('=')[0] in HELP_FLAGS for arg in argv[1:])
+  if workdir is None and not asks_help:  # the help names no run
     workdir = latest_run()
     if workdir is not None:
       print(f'{workdir}: the run under {RUNS}/ that trained last (give a workdir for another)')
@@ -310,6 +321,8 @@ def define_run_flags(argv) -> None:
                                     lock_config=True)
   except (AttributeError, KeyError) as e:
     _fail(_unknown_field(e), 2)
+  for name in ('workdir', 'checkpoint', 'split', 'compilation_cache'):  # shown by --help
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
 
 def run_workdir(workdir: str | None) -> str:

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -323,3 +324,28 @@ def test_a_compilation_cache_that_cannot_be_written_is_one_warning_and_training_
   assert err.startswith(f'warning: no compilation cache in {tmp_path / where} (') and (
       err.count('\n') == 1), err
   assert "--compilation_cache=FOLDER, or '' for none" in err
+
+
+def _fake_run(folder, step=None):
+  os.makedirs(os.path.join(folder, 'checkpoints'))
+  with open(os.path.join(folder, 'config.json'), 'w') as f:
+    f.write('{}')
+  if step is not None:
+    os.makedirs(os.path.join(folder, 'checkpoints', str(step)))
+
+
+def test_the_run_that_trained_last_is_one_with_a_checkpoint(tmp_path):
+  from ae_jax import cli  # pylint: disable=g-import-not-at-top
+  _fake_run(tmp_path / 'runs' / 'trained', step=4)
+  time.sleep(0.05)
+  _fake_run(tmp_path / 'runs' / 'stopped_before_its_first_checkpoint')
+  assert cli.latest_run(str(tmp_path / 'runs')) == str(tmp_path / 'runs' / 'trained')
+
+
+@pytest.mark.parametrize('script', ['eval.sh', 'tsne.sh', 'generate.sh'])
+def test_help_names_no_run(tmp_path, script):
+  _fake_run(tmp_path / 'runs' / 'trained', step=4)
+  result = run_script(script, '--help', cwd=tmp_path)
+  assert 'error' not in result.stderr, result.stderr  # (absl's --help exits with 1)
+  assert 'the run under runs/ that trained last' not in result.stdout.splitlines()[0]
+  assert '--checkpoint' in result.stdout
