@@ -241,6 +241,16 @@ def test_unknown_tfds_name_suggests_the_closest(tmp_path):
     input_pipeline.load_splits(_config('tfds', name='fashon_mnist').data)
 
 
+def test_a_truncated_image_left_on_disk_is_found_before_anything_is_written(tmp_path):
+  _write_pngs(tmp_path / 'images', DIGITS[:40])
+  data = (tmp_path / 'images' / '7.png').read_bytes()
+  (tmp_path / 'images' / '7.png').write_bytes(data[:len(data) // 2])
+  config = _config('folder', str(tmp_path / 'images'), placement='disk', test_split='')
+  with pytest.raises(UserError, match=r'cannot read the image .*images/7.png'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')
+
+
 @pytest.mark.parametrize('kind, placement', [('npy', 'auto'), ('npy', 'disk'), ('npz', 'auto'),
                                              ('idx', 'auto')])
 def test_a_file_of_no_images_is_named(tmp_path, kind, placement):
