@@ -164,3 +164,21 @@ def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
     assert report['checkpoint_step'] == 22
   finally:
     subprocess.run(['umount', str(disk)], check=False)
+
+
+def test_a_save_without_a_validation_loss_logs_no_warning(tmp_path, caplog):
+  """A save at a signal, mid-epoch, has no validation loss to rank it by: meant, not a warning."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import logging  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from ae_jax import models  # pylint: disable=g-import-not-at-top
+  config = small_config('ae')
+  model = models.create_model(config, (28, 28, 1))
+  state = jax.jit(functools.partial(train.create_train_state, model,
+                                    train.create_optimizer(config), config.seed))()
+  caplog.set_level(logging.WARNING)
+  with checkpoints.create_manager(str(tmp_path)) as manager:
+    checkpoints.save(manager, state)
+    checkpoints.wait(manager)
+    assert manager.all_steps() == [0]
+  assert 'tracked_metric' not in caplog.text, caplog.text
