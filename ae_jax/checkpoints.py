@@ -336,10 +336,13 @@ def restore_variables(workdir: str, which: str, variables, sharding) -> tuple[in
     for step in steps:
       try:
         losses[step] = _val_loss(directory, step)
-      except Damaged as e:
-        print(f'skipped the checkpoint of step {step}: {e.args[1]}')
+      except Damaged as e:  # its weights may be intact: used where no ranked checkpoint reads
+        losses[step] = None
+        print(f'the validation loss of the checkpoint of step {step} cannot be read '
+              f'({e.args[1]}): it is not ranked for --checkpoint=best, and read only where no '
+              f'ranked checkpoint reads; --checkpoint={step} reads its weights')
     ranked = sorted((loss, step) for step, loss in losses.items() if loss is not None)
-    order = [step for _, step in ranked] + [s for s in steps if losses.get(s, 0) is None]
+    order = [step for _, step in ranked] + [s for s in steps if losses[s] is None]
   for step in order:
     try:
       return step, _read(directory, step, 'variables', target)

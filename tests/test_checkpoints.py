@@ -69,8 +69,11 @@ def test_a_damaged_checkpoint_costs_only_its_epoch(two_epochs, tmp_path, kind, c
   config = config_lib.load_config(workdir)
   run = evaluate.load_run(workdir, config, 'best', 'validation')  # step 8 is the best
   assert run.step == 4
-  assert 'skipped the checkpoint of step 8: ' in capsys.readouterr().out
-  if kind != 'metrics truncated':  # (its arrays read: --checkpoint=latest or 8 still work)
+  assert ('the validation loss of the checkpoint of step 8 cannot be read' if kind ==
+          'metrics truncated' else 'skipped the checkpoint of step 8: ') in capsys.readouterr().out
+  if kind == 'metrics truncated':  # its weights read: --checkpoint=latest or 8 still work
+    assert evaluate.load_run(workdir, config, '8', 'validation').step == 8
+  else:
     with pytest.raises(UserError, match=f'the checkpoint of step 8 .* is damaged: .*{SAYS[kind]}'):
       evaluate.load_run(workdir, config, '8', 'validation')
   # training: resumes from step 4, sets step 8 aside, and trains on
@@ -81,6 +84,18 @@ def test_a_damaged_checkpoint_costs_only_its_epoch(two_epochs, tmp_path, kind, c
   assert int(state.step) == 12
   assert os.path.isdir(os.path.join(workdir, 'checkpoints', '8.damaged'))
   assert {8, 12} <= set(checkpoints.create_manager(workdir, read_only=True).all_steps())
+
+
+def test_best_reads_an_intact_checkpoint_whose_metrics_alone_are_damaged(two_epochs, tmp_path,
+                                                                        capsys):
+  workdir = _copy(two_epochs, tmp_path)
+  _damage(workdir, 'metrics truncated', step=8)
+  _damage(workdir, 'data file deleted', step=4)  # the only ranked checkpoint does not read
+  run = evaluate.load_run(workdir, config_lib.load_config(workdir), 'best', 'validation')
+  assert run.step == 8
+  out = capsys.readouterr().out
+  assert 'the validation loss of the checkpoint of step 8 cannot be read' in out
+  assert '--checkpoint=8 reads its weights' in out and 'skipped the checkpoint of step 4' in out
 
 
 def test_a_bug_while_reading_is_not_called_damage(two_epochs, tmp_path, monkeypatch):
