@@ -101,11 +101,12 @@ def _unknown_flag(e: flags.UnrecognizedFlagError) -> str:
   """absl's message, or where the flag is a config field without `config.` in front
   (--num_epochs=5, --latent_dim=8), the flag that sets it."""
   from ae_jax import config_lib  # pylint: disable=g-import-not-at-top
-  name = e.flagname.removeprefix('no')  # absl reads --noflag as a boolean's false
+  names = {e.flagname, e.flagname.replace('-', '_')}
+  names |= {n.removeprefix('no') for n in names}  # absl reads --noflag as a boolean's false
   known = config_lib.known_fields(config_lib.default_config())
   fields = sorted(f for f in known if not any(g.startswith(f + '.') for g in known))
-  matches = [f for f in fields if f == e.flagname or f == name] or [
-      f for f in fields if f.rsplit('.', 1)[-1] in (e.flagname, name)]
+  matches = [f for f in fields if f in names] or [
+      f for f in fields if f.rsplit('.', 1)[-1] in names]
   if len(matches) != 1:
     return f'{e} (see --helpshort)'
   value = str(e.flagvalue).partition('=')[2] if '=' in str(e.flagvalue) else 'VALUE'

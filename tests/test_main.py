@@ -183,6 +183,7 @@ def test_a_coordinator_that_does_not_answer_is_one_line_within_the_timeout(tmp_p
      'field: write --config.num_epochs=5'),
     ('ae_jax.main', '--model.latent_dim=4', 'write --config.model.latent_dim=4'),
     ('ae_jax.main', '--latent_dim=4', 'write --config.model.latent_dim=4'),
+    ('ae_jax.main', '--num-epochs=5', 'write --config.num_epochs=5'),
     ('ae_jax.study', '--noise.std=0.1', 'write --config.noise.std=0.1'),
     ('ae_jax.evaluate', '--batch_size=8', 'write --config.batch_size=8'),
     ('ae_jax.main', '--workdirr=x', "Did you mean: workdir"),
