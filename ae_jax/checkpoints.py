@@ -12,6 +12,7 @@ is passed over (and, by training, moved aside to STEP.damaged) for the newest on
 import contextlib
 import glob
 import json
+import logging
 import os
 import re
 import shutil
@@ -134,11 +135,41 @@ def managed(workdir: str):
                        f'the checkpoint of step {latest}')) from None
 
 
+class _DropMessage(logging.Filter):
+  def __init__(self, start: str):
+    super().__init__()
+    self.start = start
+
+  def filter(self, record):
+    return not str(record.msg).startswith(self.start)
+
+
+@contextlib.contextmanager
+def _without_log_message(start: str):
+  """Orbax's log lines (absl's logger) that begin with `start` are dropped inside the block."""
+  dropped = _DropMessage(start)
+  logger = logging.getLogger('absl')
+  logger.addFilter(dropped)
+  try:
+    yield
+  finally:
+    logger.removeFilter(dropped)
+
+
 def save(manager: ocp.CheckpointManager, state, val_loss: float | None = None) -> None:
-  """Starts saving `state` (saving goes on in the background); `val_loss` ranks it for 'best'."""
+  """Starts saving `state` (saving goes on in the background); `val_loss` ranks it for 'best'.
+  Without one (a save mid-epoch, at a signal), the checkpoint is the latest and never the best."""
   step = int(state.step)
   if step in manager.all_steps():
     return
+  # orbax warns of a save without the metric it ranks by: here that is meant
+  quiet = (_without_log_message('Requested `tracked_metric`') if val_loss is None else
+           contextlib.nullcontext())
+  with quiet:
+    _save(manager, state, step, val_loss)
+
+
+def _save(manager, state, step: int, val_loss: float | None) -> None:
   _guarded(
       manager, manager.save,
       step,
@@ -305,10 +336,13 @@ def restore_variables(workdir: str, which: str, variables, sharding) -> tuple[in
     for step in steps:
       try:
         losses[step] = _val_loss(directory, step)
-      except Damaged as e:
-        print(f'skipped the checkpoint of step {step}: {e.args[1]}')
+      except Damaged as e:  # its weights may be intact: used where no ranked checkpoint reads
+        losses[step] = None
+        print(f'the validation loss of the checkpoint of step {step} cannot be read '
+              f'({e.args[1]}): it is not ranked for --checkpoint=best, and read only where no '
+              f'ranked checkpoint reads; --checkpoint={step} reads its weights')
     ranked = sorted((loss, step) for step, loss in losses.items() if loss is not None)
-    order = [step for _, step in ranked] + [s for s in steps if losses.get(s, 0) is None]
+    order = [step for _, step in ranked] + [s for s in steps if losses[s] is None]
   for step in order:
     try:
       return step, _read(directory, step, 'variables', target)

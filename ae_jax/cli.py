@@ -101,11 +101,12 @@ def _unknown_flag(e: flags.UnrecognizedFlagError) -> str:
   """absl's message, or where the flag is a config field without `config.` in front
   (--num_epochs=5, --latent_dim=8), the flag that sets it."""
   from ae_jax import config_lib  # pylint: disable=g-import-not-at-top
-  name = e.flagname.removeprefix('no')  # absl reads --noflag as a boolean's false
+  names = {e.flagname, e.flagname.replace('-', '_')}
+  names |= {n.removeprefix('no') for n in names}  # absl reads --noflag as a boolean's false
   known = config_lib.known_fields(config_lib.default_config())
   fields = sorted(f for f in known if not any(g.startswith(f + '.') for g in known))
-  matches = [f for f in fields if f == e.flagname or f == name] or [
-      f for f in fields if f.rsplit('.', 1)[-1] in (e.flagname, name)]
+  matches = [f for f in fields if f in names] or [
+      f for f in fields if f.rsplit('.', 1)[-1] in names]
   if len(matches) != 1:
     return f'{e} (see --helpshort)'
   value = str(e.flagvalue).partition('=')[2] if '=' in str(e.flagvalue) else 'VALUE'
@@ -153,11 +154,18 @@ def use_compilation_cache(folder: str) -> None:
   """Compiled programs are kept in `folder` (if it can be written) and reused across processes."""
   if not folder:
     return
+  # a cache is a convenience: without one, everything still works, a little slower
   try:
     os.makedirs(folder, exist_ok=True)
-  except OSError:
-    return  # a cache is a convenience: without one, everything still works
-  if not os.access(folder, os.W_OK):
+    problem = None if os.access(folder, os.W_OK | os.X_OK) else 'it is not writable'
+  except FileExistsError:
+    problem = 'it is a file'
+  except OSError as e:
+    problem = e.strerror or str(e)
+  if problem:
+    print(f'warning: no compilation cache in {folder} ({problem}): every program compiles '
+          "afresh; give a writable folder with --compilation_cache=FOLDER, or '' for none",
+          file=sys.stderr)
     return
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_compilation_cache_dir', folder)
@@ -248,6 +256,7 @@ def run(main):
 
 
 RUNS = 'runs'  # where training puts a run without --workdir: runs/<config file name>
+HELP_FLAGS = ('-h', '-?', '--help', '--helpshort', '--helpfull', '--helpxml')
 
 
 def default_workdir(config_file: str, root: str = RUNS) -> str:
@@ -256,13 +265,22 @@ def default_workdir(config_file: str, root: str = RUNS) -> str:
   return os.path.join(root, name)
 
 
+def _has_checkpoint(workdir: str) -> bool:
+  """Whether `workdir` holds a complete checkpoint (orbax names them by their step)."""
+  folder = os.path.join(workdir, 'checkpoints')
+  return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
+
+
 def latest_run(root: str = RUNS) -> str | None:
-  """The workdir under `root` whose checkpoints, metrics or config changed last, or None."""
+  """The workdir under `root` with a checkpoint whose checkpoints, metrics or config changed
+  last, or None. A run stopped before its first checkpoint has nothing to evaluate."""
   newest, found = -1.0, None
   for folder, subfolders, files in os.walk(root):
     if 'config.json' not in files:
       continue
     subfolders.clear()  # a run's own folders hold no other run
+    if not _has_checkpoint(folder):
+      continue
     times = [os.path.getmtime(os.path.join(folder, name))
              for name in ('config.json', 'metrics.jsonl', 'checkpoints')
              if os.path.exists(os.path.join(folder, name))]
@@ -281,7 +299,8 @@ def define_run_flags(argv) -> None:
   from ae_jax import config_lib  # pylint: disable=g-import-not-at-top
 
   workdir = _flag_value(argv, 'workdir')
-  if workdir is None:
+  asks_help = any(arg.split('=')[0] in HELP_FLAGS for arg in argv[1:])
+  if workdir is None and not asks_help:  # the help names no run
     workdir = latest_run()
     if workdir is not None:
       print(f'{workdir}: the run under {RUNS}/ that trained last (give a workdir for another)')
@@ -303,6 +322,8 @@ def define_run_flags(argv) -> None:
                                     lock_config=True)
   except (AttributeError, KeyError) as e:
     _fail(_unknown_field(e), 2)
+  for name in ('workdir', 'checkpoint', 'split', 'compilation_cache'):  # shown by --help
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
 
 def run_workdir(workdir: str | None) -> str:

@@ -296,6 +296,11 @@ def check_members(workdir: str, found) -> dict:
     try:
       train.check_devices(member, jax.device_count())
       train.check_data(member, data[key])
+      split = 'test' if 'test' in data[key] else 'validation'  # the split score() reads
+      if len(data[key][split].images) < tsne.min_points(tsne.PERPLEXITY):
+        raise UserError(f'its {split} split has {len(data[key][split].images)} images, too few '
+                        f'to score its latent space (a t-SNE map needs '
+                        f'{tsne.min_points(tsne.PERPLEXITY)}): give it more data')
       config_lib.check_workdir(member, member_dir)
     except UserError as e:
       raise UserError(f'member {name}: {e}') from None

@@ -69,8 +69,11 @@ def test_a_damaged_checkpoint_costs_only_its_epoch(two_epochs, tmp_path, kind, c
   config = config_lib.load_config(workdir)
   run = evaluate.load_run(workdir, config, 'best', 'validation')  # step 8 is the best
   assert run.step == 4
-  assert 'skipped the checkpoint of step 8: ' in capsys.readouterr().out
-  if kind != 'metrics truncated':  # (its arrays read: --checkpoint=latest or 8 still work)
+  assert ('the validation loss of the checkpoint of step 8 cannot be read' if kind ==
+          'metrics truncated' else 'skipped the checkpoint of step 8: ') in capsys.readouterr().out
+  if kind == 'metrics truncated':  # its weights read: --checkpoint=latest or 8 still work
+    assert evaluate.load_run(workdir, config, '8', 'validation').step == 8
+  else:
     with pytest.raises(UserError, match=f'the checkpoint of step 8 .* is damaged: .*{SAYS[kind]}'):
       evaluate.load_run(workdir, config, '8', 'validation')
   # training: resumes from step 4, sets step 8 aside, and trains on
@@ -81,6 +84,18 @@ def test_a_damaged_checkpoint_costs_only_its_epoch(two_epochs, tmp_path, kind, c
   assert int(state.step) == 12
   assert os.path.isdir(os.path.join(workdir, 'checkpoints', '8.damaged'))
   assert {8, 12} <= set(checkpoints.create_manager(workdir, read_only=True).all_steps())
+
+
+def test_best_reads_an_intact_checkpoint_whose_metrics_alone_are_damaged(two_epochs, tmp_path,
+                                                                        capsys):
+  workdir = _copy(two_epochs, tmp_path)
+  _damage(workdir, 'metrics truncated', step=8)
+  _damage(workdir, 'data file deleted', step=4)  # the only ranked checkpoint does not read
+  run = evaluate.load_run(workdir, config_lib.load_config(workdir), 'best', 'validation')
+  assert run.step == 8
+  out = capsys.readouterr().out
+  assert 'the validation loss of the checkpoint of step 8 cannot be read' in out
+  assert '--checkpoint=8 reads its weights' in out and 'skipped the checkpoint of step 4' in out
 
 
 def test_a_bug_while_reading_is_not_called_damage(two_epochs, tmp_path, monkeypatch):
@@ -164,3 +179,21 @@ def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
     assert report['checkpoint_step'] == 22
   finally:
     subprocess.run(['umount', str(disk)], check=False)
+
+
+def test_a_save_without_a_validation_loss_logs_no_warning(tmp_path, caplog):
+  """A save at a signal, mid-epoch, has no validation loss to rank it by: meant, not a warning."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import logging  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from ae_jax import models  # pylint: disable=g-import-not-at-top
+  config = small_config('ae')
+  model = models.create_model(config, (28, 28, 1))
+  state = jax.jit(functools.partial(train.create_train_state, model,
+                                    train.create_optimizer(config), config.seed))()
+  caplog.set_level(logging.WARNING)
+  with checkpoints.create_manager(str(tmp_path)) as manager:
+    checkpoints.save(manager, state)
+    checkpoints.wait(manager)
+    assert manager.all_steps() == [0]
+  assert 'tracked_metric' not in caplog.text, caplog.text

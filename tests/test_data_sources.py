@@ -1,6 +1,7 @@
 """Every data source trains, evaluates and maps its latents; bad data gets a clear message."""
 
 import os
+import re
 
 import numpy as np
 from PIL import Image
@@ -238,6 +239,38 @@ def test_tfds_images_of_varying_size_need_image_size(tmp_path, monkeypatch):
 def test_unknown_tfds_name_suggests_the_closest(tmp_path):
   with pytest.raises(UserError, match="no dataset 'fashon_mnist'.*closest names are: fashion_mnist"):
     input_pipeline.load_splits(_config('tfds', name='fashon_mnist').data)
+
+
+def test_a_truncated_image_left_on_disk_is_found_before_anything_is_written(tmp_path):
+  _write_pngs(tmp_path / 'images', DIGITS[:40])
+  data = (tmp_path / 'images' / '7.png').read_bytes()
+  (tmp_path / 'images' / '7.png').write_bytes(data[:len(data) // 2])
+  config = _config('folder', str(tmp_path / 'images'), placement='disk', test_split='')
+  with pytest.raises(UserError, match=r'cannot read the image .*images/7.png'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')
+
+
+@pytest.mark.parametrize('kind, placement', [('npy', 'auto'), ('npy', 'disk'), ('npz', 'auto'),
+                                             ('idx', 'auto')])
+def test_a_file_of_no_images_is_named(tmp_path, kind, placement):
+  empty = np.zeros((0, 8, 8), np.uint8)
+  if kind == 'npy':
+    path = str(tmp_path / 'images.npy')
+    np.save(path, empty)
+    config = _config('arrays', path, placement=placement)
+  elif kind == 'npz':
+    path = str(tmp_path / 'images.npz')
+    np.savez(path, images=empty, labels=np.zeros(0, np.int64))
+    config, path = _config('arrays', path), f'{path}[images]'
+  else:
+    path = str(tmp_path / 'train-images-idx3-ubyte')
+    with open(path, 'wb') as f:  # an IDX header of shape (0, 8, 8), and no pixels
+      f.write(bytes([0, 0, 8, 3]) + b''.join(int(d).to_bytes(4, 'big') for d in (0, 8, 8)))
+    config = _config('idx', str(tmp_path), test_split='')
+  with pytest.raises(UserError, match=re.escape(f'{path} holds no images (an array of shape '
+                                                '(0, 8, 8))')):
+    input_pipeline.load_splits(config.data)
 
 
 def test_an_unknown_tfds_name_is_refused_before_tfds_looks_in_the_cloud(monkeypatch):

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -182,6 +183,7 @@ def test_a_coordinator_that_does_not_answer_is_one_line_within_the_timeout(tmp_p
      'field: write --config.num_epochs=5'),
     ('ae_jax.main', '--model.latent_dim=4', 'write --config.model.latent_dim=4'),
     ('ae_jax.main', '--latent_dim=4', 'write --config.model.latent_dim=4'),
+    ('ae_jax.main', '--num-epochs=5', 'write --config.num_epochs=5'),
     ('ae_jax.study', '--noise.std=0.1', 'write --config.noise.std=0.1'),
     ('ae_jax.evaluate', '--batch_size=8', 'write --config.batch_size=8'),
     ('ae_jax.main', '--workdirr=x', "Did you mean: workdir"),
@@ -311,3 +313,40 @@ def test_a_python_without_the_dependencies_is_told_to_activate_the_environment(m
     launch.check_installed()
   err = capsys.readouterr().err
   assert err.startswith('error: ') and 'lacks jax' in err and '. .venv/bin/activate' in err
+
+
+@pytest.mark.parametrize('where', ['a_file', 'a_file/cache'])
+def test_a_compilation_cache_that_cannot_be_written_is_one_warning_and_training_goes_on(
+    tmp_path, capsys, where):
+  from ae_jax import cli  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'a_file').write_text('')
+  cli.use_compilation_cache(str(tmp_path / where))
+  err = capsys.readouterr().err
+  assert err.startswith(f'warning: no compilation cache in {tmp_path / where} (') and (
+      err.count('\n') == 1), err
+  assert "--compilation_cache=FOLDER, or '' for none" in err
+
+
+def _fake_run(folder, step=None):
+  os.makedirs(os.path.join(folder, 'checkpoints'))
+  with open(os.path.join(folder, 'config.json'), 'w') as f:
+    f.write('{}')
+  if step is not None:
+    os.makedirs(os.path.join(folder, 'checkpoints', str(step)))
+
+
+def test_the_run_that_trained_last_is_one_with_a_checkpoint(tmp_path):
+  from ae_jax import cli  # pylint: disable=g-import-not-at-top
+  _fake_run(tmp_path / 'runs' / 'trained', step=4)
+  time.sleep(0.05)
+  _fake_run(tmp_path / 'runs' / 'stopped_before_its_first_checkpoint')
+  assert cli.latest_run(str(tmp_path / 'runs')) == str(tmp_path / 'runs' / 'trained')
+
+
+@pytest.mark.parametrize('script', ['eval.sh', 'tsne.sh', 'generate.sh'])
+def test_help_names_no_run(tmp_path, script):
+  _fake_run(tmp_path / 'runs' / 'trained', step=4)
+  result = run_script(script, '--help', cwd=tmp_path)
+  assert 'error' not in result.stderr, result.stderr  # (absl's --help exits with 1)
+  assert 'the run under runs/ that trained last' not in result.stdout.splitlines()[0]
+  assert '--checkpoint' in result.stdout

@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from ae_jax import UserError
+from ae_jax.input_pipeline.splits import check_not_empty
 
 
 class OnDisk:
@@ -87,6 +88,7 @@ def _map(path: str):
         f'{path} holds {dtype} of shape {shape}: config.data.placement=disk reads uint8 images '
         '(N, H, W) or (N, H, W, C), stored in C order. Convert it once, e.g. np.save(path, '
         'np.round(images * 255).astype(np.uint8)) for floats in [0, 1]')
+  check_not_empty(shape[0], path, shape)
   if len(shape) == 3:
     shape = (*shape, 1)
   if shape[-1] not in (1, 3):

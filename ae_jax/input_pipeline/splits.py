@@ -76,6 +76,13 @@ def take_slice(split: Split, spec: str) -> Split:
   return selected
 
 
+def check_not_empty(num_images: int, where: str, shape) -> None:
+  """Refuses a file of no images (an export that failed, say), naming it."""
+  if not num_images:
+    raise UserError(f'{where} holds no images (an array of shape {tuple(shape)}): fill it, or '
+                    'name another with --config.data.path')
+
+
 def folder_path(data_config, what: str) -> str:
   folder = data_config.path
   if not folder or not os.path.isdir(folder):

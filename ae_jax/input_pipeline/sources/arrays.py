@@ -9,10 +9,12 @@ from ae_jax.input_pipeline import disk
 from ae_jax.input_pipeline import feeds
 from ae_jax.input_pipeline.splits import FOLDER_SPLITS
 from ae_jax.input_pipeline.splits import Split
+from ae_jax.input_pipeline.splits import check_not_empty
 from ae_jax.input_pipeline.splits import choose
 
 
 def _check_images(images, where: str) -> np.ndarray:
+  check_not_empty(len(images) if images.ndim else 0, where, images.shape)
   if images.ndim == 3:
     images = images[..., None]
   if images.ndim != 4 or images.shape[-1] not in (1, 3):

@@ -7,6 +7,7 @@ import numpy as np
 
 from ae_jax import UserError
 from ae_jax.input_pipeline.splits import Split
+from ae_jax.input_pipeline.splits import check_not_empty
 from ae_jax.input_pipeline.splits import folder_path
 from ae_jax.input_pipeline.splits import parse_split
 from ae_jax.input_pipeline.splits import take_slice
@@ -64,6 +65,7 @@ def read_idx_folder(data_config, wanted) -> dict[str, Split]:
     images = read_idx(images_path)
     if images.ndim != 3:
       raise UserError(f'{images_path} holds an array of shape {images.shape}, not images')
+    check_not_empty(len(images), images_path, images.shape)
     labels_path = _find(folder, labels_stem)
     labels = note = None
     if labels_path is None:
