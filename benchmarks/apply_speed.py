@@ -37,14 +37,19 @@ def main(argv):
   config = config_lib.load_config(FLAGS.workdir)
   run = evaluate.load_run(FLAGS.workdir, config, 'best', FLAGS.split)
   num = len(run.images)
-  eval_fn = metrics.make_eval_fn(run.model, config, run.mesh)
-  evaluate._evaluate_split(run, eval_fn)  # pylint: disable=protected-access  # compiles
-  best = {'eval': [], 'encode': [], 'encode_write': [], 'anomaly': []}
+  # eval.sh's loop with every number, and with only the score's (anomaly.sh's work)
+  eval_fns = {'eval': metrics.make_eval_fn(run.model, config, run.mesh),
+              'eval_score_only': metrics.make_eval_fn(run.model, config, run.mesh,
+                                                      names=(anomaly.score_name(run.model),))}
+  for eval_fn in eval_fns.values():
+    evaluate._evaluate_split(run, eval_fn)  # pylint: disable=protected-access  # compiles
+  best = {'eval': [], 'eval_score_only': [], 'encode': [], 'encode_write': [], 'anomaly': []}
   with tempfile.TemporaryDirectory() as folder:
     for _ in range(FLAGS.repeats):
-      start = time.time()
-      evaluate._evaluate_split(run, eval_fn)  # pylint: disable=protected-access
-      best['eval'].append(time.time() - start)
+      for name, eval_fn in eval_fns.items():
+        start = time.time()
+        evaluate._evaluate_split(run, eval_fn)  # pylint: disable=protected-access
+        best[name].append(time.time() - start)
       done = encode.encode_split(run, os.path.join(folder, 'x'), variance=False)
       best['encode'].append(done['seconds'])
       best['encode_write'].append(done['write_seconds'])
