@@ -173,7 +173,7 @@ def main(workdir, config, checkpoint, split, percentile=PERCENTILE, num_worst=16
                           f'{name}, step {run.step}: anomaly scores, threshold at the '
                           f'{percentile:g}th percentile of validation', report['score'])
     if len(worst):
-      titles = [f'{split_scores[i]:.3g}' + (f'\n{_label_name(run, run.labels[i])}'
+      titles = [f'{split_scores[i]:.3g}' + (f' {_label_name(run, run.labels[i])[:7]}'
                                             if run.labels is not None else '') for i in worst]
       plots.reconstructions(_worst_rows(run, worst), titles, stem + '_worst.png',
                             f'{name}, {run.split} split: the {len(worst)} highest scores')
