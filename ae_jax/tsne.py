@@ -1,6 +1,7 @@
 """The latent space of a trained run in 2-D (t-SNE), and numbers that say how good it is.
 
   scripts/tsne.sh [runs/cae] [--split=test] [--num_points=10000] [--checkpoint=best]
+                  [--method=tsne|umap] [--tsne_backend=auto|sklearn|opentsne]
 
 Without a workdir: the run under runs/ that trained last. Without --split: the test split where
 the run's data has one, else validation.
@@ -12,9 +13,12 @@ Writes to workdir/tsne/:
     knn_accuracy           a 5-nearest-neighbour classifier fit on latents of the train split,
                            scored on the points of the evaluated split;
     linear_probe_accuracy  logistic regression on the standardized latents, likewise;
-    trustworthiness        sklearn.manifold.trustworthiness of the 2-D map (5 neighbours):
-                           1.0 when the map's neighbours are neighbours in the latent space.
-Barnes-Hut t-SNE runs with angle 0.7 rather than scikit-learn's default 0.5: on 10,000 latents
+    trustworthiness        sklearn.manifold.trustworthiness of the 2-D map (5 neighbours),
+                           computed in blocks (maps.trustworthiness): 1.0 when the map's
+                           neighbours are neighbours in the latent space;
+  projector/  the files of TensorBoard's Embedding Projector (projector.py).
+--method=umap writes <split>_umap.* instead. t-SNE is scikit-learn's below FFT_FROM points and
+openTSNE's from there (docs/latent_maps.md). scikit-learn's Barnes-Hut t-SNE runs with angle 0.7 rather than scikit-learn's default 0.5: on 10,000 latents
 of the Fashion-MNIST AE that took 25 s instead of 35 s here, for a trustworthiness of 0.9969
 instead of 0.9970 (--angle=0.5 for the default).
 Latents of more than 50 dimensions (the CAE's 7x7x256) are first projected onto their first 50
