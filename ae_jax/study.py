@@ -211,30 +211,33 @@ def members(config, axes, seeds, overrides=()) -> list[tuple[str, dict,
 
 # --- A member -------------------------------------------------------------------------------
 
-def score(workdir: str, config, splits, num_points: int, draw_map: bool) -> tuple[dict, dict]:
+def score(workdir: str, config, splits, num_points: int, draw_map: bool,
+          method: str = 'tsne') -> tuple[dict, dict]:
   """The numbers of a trained member (and its reconstructions, for the study's figure)."""
   run = evaluate.load_run(workdir, config, 'best', None, splits=splits)
   numbers = {f'clean_{k}': v for k, v in evaluate.evaluate(run, noisy=False).items()}
   if config_lib.is_denoising(config):
     numbers.update({f'noisy_{k}': v for k, v in evaluate.evaluate(run, noisy=True).items()})
   space = tsne.latent_space(run, num_points, num_train_points=tsne.NUM_TRAIN_POINTS,
-                            perplexity=tsne.PERPLEXITY, seed=0)
+                            perplexity=tsne.PERPLEXITY, seed=0, method=method)
   numbers.update(space.numbers)
   if input_pipeline.classes.asked(config.data):  # trained without some classes: detect them
     found = anomaly.anomaly_scores(run, anomaly.PERCENTILE)['report']
     numbers.update({k: found[k] for k in ('roc_auc', 'average_precision') if k in found})
   if draw_map:
     plots.tsne_map(space.embedding, space.images, space.labels, run.label_names,
-                   os.path.join(workdir, f'tsne_{run.split}.png'),
+                   os.path.join(workdir, f'{method}_{run.split}.png'),
                    f'{config_lib.display_name(config)} latents, {run.split} split')
   rows, _ = evaluate.reconstruction_rows(run, 10)
-  return {'split': run.split, 'checkpoint_step': run.step, **numbers}, rows
+  # the map's method beside its trustworthiness, where it is not the t-SNE of earlier studies
+  how = {} if method == 'tsne' else {'map_method': method}
+  return {'split': run.split, 'checkpoint_step': run.step, **how, **numbers}, rows
 
 
 # --- The whole study ------------------------------------------------------------------------
 
 def run_study(config, workdir: str, axes, seeds, *, num_points: int = 2000,
-              draw_maps: bool = False, overrides=()) -> list[dict]:
+              draw_maps: bool = False, overrides=(), method: str = 'tsne') -> list[dict]:
   """Trains, scores and tabulates every member; returns the rows of results.csv."""
   found = members(config, axes, seeds, overrides)
   data = check_members(workdir, found)
@@ -257,7 +260,8 @@ def run_study(config, workdir: str, axes, seeds, *, num_points: int = 2000,
       print(f'[{i + 1}/{len(found)}] {name}')
       key = member.data.to_json()
       train.train_and_evaluate(member, member_dir, splits=data[key])
-      numbers, rows_of_images = score(member_dir, member, data[key], num_points, draw_maps)
+      numbers, rows_of_images = score(member_dir, member, data[key], num_points, draw_maps,
+                                      method)
       row = {**{f'config.{k}': v for k, v in settings.items()}, 'seed': member.seed,
              **numbers, 'workdir': member_dir}
       if jax.process_index() == 0:  # the others trained and scored alike
@@ -357,8 +361,9 @@ def write_results(workdir: str, axes, rows, reconstructions) -> None:
   summary = summarize(axes, rows)
   try:
     with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
-      writer = csv.DictWriter(f, fieldnames=fields + ['seed', 'split', 'checkpoint_step'] + names
-                              + ['workdir'], extrasaction='ignore')
+      method = ['map_method'] if any('map_method' in r for r in rows) else []
+      writer = csv.DictWriter(f, fieldnames=fields + ['seed', 'split', 'checkpoint_step'] + method
+                              + names + ['workdir'], extrasaction='ignore')
       writer.writeheader()
       writer.writerows(rows)
     with open(os.path.join(workdir, 'results.md'), 'w') as f:
@@ -396,14 +401,15 @@ def markdown_table(summary, fields, names) -> str:
 
 
 def main(config, workdir: str, grid_specs, seeds_text, num_points: int, draw_maps: bool,
-         overrides=()):
+         overrides=(), method: str = 'tsne'):
   study_config = config.get('study') or {}
   specs = grid_specs or list(study_config.get('grid', ()))
   seeds = parse_seeds(seeds_text or study_config.get('seeds', '0'))
   axes = parse_grid(config, specs)
-  tsne.check_flags(num_points, tsne.NUM_TRAIN_POINTS, tsne.PERPLEXITY, seed=0, angle=tsne.ANGLE)
+  tsne.check_flags(num_points, tsne.NUM_TRAIN_POINTS, tsne.PERPLEXITY, seed=0, angle=tsne.ANGLE,
+                   method=method)
   return run_study(config, workdir, axes, seeds, num_points=num_points, draw_maps=draw_maps,
-                   overrides=overrides)
+                   overrides=overrides, method=method)
 
 
 if __name__ == '__main__':
@@ -422,6 +428,8 @@ if __name__ == '__main__':
   flags.DEFINE_integer('num_points', 2000, 'Test points that each member\'s latent space is '
                        'scored on (t-SNE for the trustworthiness).')
   flags.DEFINE_bool('maps', False, 'Also draw a t-SNE map per member.')
+  flags.DEFINE_string('method', 'tsne', 'The map that the trustworthiness scores: tsne (as '
+                      'earlier studies), or umap.')
   flags.mark_flags_as_required(['config'])
   FLAGS = flags.FLAGS
 
@@ -435,7 +443,10 @@ if __name__ == '__main__':
     overrides = [arg[len('--config.'):] for arg in sys.argv if arg.startswith('--config.')]
     if any('=' not in o for o in overrides):
       raise UserError('write each --config.FIELD=VALUE with an = in a study')
+    if FLAGS.method == 'umap':
+      from ae_jax import maps  # pylint: disable=g-import-not-at-top
+      maps.use_numba_cache(FLAGS.compilation_cache)
     main(FLAGS.config, workdir, FLAGS.grid, FLAGS.seeds, FLAGS.num_points, FLAGS.maps,
-         overrides)
+         overrides, FLAGS.method)
 
   cli.run(_main)

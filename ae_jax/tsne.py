@@ -1,6 +1,7 @@
 """The latent space of a trained run in 2-D (t-SNE), and numbers that say how good it is.
 
   scripts/tsne.sh [runs/cae] [--split=test] [--num_points=10000] [--checkpoint=best]
+                  [--method=tsne|umap] [--tsne_backend=auto|sklearn|opentsne]
 
 Without a workdir: the run under runs/ that trained last. Without --split: the test split where
 the run's data has one, else validation.
@@ -12,9 +13,12 @@ Writes to workdir/tsne/:
     knn_accuracy           a 5-nearest-neighbour classifier fit on latents of the train split,
                            scored on the points of the evaluated split;
     linear_probe_accuracy  logistic regression on the standardized latents, likewise;
-    trustworthiness        sklearn.manifold.trustworthiness of the 2-D map (5 neighbours):
-                           1.0 when the map's neighbours are neighbours in the latent space.
-Barnes-Hut t-SNE runs with angle 0.7 rather than scikit-learn's default 0.5: on 10,000 latents
+    trustworthiness        sklearn.manifold.trustworthiness of the 2-D map (5 neighbours),
+                           computed in blocks (maps.trustworthiness): 1.0 when the map's
+                           neighbours are neighbours in the latent space;
+  projector/  the files of TensorBoard's Embedding Projector (projector.py).
+--method=umap writes <split>_umap.* instead. t-SNE is scikit-learn's below FFT_FROM points and
+openTSNE's from there (docs/latent_maps.md). scikit-learn's Barnes-Hut t-SNE runs with angle 0.7 rather than scikit-learn's default 0.5: on 10,000 latents
 of the Fashion-MNIST AE that took 25 s instead of 35 s here, for a trustworthiness of 0.9969
 instead of 0.9970 (--angle=0.5 for the default).
 Latents of more than 50 dimensions (the CAE's 7x7x256) are first projected onto their first 50
@@ -36,27 +40,24 @@ from typing import NamedTuple
 import jax
 import numpy as np
 from sklearn import decomposition
-from sklearn import linear_model
-from sklearn import manifold
 from sklearn import model_selection
-from sklearn import neighbors
-from sklearn import pipeline
-from sklearn import preprocessing
 
 from ae_jax import UserError
 from ae_jax import cannot_write
 from ae_jax import config_lib
 from ae_jax import evaluate
 from ae_jax import input_pipeline
+from ae_jax import maps
 from ae_jax import metrics
 from ae_jax import models
 from ae_jax import plots
+from ae_jax import projector
 from ae_jax import launch
 
 PCA_DIMS = 50
-PERPLEXITY = 30.0
+PERPLEXITY = maps.PERPLEXITY
 NUM_TRAIN_POINTS = 10_000
-KNN_NEIGHBOURS = 5
+KNN_NEIGHBOURS = maps.KNN_NEIGHBOURS
 ANGLE = 0.7
 
 
@@ -91,41 +92,45 @@ def subsample(num_examples: int, labels, num_points: int, seed: int) -> np.ndarr
   return np.sort(chosen)
 
 
-def latent_scores(train_latents, train_labels, latents, labels) -> dict[str, float]:
-  knn = neighbors.KNeighborsClassifier(n_neighbors=KNN_NEIGHBOURS)
-  probe = pipeline.make_pipeline(preprocessing.StandardScaler(),
-                                 linear_model.LogisticRegression(max_iter=1000))
-  return {
-      'knn_accuracy': float(knn.fit(train_latents, train_labels).score(latents, labels)),
-      'linear_probe_accuracy': float(
-          probe.fit(train_latents, train_labels).score(latents, labels)),
-  }
-
-
 def embed(latents: np.ndarray, perplexity: float, angle: float, seed: int) -> np.ndarray:
+  """scikit-learn's Barnes-Hut t-SNE (--tsne=sklearn)."""
+  from sklearn import manifold  # pylint: disable=g-import-not-at-top
   return manifold.TSNE(2, perplexity=perplexity, angle=angle, init='pca',
                        random_state=seed).fit_transform(latents)
 
 
-def min_points(perplexity: float) -> int:
-  """The fewest points a map can have: t-SNE needs more than its perplexity, trustworthiness
-  more than twice its neighbours."""
-  return max(int(perplexity) + 1, 2 * KNN_NEIGHBOURS + 1)
+# scikit-learn's Barnes-Hut t-SNE is faster below this many points, openTSNE's FFT from it on
+# (benchmarks/README.md, "Latent maps").
+FFT_FROM = 20_000
+SKLEARN_TSNE = "t-SNE (scikit-learn's Barnes-Hut)"
+OPENTSNE = "t-SNE (openTSNE's FFT)"
+TSNE_BACKENDS = ('auto', 'sklearn', 'opentsne')
 
 
-def check_flags(num_points, num_train_points, perplexity, seed, angle) -> None:
-  if not perplexity > 0:
-    raise UserError(f'--perplexity={perplexity} must be positive (30 is the usual value)')
+def check_backend(tsne_backend: str) -> None:
+  if tsne_backend not in TSNE_BACKENDS:
+    raise UserError(f'--tsne_backend={tsne_backend!r} is not one of {", ".join(TSNE_BACKENDS)} '
+                    f"(auto: scikit-learn's below {FFT_FROM:,} points, openTSNE's from there)")
+
+
+def use_sklearn(tsne_backend: str, num_points: int) -> bool:
+  return tsne_backend == 'sklearn' or (tsne_backend == 'auto' and num_points < FFT_FROM)
+
+
+def backend_name(method: str, tsne_backend: str, num_points: int) -> str:
+  if method == 'umap':
+    return 'UMAP (umap-learn)'
+  return SKLEARN_TSNE if use_sklearn(tsne_backend, num_points) else OPENTSNE
+
+
+def check_flags(num_points, num_train_points, perplexity, seed, angle, method='tsne',
+                n_neighbors=maps.UMAP_NEIGHBORS) -> None:
+  maps.check_settings(method, perplexity, n_neighbors)
   if not 0 <= angle <= 1:
     raise UserError(f'--angle={angle} must be between 0 and 1 ({ANGLE} is the default)')
   if seed < 0:
     raise UserError(f'--seed={seed} must not be negative')
-  if num_points < min_points(perplexity):
-    raise UserError(
-        f'--num_points={num_points} is too few: a t-SNE map with perplexity {perplexity:g} needs '
-        f'at least {min_points(perplexity)} points (more than the perplexity, and more than '
-        f'{2 * KNN_NEIGHBOURS} for its trustworthiness); use {min_points(perplexity)} or more, '
-        'or a lower --perplexity')
+  maps.check_points(method, num_points, perplexity, n_neighbors, f'--num_points={num_points}')
   if num_train_points < KNN_NEIGHBOURS + 1:
     raise UserError(f'--num_train_points={num_train_points} is too few for a '
                     f'{KNN_NEIGHBOURS}-nearest-neighbour classifier: use {KNN_NEIGHBOURS + 1} '
@@ -140,16 +145,18 @@ class LatentSpace(NamedTuple):
   images: np.ndarray
   labels: np.ndarray | None
   latent_size: int
-  tsne_seconds: float
+  tsne_seconds: float  # the map's (t-SNE's or UMAP's)
+  latents: np.ndarray  # (N, D): what was mapped (the PCA projection of latents past PCA_DIMS)
 
 
 def latent_space(run: evaluate.TrainedRun, num_points: int, num_train_points: int,
-                 perplexity: float, seed: int, angle: float = ANGLE) -> LatentSpace:
-  """Encodes (a stratified sample of) the run's split, embeds it with t-SNE and scores it."""
-  if len(run.images) < min_points(perplexity):
-    raise UserError(f'the {run.split} split has {len(run.images)} images, too few for a t-SNE '
-                    f'map with perplexity {perplexity:g} (it needs {min_points(perplexity)}): '
-                    'choose a larger --split, or a lower --perplexity')
+                 perplexity: float, seed: int, angle: float = ANGLE, method: str = 'tsne',
+                 n_neighbors: int = maps.UMAP_NEIGHBORS, tsne_backend: str = 'auto'
+                 ) -> LatentSpace:
+  """Encodes (a stratified sample of) the run's split, maps it to 2-D with `method` and scores
+  it."""
+  maps.check_points(method, len(run.images), perplexity, n_neighbors,
+                    f'the {run.split} split has {len(run.images)} images, which')
   chosen = subsample(len(run.images), run.labels, num_points, seed)
   images = run.images[chosen]
   labels = None if run.labels is None else run.labels[chosen]
@@ -157,7 +164,7 @@ def latent_space(run: evaluate.TrainedRun, num_points: int, num_train_points: in
   latent_size = latents.shape[1]
 
   train_split = run.splits['train']
-  train_latents = train_labels = None
+  train_latents = train_labels = train_chosen = None
   if labels is not None or latent_size > PCA_DIMS:
     train_chosen = subsample(len(train_split.images), train_split.labels, num_train_points, seed)
     train_latents = encode(run, train_split.images[train_chosen])
@@ -169,32 +176,51 @@ def latent_space(run: evaluate.TrainedRun, num_points: int, num_train_points: in
     latents, train_latents = pca.transform(latents), pca.transform(train_latents)
 
   start = time.time()
-  embedding = embed(latents, perplexity, angle, seed)
+  if method == 'tsne' and use_sklearn(tsne_backend, len(latents)):
+    embedding = embed(latents, perplexity, angle, seed)
+  else:
+    embedding = maps.embed(method, latents, perplexity, n_neighbors, seed)
   tsne_seconds = time.time() - start
   numbers = {}
   if labels is not None and train_labels is not None:
-    numbers.update(latent_scores(train_latents, train_labels, latents, labels))
-  numbers['trustworthiness'] = float(
-      manifold.trustworthiness(latents, embedding, n_neighbors=KNN_NEIGHBOURS))
-  return LatentSpace(numbers, embedding, chosen, images, labels, latent_size, tsne_seconds)
+    same = None
+    if run.split == 'train':  # a mapped point that fits the classifier too is left out of its vote
+      at = np.searchsorted(train_chosen, chosen).clip(max=len(train_chosen) - 1)
+      same = np.where(train_chosen[at] == chosen, at, -1)
+    numbers['knn_accuracy'] = maps.knn_accuracy(train_latents, train_labels, latents, labels,
+                                                same)
+    numbers['linear_probe_accuracy'] = maps.linear_probe_accuracy(
+        train_latents, train_labels, latents, labels)
+  numbers['trustworthiness'] = maps.trustworthiness(latents, embedding, KNN_NEIGHBOURS)
+  return LatentSpace(numbers, embedding, chosen, images, labels, latent_size, tsne_seconds,
+                     np.asarray(latents, np.float32))
+
+
+def map_name(method: str, split: str) -> str:
+  """The file stem of a map: <split> for t-SNE (as before UMAP), <split>_umap for UMAP."""
+  return split if method == 'tsne' else f'{split}_{method}'
 
 
 def main(workdir, config, checkpoint, split, num_points, num_train_points, perplexity, seed,
-         angle=ANGLE, out_dir=None):
-  check_flags(num_points, num_train_points, perplexity, seed, angle)
+         angle=ANGLE, out_dir=None, method='tsne', n_neighbors=maps.UMAP_NEIGHBORS,
+         tsne_backend='auto'):
+  check_flags(num_points, num_train_points, perplexity, seed, angle, method, n_neighbors)
+  check_backend(tsne_backend)
   out_dir = evaluate.output_dir(workdir, out_dir, 'tsne')
   run = evaluate.load_run(workdir, config, checkpoint, split)
   split = run.split
   if num_points > len(run.images):
     print(f'mapping all {len(run.images):,} images of the {split} split (fewer than '
           f'--num_points={num_points})')
-  space = latent_space(run, num_points, num_train_points, perplexity, seed, angle)
+  space = latent_space(run, num_points, num_train_points, perplexity, seed, angle, method,
+                       n_neighbors, tsne_backend)
   launch.start_up_done()
   embedding, chosen, images, labels = space.embedding, space.chosen, space.images, space.labels
   latent_size, tsne_seconds, numbers = space.latent_size, space.tsne_seconds, space.numbers
 
-  stem = os.path.join(out_dir, split)
-  title = (f'{config_lib.display_name(config)} latents ({latent_size:,} dimensions), {split} split, '
+  stem = os.path.join(out_dir, map_name(method, split))
+  how = backend_name(method, tsne_backend, len(chosen))
+  title = (f'{how} of {config_lib.display_name(config)} latents ({latent_size:,} dimensions), {split} split, '
            f'step {run.step}')
   try:
     os.makedirs(out_dir, exist_ok=True)
@@ -209,33 +235,41 @@ def main(workdir, config, checkpoint, split, num_points, num_train_points, perpl
     raise cannot_write(e, 'the t-SNE map to') from None
   report = {'workdir': os.path.abspath(workdir), 'split': split, 'checkpoint_step': run.step,
             'num_points': len(chosen), 'latent_size': latent_size,
-            'pca_dims': min(latent_size, PCA_DIMS), 'perplexity': perplexity, 'angle': angle,
+            'pca_dims': min(latent_size, PCA_DIMS), 'method': method, 'implementation': how,
+            **({'perplexity': perplexity} if method == 'tsne' else {'n_neighbors': n_neighbors}),
+            **({'angle': angle} if how == SKLEARN_TSNE else {}),
             'tsne_seconds': tsne_seconds, 'figure_seconds': figure_seconds, **numbers}
   try:
     with open(stem + '.json', 'w') as f:
       json.dump(report, f, indent=2)
   except OSError as e:
     raise cannot_write(e, 'the t-SNE numbers to') from None
+  config_path = projector.write(
+      os.path.join(out_dir, projector.FOLDER), map_name(method, split), space.latents,
+      embedding, images, labels, run.label_names, split, chosen, how)
 
   print(f'{config_lib.display_name(config)} in {workdir}, checkpoint of step {run.step}, {split} split: '
-        f't-SNE of {len(chosen):,} latents of {latent_size:,} dimensions'
+        f'{how} of {len(chosen):,} latents of {latent_size:,} dimensions'
         + (f' (PCA to {PCA_DIMS})' if latent_size > PCA_DIMS else '')
         + f' in {tsne_seconds:.1f} s, figure in {figure_seconds:.1f} s')
   if labels is None:
     print('the data has no labels: one colour, and no kNN or linear-probe accuracy')
   for name, value in numbers.items():
     print(f'  {name:<22} {value:.4f}')
-  print(f'wrote {stem}.png, {stem}.npz and {stem}.json')
+  print(f'wrote {stem}.png, {stem}.npz and {stem}.json, and the files of TensorBoard\'s '
+        f'projector beside {config_path} (tensorboard --logdir {workdir})')
   return report
 
 
-def redraw(workdir: str, split: str | None, out_dir: str | None = None) -> None:
+def redraw(workdir: str, split: str | None, out_dir: str | None = None,
+           method: str = 'tsne') -> None:
   """Redraws <split>.png in workdir/tsne (or `out_dir`) from its .npz, without recomputing
   anything (`split` None: the test split's map where there is one, else validation's)."""
   folder = out_dir or os.path.join(workdir, 'tsne')
   if split is None:
-    split = 'test' if os.path.exists(os.path.join(folder, 'test.npz')) else 'validation'
-  stem = os.path.join(folder, split)
+    split = ('test' if os.path.exists(os.path.join(folder, map_name(method, 'test') + '.npz'))
+             else 'validation')
+  stem = os.path.join(folder, map_name(method, split))
   if not os.path.exists(stem + '.npz'):
     raise UserError(f'{stem}.npz does not exist: run scripts/tsne.sh {workdir} first')
   data = np.load(stem + '.npz')
@@ -262,13 +296,20 @@ if __name__ == '__main__':
   flags.DEFINE_float('angle', ANGLE, "Barnes-Hut angle (scikit-learn's default: 0.5).")
   flags.DEFINE_bool('redraw', False, 'Only redraw the figure from the saved .npz.')
   flags.DEFINE_string('out_dir', None, 'Where to write (default: WORKDIR/tsne).')
+  flags.DEFINE_string('method', 'tsne', 'tsne, or umap (umap-learn): writes <split>_umap.*')
+  flags.DEFINE_integer('n_neighbors', maps.UMAP_NEIGHBORS, "UMAP's neighbours.")
+  flags.DEFINE_string('tsne_backend', 'auto', "auto (scikit-learn's Barnes-Hut below "
+                      f"{FFT_FROM:,} points, openTSNE's FFT from there), sklearn or opentsne.")
   FLAGS = flags.FLAGS
 
   def _main(argv):
     if FLAGS.redraw:
-      return redraw(cli.run_workdir(FLAGS.workdir), FLAGS.split, FLAGS.out_dir)
-    return main(cli.run_workdir(FLAGS.workdir), FLAGS.config, FLAGS.checkpoint, FLAGS.split, FLAGS.num_points,
-                FLAGS.num_train_points, FLAGS.perplexity, FLAGS.seed, FLAGS.angle,
-                FLAGS.out_dir)
+      maps.check_settings(FLAGS.method, FLAGS.perplexity, FLAGS.n_neighbors)
+      return redraw(cli.run_workdir(FLAGS.workdir), FLAGS.split, FLAGS.out_dir, FLAGS.method)
+    if FLAGS.method == 'umap':
+      maps.use_numba_cache(FLAGS.compilation_cache)
+    return main(cli.run_workdir(FLAGS.workdir), FLAGS.config, FLAGS.checkpoint, FLAGS.split,
+                FLAGS.num_points, FLAGS.num_train_points, FLAGS.perplexity, FLAGS.seed,
+                FLAGS.angle, FLAGS.out_dir, FLAGS.method, FLAGS.n_neighbors, FLAGS.tsne_backend)
 
   cli.run(_main)

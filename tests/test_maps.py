@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+from sklearn import manifold
+from sklearn import neighbors
+
+from ae_jax import UserError
+from ae_jax import maps
+
+
+@pytest.mark.parametrize('n, dims, block', [(300, 32, 256), (517, 8, 64), (40, 3, 7)])
+def test_trustworthiness_in_blocks_is_scikit_learns(n, dims, block):
+  rng = np.random.default_rng(n)
+  latents = (rng.normal(size=(n, dims)) + 5).astype(np.float32)
+  for embedding in (latents[:, :2] + 0.3 * rng.normal(size=(n, 2)), rng.normal(size=(n, 2))):
+    expected = manifold.trustworthiness(latents, embedding, n_neighbors=5)
+    assert abs(maps.trustworthiness(latents, embedding, block=block) - expected) < 1e-6
+  assert maps.trustworthiness(latents, latents[:, :2] * 0 + latents[:, :2]) <= 1.0
+  with pytest.raises(ValueError, match='should be less than'):
+    maps.trustworthiness(latents[:10], latents[:10, :2])
+
+
+def test_trustworthiness_of_a_perfect_map_is_one():
+  points = np.random.default_rng(0).normal(size=(200, 2))
+  assert maps.trustworthiness(points, points * 3 + 1) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_knn_accuracy_is_scikit_learns_and_leaves_a_point_out_of_its_own_vote():
+  rng = np.random.default_rng(0)
+  train, train_labels = rng.normal(size=(400, 6)), rng.integers(0, 4, 400)
+  train[:, 0] += train_labels
+  test, labels = rng.normal(size=(150, 6)), rng.integers(0, 4, 150)
+  test[:, 0] += labels
+  classifier = neighbors.KNeighborsClassifier(n_neighbors=5).fit(train, train_labels)
+  assert maps.knn_accuracy(train, train_labels, test, labels) == classifier.score(test, labels)
+  # the train points themselves: leave-one-out, as a classifier fit on the other 399 votes
+  left_out = [neighbors.KNeighborsClassifier(n_neighbors=5).fit(
+      np.delete(train, i, 0), np.delete(train_labels, i)).predict(train[i:i + 1])[0]
+              for i in range(0, 400, 10)]
+  same = np.arange(400)
+  expected = np.mean(np.array(left_out) == train_labels[::10])
+  assert maps.knn_accuracy(train, train_labels, train[::10], train_labels[::10],
+                           same=same[::10]) == expected
+  # without leaving it out, each point votes for itself
+  assert maps.knn_accuracy(train, train_labels, train, train_labels) > maps.knn_accuracy(
+      train, train_labels, train, train_labels, same=same)
+
+
+@pytest.mark.parametrize('args, message', [
+    (('tsen', 30.0, 15), "--method='tsen' is not a map method: use one of tsne, umap"),
+    (('tsne', -1.0, 15), '--perplexity=-1.0 must be positive'),
+    (('umap', 30.0, 1), '--n_neighbors=1 is too few: UMAP needs 2 or more'),
+])
+def test_settings_out_of_range_are_refused(args, message):
+  with pytest.raises(UserError, match=message.replace('(', r'\(').replace(')', r'\)')):
+    maps.check_settings(*args)
+
+
+def test_too_few_points_for_a_method_are_refused():
+  maps.check_points('umap', 16, 30.0, 15, '--num_points=16')
+  with pytest.raises(UserError, match='--num_points=15 is too few: a UMAP map with 15 neighbours '
+                     'needs at least 16 points .* or a lower --n_neighbors'):
+    maps.check_points('umap', 15, 30.0, 15, '--num_points=15')
+  with pytest.raises(UserError, match='needs at least 31 points'):
+    maps.check_points('tsne', 30, 30.0, 15, '--num_points=30')

@@ -1,0 +1,76 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from ae_jax import projector
+from ae_jax import tsne
+
+
+def test_sprite_tiles_row_by_row():
+  images = np.arange(5)[:, None, None, None].repeat(4, 1).repeat(3, 2).astype(np.uint8)
+  tiles, tile = projector.sprite(images)
+  assert tiles.shape == (12, 9, 1) and tile == [3, 4]
+  assert tiles[0, 3, 0] == 1 and tiles[4, 0, 0] == 3 and tiles[8, 0, 0] == 0  # 3x3, one empty
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 120):
+  deadline = time.time() + timeout
+  while True:
+    try:
+      with urllib.request.urlopen(url, timeout=30) as answer:
+        return answer.read()
+    except (urllib.error.URLError, ConnectionError):
+      if time.time() > deadline:
+        raise
+      time.sleep(1)
+
+
+@pytest.mark.slow
+def test_tensorboard_projector_serves_the_maps_latents_sprite_and_metadata(trained_ae):
+  workdir, config = trained_ae
+  tsne.main(workdir, config, 'best', 'test', num_points=100, num_train_points=200,
+            perplexity=20.0, seed=0)
+  port = _free_port()
+  board = subprocess.Popen(
+      [os.path.join(os.path.dirname(sys.executable), 'tensorboard'), '--logdir', workdir,
+       '--host', '127.0.0.1', '--port', str(port)],
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    base = f'http://127.0.0.1:{port}/data/plugin/projector'
+    runs = []
+    for _ in range(60):  # the plugin finds the runs in a thread of its own
+      runs = json.loads(_get(f'{base}/runs'))
+      if 'tsne/projector' in runs:
+        break
+      time.sleep(1)
+    assert 'tsne/projector' in runs, runs
+    run = 'tsne/projector'
+    info = json.loads(_get(f'{base}/info?run={run}'))
+    shapes = {e['tensorName']: e['tensorShape'] for e in info['embeddings']}
+    assert shapes['test: latents'] == [100, 32]
+    assert shapes["test: t-SNE (scikit-learn's Barnes-Hut)"] == [100, 2]
+    name = urllib.parse.quote('test: latents')
+    tensor = np.frombuffer(_get(f'{base}/tensor?run={run}&name={name}'), np.float32)
+    assert tensor.shape == (100 * 32,)
+    metadata = _get(f'{base}/metadata?run={run}&name={name}').decode().splitlines()
+    assert metadata[0] == 'label\tsplit\tindex' and len(metadata) == 101
+    assert metadata[1].split('\t')[1] == 'test'
+    png = _get(f'{base}/sprite_image?run={run}&name={name}')
+    assert png[:8] == b'\x89PNG\r\n\x1a\n'
+  finally:
+    board.terminate()
+    board.wait(30)
