@@ -12,7 +12,7 @@ from conftest import ROOT
 from conftest import _environment
 
 # The guide's order, so that a page's commands find the runs the pages before it made.
-GUIDE = ['getting_started', 'data', 'training', 'evaluation', 'using', 'latent_maps', 'studies',
+GUIDE = ['getting_started', 'data', 'training', 'evaluation', 'latent_maps', 'using', 'studies',
          'robustness']
 PAGES = ['README.md'] + sorted(
     (os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'docs', '*.md'))),
