@@ -256,8 +256,10 @@ def main(workdir, config, checkpoint, split, num_points, num_train_points, perpl
     print('the data has no labels: one colour, and no kNN or linear-probe accuracy')
   for name, value in numbers.items():
     print(f'  {name:<22} {value:.4f}')
+  # TensorBoard finds the projector's folder under any logdir above it.
+  inside = os.path.abspath(out_dir).startswith(os.path.abspath(workdir) + os.sep)
   print(f'wrote {stem}.png, {stem}.npz and {stem}.json, and the files of TensorBoard\'s '
-        f'projector beside {config_path} (tensorboard --logdir {workdir})')
+        f'projector beside {config_path} (tensorboard --logdir {workdir if inside else out_dir})')
   return report
 
 
