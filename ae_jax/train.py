@@ -188,9 +188,6 @@ def make_update(config, image_shape, tx, mesh, train_images, placement) -> Updat
 
   # pmap: the same train_step per device, with the batch statistics, gradients and loss averaged
   # over the axis; one copy of the data and of the state per device, stacked on a leading axis.
-  if jax.process_count() > 1:
-    raise UserError("config.parallel='pmap' runs in one process: use config.parallel='jit' "
-                    'across processes')
   pmap_model = models.create_model(config, image_shape, axis_name='data')
   step_fn = functools.partial(train_step, model=pmap_model, axis_name='data', **step_kwargs)
   run = jax.pmap(functools.partial(train_loop, step_fn=step_fn), axis_name='data',
@@ -349,7 +346,10 @@ def train_epoch(loop: Loop, state, epoch: int, first: int, num_steps: int, numbe
 # --- the whole run ------------------------------------------------------------------------
 
 def check_devices(config, num_devices: int) -> None:
-  """The checks of `config` against the devices, before any work."""
+  """The checks of `config` against the devices and processes, before any work."""
+  if config.parallel == 'pmap' and jax.process_count() > 1:
+    raise UserError("config.parallel='pmap' runs in one process: use config.parallel='jit' "
+                    'across processes')
   if config.batch_size % num_devices:
     raise UserError(f'config.batch_size={config.batch_size} is not divisible by the '
                     f'{num_devices} devices: use a multiple of {num_devices}')

@@ -54,6 +54,8 @@ BAD_VALUES = [
     ({'loss': 'l1'}, "config.loss='l1' is not one of: mse, bce"),
     ({'data.source': 'csv'}, "config.data.source='csv' is not one of: tfds, idx, folder"),
     ({'parallel': 'pjit'}, "config.parallel='pjit' is not one of: jit, pmap"),
+    ({'parallel': 'pmap', 'data.placement': 'host'},
+     "config.parallel='pmap' keeps the data on the devices"),
 ]
 
 

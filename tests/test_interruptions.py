@@ -147,6 +147,7 @@ def test_sigterm_and_sigint_save_the_current_step_and_say_how_to_resume(
   assert process.returncode == 128 + signum, stderr[-2000:]
   assert 'Traceback' not in stderr
   assert 'run the same command again to resume' in stderr
+  assert 'tracked_metric' not in stderr  # orbax's warning of a save without a loss: meant
   step = checkpoints.create_manager(workdir, read_only=True).latest_step()
   assert step % 4 and step >= 6, step  # a mid-epoch checkpoint of the current step
   result = _finish(workdir)
