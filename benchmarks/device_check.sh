@@ -48,10 +48,14 @@ fi
 
 start=$(date +%s)
 gpu_present=
-if [[ -z "$cpu" ]] && { [[ -e /proc/driver/nvidia/gpus ]] || nvidia-smi -L >/dev/null 2>&1; }; then
+if [[ -z "$cpu" ]] && { [[ -e /proc/driver/nvidia/gpus ]] || nvidia-smi -L >/dev/null 2>&1; }
+then
   gpu_present=1
 fi
-mapfile -t missing < <("$PY" benchmarks/device_check.py --missing)
+missing=()
+while read -r requirement; do
+  [[ -n "$requirement" ]] && missing+=("$requirement")
+done < <("$PY" benchmarks/device_check.py --missing)
 needs_cuda=
 if [[ -n "$gpu_present" ]] && ! "$PY" -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")' \
     2>/dev/null; then
