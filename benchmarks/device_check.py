@@ -8,8 +8,9 @@ trains, evaluates and maps there, in one JSON and one markdown table.
 
 For each of AE, DAE, CAE, DCAE and VAE, in float32 and bfloat16 (config.dtype), on random uint8
 28x28x1 images, random 7x7 patterns scaled up (Fashion-MNIST is not on the machines this runs
-on; the speed of a model does not depend on what its images show): 60,000 training images (48,000 train, 12,000 validation), as
-ae_jax.main trains them for two epochs, and 10,000 test images.
+on; the speed of a model does not depend on what its images show): 60,000 training images
+(48,000 train, 12,000 validation), as ae_jax.main trains them for two epochs, and 10,000 test
+images.
 
   epoch           the second epoch's training of the 48,000 images (the first compiles)
   epoch + val     the same epoch with validation, the checkpoint, figures and logs

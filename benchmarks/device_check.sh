@@ -63,8 +63,8 @@ while read -r requirement; do
   [[ -n "$requirement" ]] && missing+=("$requirement")
 done < <("$PY" benchmarks/device_check.py --missing)
 needs_cuda=
-if [[ -n "$gpu_present" ]] && ! "$PY" -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")' \
-    2>/dev/null; then
+on_gpu='import jax, sys; sys.exit(jax.default_backend() != "gpu")'
+if [[ -n "$gpu_present" ]] && ! "$PY" -c "$on_gpu" 2>/dev/null; then
   needs_cuda=1
 fi
 
