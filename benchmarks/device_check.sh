@@ -11,7 +11,8 @@
 #       besides JAX, flax, optax, orbax, tensorboard and their dependencies)
 #
 # Python: $PYTHON, else .venv/bin/python where there is one, else a .venv made here from
-# python3 that sees python3's packages (so that a preinstalled CUDA JAX is used as it is).
+# python3 that sees python3's packages (so that a preinstalled CUDA JAX is used as it is), else
+# python3 itself.
 # What is missing is installed from .whl/ where it exists (no network needed), else with pip:
 # the cuda extra where a GPU is present and JAX sees only CPUs.
 set -uo pipefail
@@ -37,24 +38,33 @@ fi
 cpu=
 for arg in "$@"; do [[ "$arg" == --cpu ]] && cpu=1; done
 
+start=$(date +%s)
 PY=${PYTHON:-}
 if [[ -z "$PY" && -x .venv/bin/python ]]; then
   PY=.venv/bin/python
 elif [[ -z "$PY" ]]; then
-  python3 -m venv --system-site-packages .venv 2>/dev/null \
-    || python3 -m venv --system-site-packages --without-pip .venv || exit 1
-  PY=.venv/bin/python
+  if python3 -m venv --system-site-packages .venv 2>/dev/null \
+      || python3 -m venv --system-site-packages --without-pip .venv 2>/dev/null; then
+    PY=.venv/bin/python
+  else  # a Python without venv: what is missing goes to the user's site-packages
+    rm -rf .venv
+    PY=python3
+    export PIP_USER=1 PIP_BREAK_SYSTEM_PACKAGES=1
+  fi
 fi
 
-start=$(date +%s)
 gpu_present=
-if [[ -z "$cpu" ]] && { [[ -e /proc/driver/nvidia/gpus ]] || nvidia-smi -L >/dev/null 2>&1; }; then
+if [[ -z "$cpu" ]] && { [[ -e /proc/driver/nvidia/gpus ]] || nvidia-smi -L >/dev/null 2>&1; }
+then
   gpu_present=1
 fi
-mapfile -t missing < <("$PY" benchmarks/device_check.py --missing)
+missing=()
+while read -r requirement; do
+  [[ -n "$requirement" ]] && missing+=("$requirement")
+done < <("$PY" benchmarks/device_check.py --missing)
 needs_cuda=
-if [[ -n "$gpu_present" ]] && ! "$PY" -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")' \
-    2>/dev/null; then
+on_gpu='import jax, sys; sys.exit(jax.default_backend() != "gpu")'
+if [[ -n "$gpu_present" ]] && ! "$PY" -c "$on_gpu" 2>/dev/null; then
   needs_cuda=1
 fi
 
