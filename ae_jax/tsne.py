@@ -162,6 +162,11 @@ def latent_space(run: evaluate.TrainedRun, num_points: int, num_train_points: in
   labels = None if run.labels is None else run.labels[chosen]
   latents = encode(run, images)
   latent_size = latents.shape[1]
+  if np.ptp(latents, axis=0).max(initial=0) == 0:
+    # scikit-learn's t-SNE crashes the process (a segmentation fault) on identical points.
+    raise UserError(f'every image of the {run.split} split has the same latent: the encoder '
+                    'outputs a constant (dead ReLU units?); nothing to map. Retrain, e.g. '
+                    'with a lower --config.learning_rate, or check the data')
 
   train_split = run.splits['train']
   train_latents = train_labels = train_chosen = None

@@ -106,3 +106,13 @@ def test_points_from_the_minimum_to_the_whole_split_work(trained_ae, capsys):
                        num_train_points=100, perplexity=30.0, seed=0)
     assert report['num_points'] == min(num_points, 200)
   assert 'all 200 images of the test split (fewer than --num_points=500)' in capsys.readouterr().out
+
+
+def test_a_constant_encoder_is_one_line_not_a_crash(trained_ae, tmp_path, monkeypatch):
+  # scikit-learn's t-SNE dies of a segmentation fault on identical points
+  workdir, config = trained_ae
+  monkeypatch.setattr(tsne, 'encode', lambda run, images: np.zeros((len(images), 32), np.float32))
+  with pytest.raises(tsne.UserError, match='has the same latent: the encoder outputs a constant'):
+    tsne.main(workdir, config, 'best', 'test', num_points=100, num_train_points=100,
+              perplexity=20.0, seed=0, out_dir=str(tmp_path / 'maps'))
+  assert not os.path.exists(tmp_path / 'maps')
