@@ -133,7 +133,8 @@ def _worst_rows(run, chosen) -> dict:
   return {'input': images, 'reconstruction': np.asarray(reconstruct(run.variables, images))}
 
 
-def main(workdir, config, checkpoint, split, percentile=PERCENTILE, num_worst=16, out_dir=None) -> dict:
+def main(workdir, config, checkpoint, split, percentile=PERCENTILE, num_worst=16,
+         out_dir=None) -> dict:
   if not 0 < percentile < 100:
     raise UserError(f'--percentile={percentile} must be between 0 and 100 (99: the threshold '
                     'flags 1% of normal images)')

@@ -91,11 +91,14 @@ def convert(image: np.ndarray, shape) -> tuple[np.ndarray, set[str]]:
   """An image (H, W, C) as the model takes it (`shape`), and what was done to it."""
   done = set()
   if image.shape[-1] == 3 and shape[-1] == 1:
-    image, _ = to_grayscale(image[None])[0], done.add('grayscale')
+    image = to_grayscale(image[None])[0]
+    done.add('grayscale')
   elif image.shape[-1] == 1 and shape[-1] == 3:
-    image, _ = np.repeat(image, 3, -1), done.add('colour')
+    image = np.repeat(image, 3, -1)
+    done.add('colour')
   if image.shape[:2] != tuple(shape[:2]):
-    image, _ = resize_image(image, tuple(shape[:2])), done.add('resized')
+    image = resize_image(image, tuple(shape[:2]))
+    done.add('resized')
   return image, done
 
 
@@ -170,6 +173,8 @@ def main(workdir, config, checkpoint, input_path, output, add_noise=False, overw
                                noise_mean=config.noise.mean, noise_std=config.noise.std,
                                noisy=add_noise)
   shown = min(num_examples, len(images))
+  npy_name = os.path.basename(input_path)
+  npy_tmp = os.path.join(output, npy_name + '.tmp.npy')
   figure_rows = {}
   write_seconds = 0.0
   npy = None
@@ -184,8 +189,7 @@ def main(workdir, config, checkpoint, input_path, output, add_noise=False, overw
     reconstructions = outputs['reconstruction']
     if kind == 'npy':
       if npy is None:
-        npy = np.lib.format.open_memmap(os.path.join(output, names_npy + '.tmp.npy'), 'w+',
-                                        np.uint8, (len(images), *shape))
+        npy = np.lib.format.open_memmap(npy_tmp, 'w+', np.uint8, (len(images), *shape))
       npy[start:start + len(reconstructions)] = reconstructions
     else:
       list(pool.map(lambda i: _save_image(reconstructions[i],
@@ -193,7 +197,6 @@ def main(workdir, config, checkpoint, input_path, output, add_noise=False, overw
                     range(len(reconstructions))))
     write_seconds += time.time() - begin
 
-  names_npy = os.path.basename(input_path)
   start = time.time()
   try:
     os.makedirs(output, exist_ok=True)
@@ -201,11 +204,11 @@ def main(workdir, config, checkpoint, input_path, output, add_noise=False, overw
       compile_seconds = evaluate.map_split(run, map_fn, consume, images=images)
       if npy is not None:
         npy.flush()
-        os.replace(os.path.join(output, names_npy + '.tmp.npy'), os.path.join(output, names_npy))
+        os.replace(npy_tmp, os.path.join(output, npy_name))
     finally:
       pool.shutdown()
-      if os.path.exists(os.path.join(output, names_npy + '.tmp.npy')):
-        os.remove(os.path.join(output, names_npy + '.tmp.npy'))
+      if os.path.exists(npy_tmp):  # a failure leaves no half-written array
+        os.remove(npy_tmp)
     seconds = time.time() - start - compile_seconds
     figure = None
     if shown and not (kind == 'folder' and FIGURE in names):
@@ -228,7 +231,7 @@ def main(workdir, config, checkpoint, input_path, output, add_noise=False, overw
         f'{len(images):,} images ' + ('with the training noise added ' if add_noise else '')
         + f'reconstructed in {seconds:.2f} s ({report["images_per_sec"]:,.0f} images/s, of which '
         f'writing {write_seconds:.2f} s)' + (f'; {len(skipped)} skipped' if skipped else ''))
-  print(f'wrote {output}' + (f'/{names_npy}' if kind == 'npy' else '/ (the same names)')
+  print(f'wrote {output}' + (f'/{npy_name}' if kind == 'npy' else '/ (the same names)')
         + (f' and {figure}' if figure else ''))
   return report
 

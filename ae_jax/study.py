@@ -16,7 +16,9 @@ accuracy and trustworthiness of its latent space (tsne.latent_space; a map is dr
 --maps); a member trained without some classes (config.data.held_out_classes) also by the
 ROC-AUC and average precision of its anomaly scores as a detector of them (anomaly.py):
 
-  python -m ae_jax.study --config=configs/ae.py --grid=data.held_out_classes=0,1,2,3,4,5,6,7,8,9 The study writes to its workdir:
+  python -m ae_jax.study --config=configs/ae.py --grid=data.held_out_classes=0,1,2,3,4,5,6,7,8,9
+
+The study writes to its workdir:
   results.csv    a row per member: its settings, seed, every number, its workdir;
   results.md     a row per grid point: mean and standard deviation over the seeds, best in bold;
   <number>.png   ... against each grid axis, with error bars over the seeds;

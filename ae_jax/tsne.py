@@ -31,13 +31,11 @@ if __name__ == '__main__':  # a command: prepare the process before JAX is impor
   from ae_jax import launch
   launch.start()
 
-import functools
 import json
 import os
 import time
 from typing import NamedTuple
 
-import jax
 import numpy as np
 from sklearn import decomposition
 from sklearn import model_selection
@@ -49,7 +47,6 @@ from ae_jax import evaluate
 from ae_jax import input_pipeline
 from ae_jax import maps
 from ae_jax import metrics
-from ae_jax import models
 from ae_jax import plots
 from ae_jax import projector
 from ae_jax import launch
@@ -63,18 +60,17 @@ ANGLE = 0.7
 
 def encode(run: evaluate.TrainedRun, images: np.ndarray) -> np.ndarray:
   """The latents of `images` (a VAE's posterior means), flattened: (N, latent size)."""
-  mesh = run.mesh
-  batch_size = metrics.eval_batch_size(run.config, run.model, len(images), mesh.size)
-  indices, _ = metrics.padded_batches(len(images), batch_size)
+  latents = None
 
-  @functools.partial(jax.jit, compiler_options=models.compiler_options(run.model))
-  def encode_batches(variables, images, indices):
-    encode_batch = lambda idx: run.model.apply(variables, metrics.to_float(images[idx]),
-                                               method='embed')
-    return jax.lax.map(encode_batch, indices)
+  def consume(start, outputs):
+    nonlocal latents
+    if latents is None:
+      latents = np.empty((len(images), outputs['latent'].shape[1]), np.float32)
+    latents[start:start + len(outputs['latent'])] = outputs['latent']
 
-  latents = encode_batches(run.variables, *input_pipeline.device_feed(images, mesh)(indices))
-  return np.asarray(latents).reshape(indices.size, -1)[:len(images)]
+  evaluate.map_split(run, metrics.make_map_fn(run.model, run.mesh, metrics.latent_step),
+                     consume, images=images)
+  return latents
 
 
 def subsample(num_examples: int, labels, num_points: int, seed: int) -> np.ndarray:

@@ -22,7 +22,9 @@ def test_latents_are_one_row_per_image_with_the_labels(trained_ae, tmp_path):
   run = evaluate.load_run(workdir, config, 'best', 'test')
   latents = np.load(os.path.join(out, 'test_latents.npy'))
   assert latents.shape == (200, 32) and latents.dtype == np.float32
-  np.testing.assert_allclose(latents, tsne.encode(run, run.images), rtol=1e-5, atol=1e-6)
+  embed = run.model.apply(run.variables, run.images.astype(np.float32) / 255, method='embed')
+  np.testing.assert_allclose(latents, embed, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(tsne.encode(run, run.images), latents)  # one encoder for both
   np.testing.assert_array_equal(np.load(os.path.join(out, 'test_labels.npy')), run.labels)
   with open(os.path.join(out, 'test_encode.json')) as f:
     assert json.load(f)['num_images'] == report['num_images'] == 200

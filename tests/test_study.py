@@ -154,3 +154,21 @@ def test_the_study_of_the_issue_refuses_before_any_member_trains(tmp_path):
   assert_one_line_error(result, 'member batch_size=100000_seed=0: config.batch_size=100000 is '
                         'larger than the 1438 training images')
   assert os.listdir(tmp_path) == []
+
+
+def test_a_member_trained_without_a_class_is_scored_as_its_detector(trained_ae):
+  from ae_jax import anomaly, input_pipeline  # pylint: disable=g-import-not-at-top
+  workdir, config = trained_ae
+  member = config.copy_and_resolve_references()
+  member.data.held_out_classes = '0'
+  axes = study.parse_grid(member, ['data.held_out_classes=0,1'])
+  assert [m[1] for m in study.members(member, axes, [0])] == [
+      {'data.held_out_classes': '0'}, {'data.held_out_classes': '1'}]
+  splits = input_pipeline.load_splits(member.data)
+  numbers, _ = study.score(workdir, member, splits, num_points=50, draw_map=False)
+  report = anomaly.main(workdir, member, 'best', 'test', num_worst=0,
+                        out_dir=os.path.join(workdir, 'anomaly_study_check'))
+  assert numbers['roc_auc'] == pytest.approx(report['roc_auc'])
+  assert numbers['average_precision'] == pytest.approx(report['average_precision'])
+  plain, _ = study.score(workdir, config, input_pipeline.load_splits(config.data), 50, False)
+  assert 'roc_auc' not in plain

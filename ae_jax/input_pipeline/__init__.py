@@ -111,5 +111,5 @@ def split_validation(split: Split, fraction: float) -> tuple[Split, Split]:
 
 
 __all__ = ['READERS', 'Split', 'classes', 'disk', 'device_feed', 'finish', 'fits_on_device',
-           'host_feed', 'load_splits', 'parse_split', 'read_idx', 'read_idx_folder', 'resize', 'rows', 'select',
-           'split_validation', 'to_device', 'to_grayscale']
+           'host_feed', 'load_splits', 'parse_split', 'read_idx', 'read_idx_folder', 'resize',
+           'rows', 'select', 'split_validation', 'to_device', 'to_grayscale']
