@@ -44,7 +44,6 @@ from ae_jax import UserError
 from ae_jax import cannot_write
 from ae_jax import config_lib
 from ae_jax import evaluate
-from ae_jax import input_pipeline
 from ae_jax import maps
 from ae_jax import metrics
 from ae_jax import plots
