@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk_metrics
 
-from ae_jax import UserError
 from ae_jax import anomaly
 from ae_jax import evaluate
 from conftest import assert_script_refuses

@@ -304,7 +304,6 @@ def test_training_turns_the_garbage_collector_on_once_the_update_is_compiled(wor
 def test_a_python_without_the_dependencies_is_told_to_activate_the_environment(monkeypatch,
                                                                                capsys):
   import importlib.util  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
   from ae_jax import launch  # pylint: disable=g-import-not-at-top
   real = importlib.util.find_spec
   monkeypatch.setattr(importlib.util, 'find_spec',
