@@ -53,6 +53,7 @@ from ae_jax import replaced_atomically
 from ae_jax import config_lib
 from ae_jax import evaluate
 from ae_jax import input_pipeline
+from ae_jax import maps
 from ae_jax import metric_writers
 from ae_jax import plots
 from ae_jax import train
@@ -242,7 +243,7 @@ def run_study(config, workdir: str, axes, seeds, *, num_points: int = 2000,
               draw_maps: bool = False, overrides=(), method: str = 'tsne') -> list[dict]:
   """Trains, scores and tabulates every member; returns the rows of results.csv."""
   found = members(config, axes, seeds, overrides)
-  data = check_members(workdir, found)
+  data = check_members(workdir, found, method)
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
@@ -284,7 +285,7 @@ def run_study(config, workdir: str, axes, seeds, *, num_points: int = 2000,
   return rows
 
 
-def check_members(workdir: str, found) -> dict:
+def check_members(workdir: str, found, method: str = 'tsne') -> dict:
   """Every member yet to be scored checked against the devices, its data and its workdir, as
   training checks one, before the first trains: a late member's mistake would otherwise stop
   the study after hours. Returns the data read, {config.data as JSON: its splits}, each once."""
@@ -303,10 +304,11 @@ def check_members(workdir: str, found) -> dict:
       train.check_devices(member, jax.device_count())
       train.check_data(member, data[key])
       split = 'test' if 'test' in data[key] else 'validation'  # the split score() reads
-      if len(data[key][split].images) < tsne.min_points(tsne.PERPLEXITY):
+      need = maps.min_points(method, tsne.PERPLEXITY)
+      if len(data[key][split].images) < need:
         raise UserError(f'its {split} split has {len(data[key][split].images)} images, too few '
-                        f'to score its latent space (a t-SNE map needs '
-                        f'{tsne.min_points(tsne.PERPLEXITY)}): give it more data')
+                        f'to score its latent space (a {method} map needs {need}): give it '
+                        'more data')
       config_lib.check_workdir(member, member_dir)
     except UserError as e:
       raise UserError(f'member {name}: {e}') from None
