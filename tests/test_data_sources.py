@@ -62,7 +62,7 @@ def _train_evaluate_map(config, workdir, split='validation'):
 
 
 @pytest.mark.parametrize('layout', ['classes', 'flat', 'split_folders'])
-@pytest.mark.parametrize('colour', [False, True])
+@pytest.mark.parametrize('colour', [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_a_folder_of_images(tmp_path, layout, colour):
   images = _colour(DIGITS[:96]) if colour else DIGITS[:96]
   labels = LABELS[:96]

@@ -52,7 +52,8 @@ def test_unknown_model_lists_the_choices():
 
 
 @pytest.mark.parametrize('image_shape', [(10, 14, 3)])  # odd sizes: the crop path too
-@pytest.mark.parametrize('patch_bytes', [cpu_convs.PATCH_BYTES, 1])  # 1: an image per chunk
+@pytest.mark.parametrize('patch_bytes', [cpu_convs.PATCH_BYTES,  # 1: an image per chunk
+                                         pytest.param(1, marks=pytest.mark.slow)])
 def test_matmul_cae_computes_what_flax_convolutions_compute(image_shape, patch_bytes,
                                                              monkeypatch):
   """The fast formulation: same parameters, same outputs, same gradients, same batch stats."""

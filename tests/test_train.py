@@ -33,7 +33,7 @@ def _setup(config):
   return state, step_fn
 
 
-@pytest.mark.parametrize('name', ['ae', 'dae', 'cae', 'dcae'])
+@pytest.mark.parametrize('name', ['ae', 'dae', 'cae', pytest.param('dcae', marks=pytest.mark.slow)])
 def test_loss_falls_within_a_few_steps(name):
   config = small_config(name)
   state, step_fn = _setup(config)
@@ -99,7 +99,7 @@ def _final_state(workdir):
                                          NamedSharding(train.create_mesh(), P()))
 
 
-@pytest.mark.parametrize('name', ['dae', 'dcae'])
+@pytest.mark.parametrize('name', ['dae', pytest.param('dcae', marks=pytest.mark.slow)])
 def test_a_resumed_run_ends_with_the_parameters_of_an_uninterrupted_one(tmp_path, name):
   kwargs = dict(num_train=128, batch_size=32)
   straight = train.train_and_evaluate(small_config(name, num_epochs=2, **kwargs),
@@ -152,8 +152,7 @@ def test_a_workdir_of_another_model_is_refused(workdir):
   assert sorted(os.listdir(workdir)) == before
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('name', ['dae', 'dcae'])
+@pytest.mark.parametrize('name', ['dae', pytest.param('dcae', marks=pytest.mark.slow)])
 def test_eight_devices_give_the_losses_of_one(tmp_path, name):
   """jit over an 8-device mesh and pmap over 8 devices, each in a process of its own."""
   kwargs = dict(num_train=128, batch_size=32)
@@ -196,7 +195,9 @@ with open(os.path.join(os.path.dirname(__file__), 'data', 'regression.json')) as
   REGRESSION = json.load(f)
 
 
-@pytest.mark.parametrize('key', sorted(REGRESSION['steps']))
+# The DCAE's parts (noise, the CAE) run in the other keys; it runs with the slow tests.
+@pytest.mark.parametrize('key', [pytest.param(k, marks=pytest.mark.slow) if k.startswith('dcae')
+                                 else k for k in sorted(REGRESSION['steps'])])
 def test_the_models_reach_the_numbers_recorded_before_they_owned_their_objective(key):
   name, _, loss = key.partition('_')
   config = small_config(name, **({'loss': loss} if loss else {}))
