@@ -2,8 +2,9 @@
 
 t-SNE is openTSNE's FFT-accelerated interpolation (FIt-SNE, Linderman et al. 2019) rather than
 scikit-learn's Barnes-Hut: on the same latents it is faster from 10,000 points on (2.3x at
-10,000, 3x at 48,000), at the same trustworthiness (benchmarks/README.md, "Latent maps"). UMAP is umap-learn; numba compiles it,
-and a command keeps numba's cache beside JAX's (use_numba_cache).
+10,000, 2.5x at 48,000), at the same trustworthiness (benchmarks/README.md, "Latent maps").
+UMAP is umap-learn; numba compiles it, and a command keeps numba's cache beside JAX's
+(use_numba_cache).
 
 The numbers scale to a whole split: trustworthiness is computed exactly, in blocks of rows
 (memory O(block x n), where scikit-learn's builds and sorts an n x n matrix), and kNN accuracy
