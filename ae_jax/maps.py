@@ -13,6 +13,8 @@ with scikit-learn's chunked neighbour search.
 
 import functools
 import os
+import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -95,12 +97,28 @@ def use_numba_cache(compilation_cache: str) -> None:
 
 
 def umap(latents: np.ndarray, n_neighbors: int, seed: int) -> np.ndarray:
-  """umap-learn's UMAP with its defaults (min_dist 0.1, spectral initialisation)."""
+  """umap-learn's UMAP with its defaults (min_dist 0.1, spectral initialisation), on the exact
+  neighbour graph."""
+  # umap-learn imports its ParametricUMAP, and with it TensorFlow (14 s here), at its own
+  # import unless that import fails; a map does not use it.
+  sys.modules.setdefault('umap.parametric_umap', None)
   import umap as umap_learn  # pylint: disable=g-import-not-at-top
+  from sklearn import neighbors  # pylint: disable=g-import-not-at-top
+  x = np.asarray(latents, np.float32)
+  # Exact neighbours from scikit-learn instead of umap-learn's approximate search, which numba
+  # compiles again in every process: a second command on 10,000 points takes 27 s instead of
+  # 61 s. umap-learn counts a point as its own first neighbour.
+  distances, indices = neighbors.NearestNeighbors(n_neighbors=n_neighbors - 1).fit(
+      x).kneighbors()
+  indices = np.concatenate([np.arange(len(x))[:, None], indices], axis=1)
+  distances = np.concatenate([np.zeros((len(x), 1), distances.dtype), distances], axis=1)
   # A seed makes umap-learn run on one thread: the map is then the same on every run.
   reducer = umap_learn.UMAP(n_components=2, n_neighbors=n_neighbors, random_state=seed,
-                            n_jobs=1)
-  return np.asarray(reducer.fit_transform(np.asarray(latents, np.float32)), np.float32)
+                            n_jobs=1, precomputed_knn=(indices, distances))
+  with warnings.catch_warnings():
+    # that the reducer cannot place new points: a map does not ask it to
+    warnings.filterwarnings('ignore', message='precomputed_knn', category=UserWarning)
+    return np.asarray(reducer.fit_transform(x), np.float32)
 
 
 def embed(method: str, latents: np.ndarray, perplexity: float, n_neighbors: int,

@@ -73,3 +73,13 @@ def test_opentsne_map_keeps_neighbourhoods_as_scikit_learns_does():
   reference = maps.trustworthiness(digits, manifold.TSNE(
       2, perplexity=30.0, init='pca', random_state=0).fit_transform(digits))
   assert ours > reference - 0.005, (ours, reference)
+
+
+@pytest.mark.slow  # numba compiles umap-learn's layout in every process (about 20 s)
+def test_umap_on_exact_neighbours_keeps_neighbourhoods():
+  from sklearn import datasets
+  digits = datasets.load_digits().data
+  digits = np.concatenate([digits, digits[:5]])  # duplicates: a point is still its own first
+  embedding = maps.umap(digits, n_neighbors=15, seed=0)
+  assert embedding.shape == (len(digits), 2) and np.isfinite(embedding).all()
+  assert maps.trustworthiness(digits, embedding) > 0.95
