@@ -106,7 +106,7 @@ def umap(latents: np.ndarray, n_neighbors: int, seed: int) -> np.ndarray:
   from sklearn import neighbors  # pylint: disable=g-import-not-at-top
   x = np.asarray(latents, np.float32)
   # Exact neighbours from scikit-learn instead of umap-learn's approximate search, which numba
-  # compiles again in every process: a second command on 10,000 points takes 27 s instead of
+  # compiles again in every process: a second process mapping 10,000 points takes 27 s instead of
   # 61 s. umap-learn counts a point as its own first neighbour.
   distances, indices = neighbors.NearestNeighbors(n_neighbors=n_neighbors - 1).fit(
       x).kneighbors()
