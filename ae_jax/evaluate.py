@@ -134,7 +134,7 @@ def reconstruction_rows(run: TrainedRun, num_examples: int, seed: int = 0) -> di
   rows = {'input': images}
   inputs = images
   if config_lib.is_denoising(run.config):
-    inputs = np.asarray(metrics.add_noise(jax.random.PRNGKey(metrics.EVAL_SEED), images,
+    inputs = np.asarray(metrics.add_noise(jax.random.PRNGKey(metrics.FIGURE_SEED), images,
                                         run.config.noise.mean, run.config.noise.std))
     rows['noisy input'] = inputs
   reconstruct = jax.jit(lambda v, x: run.model.apply(v, x, method='reconstruct'),

@@ -440,7 +440,7 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
                         compiler_options=models.compile_once_options(model))  # a few images
   prior_draws = None
   if models.has_prior(model):  # the same draws every epoch, so that epochs compare
-    prior_draws = jax.random.normal(jax.random.PRNGKey(metrics.EVAL_SEED),
+    prior_draws = jax.random.normal(jax.random.PRNGKey(metrics.FIGURE_SEED),
                                     (NUM_SAMPLES_SHOWN, model.latent_dim))
     generate = jax.jit(lambda variables, z: model.apply(variables, z, method='decode'),
                        compiler_options=models.compile_once_options(model))

@@ -127,6 +127,20 @@ def test_eval_reports_the_elbo_its_parts_and_the_likelihood(trained_vae, tmp_pat
     assert json.load(f) == report
 
 
+def test_evaluation_draws_are_the_runs_seeds(trained_vae):
+  """eval.sh repeats a run's numbers exactly; runs of other seeds draw other latent samples, so
+  that a study's mean over seeds averages the one-sample -ELBO's noise too."""
+  workdir, config = trained_vae
+  run = evaluate.load_run(workdir, config, 'best', 'test')
+  first, again = evaluate.evaluate(run, noisy=False), evaluate.evaluate(run, noisy=False)
+  other_config = config.copy_and_resolve_references()
+  other_config.seed = config.seed + 1
+  other = evaluate.evaluate(run._replace(config=other_config), noisy=False)
+  assert first == again
+  assert other['mse'] == pytest.approx(first['mse'])  # the posterior mean's: no draws
+  assert other['nelbo'] != first['nelbo']
+
+
 def test_generate_draws_samples_walks_and_the_grid_of_a_2d_latent(tmp_path):
   config = small_config('vae', num_train=256, **{'model.latent_dim': 2})
   workdir = str(tmp_path / 'vae2d')
