@@ -32,13 +32,14 @@ def add_noise(key, images, mean: float, std: float, axis_name=None):
 FIGURE_SEED = 0
 
 
-def eval_key(config) -> jax.Array:
-  """The root of a run's evaluation draws (the noise and the latent samples of validation,
+def eval_seed(config) -> int:
+  """The seed of a run's evaluation draws (the noise and the latent samples of validation,
   eval.sh and the scripts): the run's seed, so that eval.sh on the validation split prints the
   numbers training logged, and a study's seeds average over draws as over initialisations
   (draws shared by every seed had put the VAE's test -ELBO 0.03 nats above its expectation,
-  on average over 28 seeds)."""
-  return jax.random.PRNGKey(config.seed)
+  on average over 28 seeds). The compiled loops make the key from it: a key made eagerly
+  compiles two more programs in every process."""
+  return int(config.seed)
 
 
 def eval_rngs(key) -> dict:
@@ -75,10 +76,12 @@ def importance_weighted_step(variables, images, mask, rng, *, model, noise_mean,
   return {'iw_nll': jnp.sum(jnp.where(mask, nll, 0.0)), 'count': jnp.sum(mask)}
 
 
-def eval_loop(variables, images, indices, mask, first_batch, rng, *, step_fn,
+def eval_loop(variables, images, indices, mask, first_batch, seed, *, step_fn,
               batch_sharding=None):
   """Metric sums over the batches images[indices[i]] (masked where padded). Batch i draws its
-  noise and samples from fold_in(rng, first_batch + i), whichever call it is evaluated in."""
+  noise and samples from fold_in(PRNGKey(seed), first_batch + i), whichever call it is
+  evaluated in."""
+  rng = jax.random.PRNGKey(seed)
 
   def body(i, sums):
     batch = images[indices[i]]
@@ -139,8 +142,8 @@ def evaluate_split(eval_fn, variables, feed, num_examples, config, mesh, *, mode
   """Mean metrics over every example of a split that `feed` serves: all its batches in one call
   where the images are on the devices; where they are streamed (from host memory or disk; an
   example `streamed_bytes` large), streamed_batches_per_call a call. The noise and samples
-  are drawn from eval_key(config)."""
-  rng = eval_key(config)
+  are drawn from eval_seed(config)."""
+  seed = eval_seed(config)
   batch_size = batch_size or eval_batch_size(config, model, num_examples, mesh.size)
   rows, mask = padded_batches(num_examples, batch_size)
   per_call = len(rows)
@@ -155,7 +158,7 @@ def evaluate_split(eval_fn, variables, feed, num_examples, config, mesh, *, mode
     call_mask[:len(rows) - first] = mask[first:first + per_call]
     images, indices = feed(call_rows)
     result = eval_fn(variables, images, indices, input_pipeline.to_device(call_mask, mask_sharding),
-                     first, rng)
+                     first, seed)
     sums = result if sums is None else jax.tree.map(jnp.add, sums, result)
   sums = jax.device_get(sums)
   return {name: float(value / sums['count']) for name, value in sums.items() if name != 'count'}
@@ -197,9 +200,10 @@ def score_step(variables, images, rng, *, model, names):
   return {name: numbers[name] for name in names}
 
 
-def map_loop(variables, images, indices, first_batch, rng, *, step_fn, batch_sharding=None):
+def map_loop(variables, images, indices, first_batch, seed, *, step_fn, batch_sharding=None):
   """step_fn's per-example outputs for the batches images[indices[i]], stacked:
-  (num_batches, batch_size, ...). Batch i draws from fold_in(rng, first_batch + i)."""
+  (num_batches, batch_size, ...). Batch i draws from fold_in(PRNGKey(seed), first_batch + i)."""
+  rng = jax.random.PRNGKey(seed)
 
   def body(i):
     batch = images[indices[i]]
@@ -228,12 +232,12 @@ def map_split(map_fn, variables, feed, num_examples, config, mesh, consume, *, m
   """Runs `map_fn` (make_map_fn) over every example of a split that `feed` serves and hands
   its outputs to consume(start, {name: rows start.. of the split}), a call at a time, in order.
   The next call runs on the devices while `consume` writes the last one's outputs. Returns the
-  seconds that compiling took (before the first call). Draws come from eval_key(config)."""
-  rng = eval_key(config)
+  seconds that compiling took (before the first call). Draws come from eval_seed(config)."""
+  seed = eval_seed(config)
   batch_size = batch_size or eval_batch_size(config, model, num_examples, mesh.size)
   rows, _ = padded_batches(num_examples, batch_size)
   images, indices = feed(np.full((1, batch_size), -1, np.int32))
-  shapes = jax.eval_shape(map_fn, variables, images, indices, 0, rng)
+  shapes = jax.eval_shape(map_fn, variables, images, indices, 0, seed)
   example_bytes = sum(int(np.prod(s.shape[2:])) * s.dtype.itemsize
                       for s in jax.tree.leaves(shapes))
   per_call = min(len(rows), max(1, OUTPUT_CALL_BYTES // (batch_size * max(example_bytes, 1))))
@@ -241,7 +245,7 @@ def map_split(map_fn, variables, feed, num_examples, config, mesh, consume, *, m
     per_call = min(per_call, streamed_batches_per_call(config, batch_size, streamed_bytes))
   compile_start = time.time()
   images, indices = feed(np.full((per_call, batch_size), -1, np.int32))
-  map_fn = map_fn.lower(variables, images, indices, 0, rng).compile()
+  map_fn = map_fn.lower(variables, images, indices, 0, seed).compile()
   compile_seconds = time.time() - compile_start
   pending = None
   for first in list(range(0, len(rows), per_call)) + [None]:
@@ -249,7 +253,7 @@ def map_split(map_fn, variables, feed, num_examples, config, mesh, consume, *, m
     if first is not None:
       call_rows = np.full((per_call, batch_size), -1, np.int32)  # -1: batches past the split
       call_rows[:len(rows) - first] = rows[first:first + per_call]
-      result = (first, map_fn(variables, *feed(call_rows), first, rng))
+      result = (first, map_fn(variables, *feed(call_rows), first, seed))
     if pending is not None:
       start = pending[0] * batch_size
       count = min(num_examples - start, per_call * batch_size)
