@@ -68,6 +68,21 @@ def test_the_closed_form_kl_is_the_monte_carlo_estimate():
   np.testing.assert_allclose(models.objectives.gaussian_kl(mean, logvar), monte_carlo, rtol=0.02)
 
 
+def test_the_bernoulli_likelihood_is_the_binary_cross_entropy_in_nats():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(0, 8, (5, 28, 28, 1))
+  targets = rng.uniform(0, 1, (5, 28, 28, 1))
+  p = 1 / (1 + np.exp(-logits))
+  expected = -np.sum(targets * np.log(p) + (1 - targets) * np.log1p(-p), axis=(1, 2, 3))
+  nll = models.objectives.bernoulli_nll(jnp.asarray(logits, jnp.float32),
+                                        jnp.asarray(targets, jnp.float32))
+  np.testing.assert_allclose(nll, expected, rtol=1e-5)
+  # logits far past float32's sigmoid saturation stay finite and exact
+  huge = jnp.array([[60.0, -60.0]])
+  np.testing.assert_allclose(models.objectives.bernoulli_nll(huge, jnp.array([[0.0, 1.0]])),
+                             [120.0], rtol=1e-6)
+
+
 def test_the_importance_weighted_bound_is_below_the_elbo_and_falls_with_k(trained_vae):
   workdir, config = trained_vae
   run = evaluate.load_run(workdir, config, 'latest', 'test')
