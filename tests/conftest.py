@@ -31,10 +31,15 @@ def small_config(name: str, *, num_train: int = 256, batch_size: int = 32, **ove
 
 
 def _environment(devices: int, env) -> dict:
+  flags = f'--xla_force_host_platform_device_count={devices}'
+  if devices > 1:
+    # Eight simulated devices share two loaded cores, where one device can reach a collective
+    # more than XLA's default 40 s after another; XLA then aborts the process.
+    flags += ' --xla_cpu_collective_call_terminate_timeout_seconds=600'
   # this interpreter for the scripts' `python` too
   return {**os.environ, **(env or {}), 'VIRTUAL_ENV': sys.prefix,
           'PATH': os.path.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', ''),
-          'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
+          'XLA_FLAGS': flags}
 
 
 def run_module(module: str, *args: str, devices: int = 1, timeout: float = 600, env=None,
