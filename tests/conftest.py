@@ -30,11 +30,12 @@ def small_config(name: str, *, num_train: int = 256, batch_size: int = 32, **ove
   return config
 
 
-def _environment(devices: int, env) -> dict:
+def environment(devices: int, env) -> dict:
+  """A child process's environment: `env` besides ours, with `devices` simulated CPU devices."""
   flags = f'--xla_force_host_platform_device_count={devices}'
   if devices > 1:
-    # Eight simulated devices share two loaded cores, where one device can reach a collective
-    # more than XLA's default 40 s after another; XLA then aborts the process.
+    # Simulated devices share two loaded cores, where one device can reach a collective more
+    # than XLA's default 40 s after another; XLA then aborts the process.
     flags += ' --xla_cpu_collective_call_terminate_timeout_seconds=600'
   # this interpreter for the scripts' `python` too
   return {**os.environ, **(env or {}), 'VIRTUAL_ENV': sys.prefix,
@@ -46,14 +47,14 @@ def run_module(module: str, *args: str, devices: int = 1, timeout: float = 600, 
                cwd=ROOT):
   """Runs `python -m module args` in a fresh process with `devices` CPU devices."""
   return subprocess.run([sys.executable, '-m', module, *args], cwd=cwd,
-                        env=_environment(devices, env), capture_output=True, text=True,
+                        env=environment(devices, env), capture_output=True, text=True,
                         timeout=timeout)
 
 
 def run_script(script: str, *args: str, cwd=ROOT, timeout: float = 600):
   """Runs scripts/<script> (eval.sh, tsne.sh) as a user types it, in `cwd`."""
   return subprocess.run([os.path.join(ROOT, 'scripts', script), *args], cwd=cwd,
-                        env=_environment(1, None), capture_output=True, text=True,
+                        env=environment(1, None), capture_output=True, text=True,
                         timeout=timeout)
 
 

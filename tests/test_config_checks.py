@@ -14,6 +14,7 @@ from ae_jax import study
 from ae_jax import train
 from conftest import MNIST_SMALL
 from conftest import assert_one_line_error
+from conftest import environment
 from conftest import run_module
 from conftest import run_script
 from conftest import small_config
@@ -137,7 +138,7 @@ def test_two_processes_train_like_one_and_their_checkpoint_restores_in_one(tmp_p
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+  env = environment(4, None)
   processes = [subprocess.Popen(
       [sys.executable, '-m', 'ae_jax.main', f'--workdir={tmp_path / "two"}', *flags,
        f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],

@@ -18,6 +18,7 @@ from ae_jax import tsne
 from conftest import MNIST_SMALL
 from conftest import ROOT
 from conftest import assert_one_line_error
+from conftest import environment
 from conftest import run_module
 from configs import default
 
@@ -456,8 +457,7 @@ def test_two_processes_read_disjoint_halves_of_each_batch_from_disk(tmp_path):
       [sys.executable, os.path.join(ROOT, 'tests', 'train_worker.py'),
        f'--workdir={tmp_path / "two"}', *flags, f'--coordinator_address=127.0.0.1:{port}',
        '--num_processes=2', f'--process_id={i}'], cwd=ROOT, text=True,
-      env={**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4',
-           'READ_LOG': str(tmp_path / f'reads{i}')},
+      env=environment(4, {'READ_LOG': str(tmp_path / f'reads{i}')}),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
   outputs = [p.communicate(timeout=600) for p in processes]
   for p, (_, stderr) in zip(processes, outputs):

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from conftest import ROOT
-from conftest import _environment
+from conftest import environment
 
 # The guide's order, so that a page's commands find the runs the pages before it made.
 GUIDE = ['getting_started', 'data', 'training', 'evaluation', 'latent_maps', 'using', 'studies',
@@ -74,7 +74,7 @@ def test_every_page_links_the_others_and_every_link_leads_somewhere():
 def test_offline_commands_run_as_written(tmp_path):
   for name in ('configs', 'scripts'):
     os.symlink(os.path.join(ROOT, name), tmp_path / name)
-  env = {**_environment(1, None), 'XLA_FLAGS': ''}
+  env = {**environment(1, None), 'XLA_FLAGS': ''}
   for command in offline_commands(PAGES[1:] + PAGES[:1]):
     result = subprocess.run(['bash', '-c', command], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=600)
