@@ -2,6 +2,7 @@
 exact resume, evaluation and generation as users run them."""
 
 import functools
+import importlib.util
 import json
 import os
 
@@ -19,6 +20,7 @@ from ae_jax import metrics
 from ae_jax import models
 from ae_jax import train
 from conftest import MNIST_SMALL
+from conftest import ROOT
 from conftest import assert_one_line_error
 from conftest import run_script
 from conftest import small_config
@@ -45,6 +47,50 @@ def test_the_vae_has_the_shape_of_flax_example():
       784 * 500 + 500 + 2 * (500 * 20 + 20) + 20 * 500 + 500 + 500 * 784 + 784)
   mean, logvar = model.apply(variables, jnp.zeros((3, 28, 28, 1)), method='encode')
   assert mean.shape == logvar.shape == (3, 20)
+
+
+def test_the_vae_objective_and_gradients_are_flax_examples():
+  """configs/vae.py is compared with flax's examples/vae code (benchmarks/flax_vae.py,
+  docs/studies.md): given the same parameters and latent noise, its loss is that code's loss
+  and its gradients that code's gradients, so that runs differ only by their random draws."""
+  spec = importlib.util.spec_from_file_location(
+      'flax_vae', os.path.join(ROOT, 'benchmarks', 'flax_vae.py'))
+  flax_vae = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(flax_vae)
+  model = models.create_model(small_config('vae'), (28, 28, 1))
+  params = jax.jit(functools.partial(models.init_variables, model))(
+      jax.random.PRNGKey(0))['params']
+  layers = {'encoder_hidden': ('encoder', 'fc1'), 'encoder_mean': ('encoder', 'fc2_mean'),
+            'encoder_logvar': ('encoder', 'fc2_logvar'), 'decoder_hidden': ('decoder', 'fc1'),
+            'decoder_output': ('decoder', 'fc2')}  # ours: flax's names
+  renamed = {'encoder': {}, 'decoder': {}}
+  for ours_name, (part, layer) in layers.items():
+    renamed[part][layer] = params[ours_name]
+  images = metrics.to_float(jnp.asarray(IMAGES[:64]))
+  rngs = {'latent': jax.random.PRNGKey(1)}
+  zeros = jnp.zeros((64, 20))
+  eps = model.apply({'params': params}, zeros, zeros, rngs=rngs, method='sample_latent')
+
+  def ours(params):
+    losses, _ = model.apply({'params': params}, images, images, train=True, rngs=rngs,
+                            method='objective')
+    return jnp.mean(losses)
+
+  def flax_example(params):  # its train_step's loss_fn, with the latent noise above
+    x = images.reshape(64, 784)
+    mean, logvar = flax_vae.Encoder(20).apply({'params': params['encoder']}, x)
+    logits = flax_vae.Decoder().apply({'params': params['decoder']},
+                                      mean + eps * jnp.exp(0.5 * logvar))
+    return (flax_vae.binary_cross_entropy_with_logits(logits, x).mean()
+            + flax_vae.kl_divergence(mean, logvar).mean())
+
+  loss, grads = jax.jit(jax.value_and_grad(ours))(params)
+  expected_loss, expected_grads = jax.jit(jax.value_and_grad(flax_example))(renamed)
+  np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
+  for ours_name, (part, layer) in layers.items():
+    for leaf in ('kernel', 'bias'):
+      np.testing.assert_allclose(grads[ours_name][leaf], expected_grads[part][layer][leaf],
+                                 rtol=1e-4, atol=1e-6)
 
 
 def test_the_conv_vae_decodes_its_latent_to_the_image_shape():
