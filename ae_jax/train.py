@@ -38,7 +38,7 @@ class TrainState:
   params: Any
   batch_stats: Any
   opt_state: Any
-  rng: jax.Array  # never changes: step s draws its noise and dropout from fold_in(rng, s)
+  rng: jax.Array  # never changes: step s draws from step_rngs(rng, s)
 
 
 def create_optimizer(config) -> optax.GradientTransformation:
@@ -56,6 +56,14 @@ def create_train_state(model, tx, seed: int) -> TrainState:
 
 # --- the update step ----------------------------------------------------------------------
 
+def step_rngs(rng, step) -> dict:
+  """The keys step `step` draws from: the input noise, and the model's dropout and latent
+  samples. A function of the seed and the step alone, so that a resumed run draws what an
+  uninterrupted one does."""
+  noise, dropout, latent = jax.random.split(jax.random.fold_in(rng, step), 3)
+  return {'noise': noise, 'dropout': dropout, 'latent': latent}
+
+
 def train_step(state: TrainState, images, *, model, tx, noise_mean: float, noise_std: float,
                axis_name=None):
   """One optimizer step on a batch of uint8 images: the model's objective, averaged over the
@@ -67,8 +75,8 @@ def train_step(state: TrainState, images, *, model, tx, noise_mean: float, noise
   the axis here; BatchNorm averages its statistics over it itself.
   """
   targets = metrics.to_float(images)
-  noise_rng, dropout_rng, latent_rng = jax.random.split(
-      jax.random.fold_in(state.rng, state.step), 3)
+  rngs = step_rngs(state.rng, state.step)
+  noise_rng = rngs.pop('noise')
   inputs = targets
   if noise_std > 0:
     inputs = metrics.add_noise(noise_rng, targets, noise_mean, noise_std, axis_name)
@@ -76,8 +84,7 @@ def train_step(state: TrainState, images, *, model, tx, noise_mean: float, noise
   def loss_fn(params):
     (losses, numbers), updates = model.apply(
         {'params': params, 'batch_stats': state.batch_stats}, inputs, targets, train=True,
-        rngs={'dropout': dropout_rng, 'latent': latent_rng}, mutable=['batch_stats'],
-        method='objective')
+        rngs=rngs, mutable=['batch_stats'], method='objective')
     numbers = jax.tree.map(jnp.mean, numbers)
     return jnp.mean(losses), (numbers, updates.get('batch_stats', {}))
 

@@ -7,9 +7,14 @@ configs/vae.py's test -ELBO compares with flax's own code (docs/studies.md).
 prints each seed's test loss after 10 epochs as flax's code scores it (one posterior draw), and
 its mean over 30 draws, which ae_jax's figure in docs/studies.md is compared with. Each seed
 takes about 45 s on 2 CPU cores.
+
+--streams=ae_jax feeds flax's code the random streams of ae_jax's run of the same seed (its
+initial parameters, its order of the batches, its latent draws) in place of its own, so that each
+seed's test loss pairs with the study's (docs/studies.md).
 """
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -21,6 +26,8 @@ import numpy as np
 import optax
 from flax import linen as nn
 
+from ae_jax import models as ae_jax_models
+from ae_jax import train as ae_jax_train
 from ae_jax.input_pipeline import load_splits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,20 +76,63 @@ def binary_cross_entropy_with_logits(logits, labels):
 
 # --- training on ae_jax's splits ------------------------------------------------------------
 
+# ae_jax's VAE layers: flax's (part, layer)
+AE_JAX_LAYERS = {'encoder_hidden': ('encoder', 'fc1'), 'encoder_mean': ('encoder', 'fc2_mean'),
+                 'encoder_logvar': ('encoder', 'fc2_logvar'),
+                 'decoder_hidden': ('decoder', 'fc1'), 'decoder_output': ('decoder', 'fc2')}
 
-def train_and_score(seed: int, epochs: int, train, test) -> tuple[float, float]:
+
+def from_ae_jax(params) -> dict:
+  """ae_jax's VAE parameters under flax's example's names."""
+  renamed = {'encoder': {}, 'decoder': {}}
+  for ours, (part, layer) in AE_JAX_LAYERS.items():
+    renamed[part][layer] = params[ours]
+  return renamed
+
+
+def ae_jax_streams(seed: int, tx):
+  """(initial parameters, epoch -> batch order, step -> latent noise) of ae_jax's run of
+  `seed` with configs/vae.py."""
+  from configs import vae  # pylint: disable=import-outside-toplevel
+  model = ae_jax_models.create_model(vae.get_config(), (28, 28, 1))
+  state = jax.jit(functools.partial(ae_jax_train.create_train_state, model, tx, seed))()
+  zeros = jnp.zeros((128, 20))
+
+  @jax.jit
+  def latent_noise(step):
+    rngs = {'latent': ae_jax_train.step_rngs(state.rng, step)['latent']}
+    return model.apply({}, zeros, zeros, rngs=rngs, method='sample_latent')
+
+  def order(epoch, num_examples):
+    return ae_jax_train.epoch_permutation(seed, epoch, num_examples)
+
+  return from_ae_jax(state.params), order, latent_noise
+
+
+def train_and_score(seed: int, epochs: int, train, test, streams: str = 'flax'
+                    ) -> tuple[float, float]:
   """(the test loss as flax's code reports it, its mean over 30 posterior draws)."""
   model = VAE(20)
   rng = random.PRNGKey(seed)
   rng, key = random.split(rng)
   params = model.init(key, jnp.ones((128, 784)), rng)['params']
   tx = optax.adam(1e-3)
+  order_rng = np.random.default_rng(seed)
+  order = lambda epoch, num_examples: order_rng.permutation(num_examples)
+  latent_noise = None
+  if streams == 'ae_jax':
+    params, order, latent_noise = ae_jax_streams(seed, tx)
   opt_state = tx.init(params)
 
   @jax.jit
-  def train_step(params, opt_state, batch, z_rng):
+  def train_step(params, opt_state, batch, z_rng, eps=None):
     def loss_fn(p):
-      recon, mean, logvar = model.apply({'params': p}, batch, z_rng)
+      if eps is None:
+        recon, mean, logvar = model.apply({'params': p}, batch, z_rng)
+      else:  # the model's __call__ with this noise in place of random.normal(z_rng)
+        mean, logvar = model.apply({'params': p}, batch, method=lambda m, x: m.encoder(x))
+        recon = model.apply({'params': p}, mean + eps * jnp.exp(0.5 * logvar),
+                            method=lambda m, z: m.decoder(z))
       return (binary_cross_entropy_with_logits(recon, batch).mean()
               + kl_divergence(mean, logvar).mean())
     updates, opt_state = tx.update(jax.grad(loss_fn)(params), opt_state)
@@ -95,14 +145,14 @@ def train_and_score(seed: int, epochs: int, train, test) -> tuple[float, float]:
             + kl_divergence(mean, logvar).mean())
 
   rng, eval_rng = random.split(rng)
-  order_rng = np.random.default_rng(seed)
   steps = len(train) // 128
-  for _ in range(epochs):
-    order = order_rng.permutation(len(train))
+  for epoch in range(epochs):
+    batches = order(epoch, len(train))
     for i in range(steps):
       rng, key = random.split(rng)
+      eps = None if latent_noise is None else latent_noise(epoch * steps + i)
       params, opt_state = train_step(params, opt_state,
-                                     jnp.asarray(train[order[i * 128:(i + 1) * 128]]), key)
+                                     jnp.asarray(train[batches[i * 128:(i + 1) * 128]]), key, eps)
   draws = [float(test_loss(params, random.PRNGKey(k))) for k in range(100, 130)]
   return float(test_loss(params, eval_rng)), float(np.mean(draws))
 
@@ -113,6 +163,9 @@ def main():
                       help='a folder of Fashion-MNIST (or MNIST) IDX files')
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--epochs', type=int, default=10)
+  parser.add_argument('--streams', choices=('flax', 'ae_jax'), default='flax',
+                      help="whose random streams train: flax's code's own, or ae_jax's run of "
+                      'the same seed (its initial parameters, batch order and latent draws)')
   args = parser.parse_args()
   sys.path.insert(0, ROOT)
   from configs import default  # pylint: disable=import-outside-toplevel
@@ -124,7 +177,7 @@ def main():
   one_draw, expected = [], []
   for seed in [int(s) for s in args.seeds.split(',')]:
     start = time.time()
-    loss, mean = train_and_score(seed, args.epochs, train, test)
+    loss, mean = train_and_score(seed, args.epochs, train, test, args.streams)
     one_draw.append(loss)
     expected.append(mean)
     print(f'seed {seed}: test loss {loss:.2f} (mean of 30 draws {mean:.3f}), '

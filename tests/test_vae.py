@@ -60,12 +60,7 @@ def test_the_vae_objective_and_gradients_are_flax_examples():
   model = models.create_model(small_config('vae'), (28, 28, 1))
   params = jax.jit(functools.partial(models.init_variables, model))(
       jax.random.PRNGKey(0))['params']
-  layers = {'encoder_hidden': ('encoder', 'fc1'), 'encoder_mean': ('encoder', 'fc2_mean'),
-            'encoder_logvar': ('encoder', 'fc2_logvar'), 'decoder_hidden': ('decoder', 'fc1'),
-            'decoder_output': ('decoder', 'fc2')}  # ours: flax's names
-  renamed = {'encoder': {}, 'decoder': {}}
-  for ours_name, (part, layer) in layers.items():
-    renamed[part][layer] = params[ours_name]
+  renamed = flax_vae.from_ae_jax(params)
   images = metrics.to_float(jnp.asarray(IMAGES[:64]))
   rngs = {'latent': jax.random.PRNGKey(1)}
   zeros = jnp.zeros((64, 20))
@@ -87,10 +82,8 @@ def test_the_vae_objective_and_gradients_are_flax_examples():
   loss, grads = jax.jit(jax.value_and_grad(ours))(params)
   expected_loss, expected_grads = jax.jit(jax.value_and_grad(flax_example))(renamed)
   np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
-  for ours_name, (part, layer) in layers.items():
-    for leaf in ('kernel', 'bias'):
-      np.testing.assert_allclose(grads[ours_name][leaf], expected_grads[part][layer][leaf],
-                                 rtol=1e-4, atol=1e-6)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6),
+               flax_vae.from_ae_jax(grads), expected_grads)
 
 
 def test_the_conv_vae_decodes_its_latent_to_the_image_shape():
