@@ -9,8 +9,8 @@ published numbers.
 On full Fashion-MNIST (`--config.data.source=idx --config.data.path=$FASHION`, 48,000 train /
 12,000 validation images): test -ELBO 245.64 +- 0.17 nats after 10 epochs over three seeds (the
 README's study; over seeds 28-55 245.54 +- 0.23, and flax's example code on the same data
-245.48 +- 0.21, docs/studies.md), -log p(x) 242.3 (k=1000, seed 0), about 3 s per epoch on 2
-CPU cores.
+245.48 +- 0.21: the same within chance, docs/studies.md), -log p(x) 242.3 (k=1000, seed 0),
+about 3 s per epoch on 2 CPU cores.
 
 Its beta-VAE: --config.model.beta=4. Its denoising variant: --config.noise.std=0.1. Binarized
 MNIST, as the papers and flax's example use it: --config.data.name=binarized_mnist.
