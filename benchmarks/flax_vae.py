@@ -90,6 +90,14 @@ def from_ae_jax(params) -> dict:
   return renamed
 
 
+def loss_given_noise(params, x, eps):
+  """train_step's loss with the latent noise `eps` in place of VAE's random.normal(z_rng)."""
+  mean, logvar = Encoder(20).apply({'params': params['encoder']}, x)
+  logits = Decoder().apply({'params': params['decoder']}, mean + eps * jnp.exp(0.5 * logvar))
+  return (binary_cross_entropy_with_logits(logits, x).mean()
+          + kl_divergence(mean, logvar).mean())
+
+
 def ae_jax_streams(seed: int, tx):
   """(initial parameters, epoch -> batch order, step -> latent noise) of ae_jax's run of
   `seed` with configs/vae.py."""
@@ -127,12 +135,9 @@ def train_and_score(seed: int, epochs: int, train, test, streams: str = 'flax'
   @jax.jit
   def train_step(params, opt_state, batch, z_rng, eps=None):
     def loss_fn(p):
-      if eps is None:
-        recon, mean, logvar = model.apply({'params': p}, batch, z_rng)
-      else:  # the model's __call__ with this noise in place of random.normal(z_rng)
-        mean, logvar = model.apply({'params': p}, batch, method=lambda m, x: m.encoder(x))
-        recon = model.apply({'params': p}, mean + eps * jnp.exp(0.5 * logvar),
-                            method=lambda m, z: m.decoder(z))
+      if eps is not None:
+        return loss_given_noise(p, batch, eps)
+      recon, mean, logvar = model.apply({'params': p}, batch, z_rng)
       return (binary_cross_entropy_with_logits(recon, batch).mean()
               + kl_divergence(mean, logvar).mean())
     updates, opt_state = tx.update(jax.grad(loss_fn)(params), opt_state)

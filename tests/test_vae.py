@@ -71,15 +71,9 @@ def test_the_vae_objective_and_gradients_are_flax_examples():
                             method='objective')
     return jnp.mean(losses)
 
-  def flax_example(params):  # its train_step's loss_fn, with the latent noise above
-    x = images.reshape(64, 784)
-    mean, logvar = flax_vae.Encoder(20).apply({'params': params['encoder']}, x)
-    logits = flax_vae.Decoder().apply({'params': params['decoder']},
-                                      mean + eps * jnp.exp(0.5 * logvar))
-    return (flax_vae.binary_cross_entropy_with_logits(logits, x).mean()
-            + flax_vae.kl_divergence(mean, logvar).mean())
-
   loss, grads = jax.jit(jax.value_and_grad(ours))(params)
+  flax_example = functools.partial(flax_vae.loss_given_noise, x=images.reshape(64, 784),
+                                   eps=eps)  # its train_step's loss_fn, this noise
   expected_loss, expected_grads = jax.jit(jax.value_and_grad(flax_example))(renamed)
   np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6),
