@@ -95,18 +95,18 @@ def map_split(run: TrainedRun, map_fn, consume, images=None, **kwargs) -> float:
   """metrics.map_split over the run's split (or `images`), fed as training feeds it; returns
   the seconds of compilation."""
   images = run.images if images is None else images
-  placement = train.choose_feed(run.config.data, images)
+  placement = input_pipeline.choose_feed(run.config.data, images)
   return metrics.map_split(
-      map_fn, run.variables, train.make_feed(images, run.mesh, placement), len(images),
+      map_fn, run.variables, input_pipeline.make_feed(images, run.mesh, placement), len(images),
       run.config, run.mesh, consume, model=run.model,
       streamed_bytes=0 if placement == 'device' else int(np.prod(images.shape[1:])), **kwargs)
 
 
 def _evaluate_split(run: TrainedRun, eval_fn, images=None, **kwargs) -> dict[str, float]:
   images = run.images if images is None else images
-  placement = train.choose_feed(run.config.data, images)
+  placement = input_pipeline.choose_feed(run.config.data, images)
   return metrics.evaluate_split(
-      eval_fn, run.variables, train.make_feed(images, run.mesh, placement), len(images),
+      eval_fn, run.variables, input_pipeline.make_feed(images, run.mesh, placement), len(images),
       run.config, run.mesh, model=run.model,
       streamed_bytes=0 if placement == 'device' else int(np.prod(images.shape[1:])), **kwargs)
 

@@ -137,37 +137,6 @@ def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples).astype(np.int32)
 
 
-def choose_feed(data_config, images, other_bytes: int = 0) -> str:
-  """'device', 'host' or 'disk': where the training data lives (config.data.placement; 'auto':
-  disk where the source left it there, else the devices where it fits, else host memory)."""
-  if isinstance(images, input_pipeline.disk.OnDisk):
-    return 'disk'
-  if data_config.placement not in ('auto', 'disk'):
-    return data_config.placement
-  num_bytes = images.nbytes + other_bytes  # (the validation split goes where training's goes)
-  return 'device' if input_pipeline.fits_on_device(num_bytes, jax.local_devices()[0]) else 'host'
-
-
-PLACEMENTS = ('device', 'host', 'disk')  # nearest the devices first
-
-
-def agree_placement(placement: str, images) -> str:
-  """Where the data goes in every process: the devices only where every process chose them
-  (their compiled programs differ), else streamed, from disk where this process left it there."""
-  if jax.process_count() == 1:
-    return placement
-  chosen = multihost_utils.process_allgather(np.array(PLACEMENTS.index(placement), np.int32))
-  if int(np.max(chosen)) == 0:
-    return 'device'
-  return 'disk' if isinstance(images, input_pipeline.disk.OnDisk) else 'host'
-
-
-def make_feed(images, mesh, placement):
-  """Batches from a copy on the devices, or gathered on the host (from memory or disk)."""
-  feed = input_pipeline.device_feed if placement == 'device' else input_pipeline.host_feed
-  return feed(images, mesh)
-
-
 class Update(NamedTuple):
   """How to compile the update (`run`) and what it takes, for config.parallel = 'jit' or
   'pmap'."""
@@ -190,8 +159,8 @@ def make_update(config, image_shape, tx, mesh, train_images, placement) -> Updat
         run, args, name='update', context=config.to_json_best_effort(sort_keys=True),
         donate_argnums=(0,), compiler_options=models.compiler_options(model))
     identity = lambda x: x
-    return Update(compile_run, make_feed(train_images, mesh, placement), identity, identity,
-                  lambda numbers: jax.tree.map(np.asarray, numbers))
+    return Update(compile_run, input_pipeline.make_feed(train_images, mesh, placement), identity,
+                  identity, lambda numbers: jax.tree.map(np.asarray, numbers))
 
   # pmap: the same train_step per device, with the batch statistics, gradients and loss averaged
   # over the axis; one copy of the data and of the state per device, stacked on a leading axis.
@@ -369,7 +338,7 @@ def check_data(config, splits) -> None:
   if num_train // config.batch_size < 1:
     raise UserError(f'config.batch_size={config.batch_size} is larger than the {num_train} '
                     'training images: use a smaller batch')
-  if config.parallel == 'pmap' and choose_feed(
+  if config.parallel == 'pmap' and input_pipeline.choose_feed(
       config.data, splits['train'].images, splits['validation'].images.nbytes) != 'device':
     raise UserError("config.parallel='pmap' keeps the data on the devices, and this data does "
                     "not fit there: use config.parallel='jit', which streams it from host memory")
@@ -409,8 +378,8 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
       functools.partial(create_train_state, model, tx, config.seed), (), name='init',
       context=config.to_json_best_effort(sort_keys=True), out_shardings=replicated,
       compiler_options=models.compile_once_options(model))()
-  placement = agree_placement(choose_feed(config.data, train_images, val_images.nbytes),
-                              train_images)
+  placement = input_pipeline.agree_placement(
+      input_pipeline.choose_feed(config.data, train_images, val_images.nbytes), train_images)
   if jax.process_index() == 0:
     config_lib.write_config(config, workdir)  # the first write, after every check
   _log(f'data: {num_train} train, {len(val_images)} validation'
@@ -441,7 +410,7 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
   # epoch, so that epochs compare), clean targets. Validation measures what training reports.
   eval_fn = metrics.make_eval_fn(model, config, mesh, noisy=config_lib.is_denoising(config),
                                  names=('loss', *models.objective_parts(model)))
-  val_feed = make_feed(val_images, mesh, placement)
+  val_feed = input_pipeline.make_feed(val_images, mesh, placement)
   shown = val_images[:config.num_summary_images].astype(np.float32) / 255.0
   reconstruct = jax.jit(lambda variables, x: model.apply(variables, x, method='reconstruct'),
                         compiler_options=models.compile_once_options(model))  # a few images

@@ -177,7 +177,7 @@ def jax_child(model: str, folder: str, launched: float, full_epochs: bool,
 
   def evaluate(images, names):
     eval_fn = metrics.make_eval_fn(model_def, config, mesh, names=names)
-    feed = train.make_feed(images, mesh, 'device')
+    feed = input_pipeline.make_feed(images, mesh, 'device')
     evaluate_ = functools.partial(metrics.evaluate_split, eval_fn, variables, feed, len(images),
                                   config, mesh, model=model_def)
     evaluate_()  # compiles

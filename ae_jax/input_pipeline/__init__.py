@@ -3,7 +3,8 @@ split; and feeds, which hand the compiled loops their batches.
 
   sources/  where images come from: tfds, IDX files, image folders, arrays, scikit-learn digits;
   splits.py the Split they hand back, and tfds's split-slicing syntax for every source;
-  feeds.py  how batches reach the devices: kept on the devices, or streamed from host memory.
+  feeds.py  where the data lives (config.data.placement) and how batches reach the devices:
+            kept on the devices, or streamed from host memory or disk.
 
 Every source gives the splits 'train' and 'validation', and 'test' where the data has one.
 Each split is read once into host memory, except with config.data.placement='disk' (or 'auto'
@@ -14,9 +15,12 @@ and a tfds dataset (sources/tfds.py) are then read a batch at a time.
 import numpy as np
 
 from ae_jax import UserError
+from ae_jax.input_pipeline.feeds import agree_placement
+from ae_jax.input_pipeline.feeds import choose_feed
 from ae_jax.input_pipeline.feeds import device_feed
 from ae_jax.input_pipeline.feeds import fits_on_device
 from ae_jax.input_pipeline.feeds import host_feed
+from ae_jax.input_pipeline.feeds import make_feed
 from ae_jax.input_pipeline.feeds import to_device
 from ae_jax.input_pipeline.sources import READERS
 from ae_jax.input_pipeline.sources.idx import read_idx

@@ -1,12 +1,15 @@
-"""How batches reach the devices: from a copy of the split on every device, or gathered in
-host memory and sent over, a call at a time."""
+"""Where the data lives and how batches reach the devices: from a copy of the split on every
+device, or gathered in host memory (or read from disk) and sent over, a call at a time."""
 
 import os
 
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
+
+from ae_jax.input_pipeline.disk import OnDisk
 
 
 # A compiled loop takes (images, indices) and reads batch i as images[indices[i]]. A feed turns
@@ -88,3 +91,34 @@ def host_feed(images: np.ndarray, mesh):
     return gathered, to_device(indices, index_sharding)
 
   return feed
+
+
+def choose_feed(data_config, images, other_bytes: int = 0) -> str:
+  """'device', 'host' or 'disk': where the training data lives (config.data.placement; 'auto':
+  disk where the source left it there, else the devices where it fits, else host memory)."""
+  if isinstance(images, OnDisk):
+    return 'disk'
+  if data_config.placement not in ('auto', 'disk'):
+    return data_config.placement
+  num_bytes = images.nbytes + other_bytes  # (the validation split goes where training's goes)
+  return 'device' if fits_on_device(num_bytes, jax.local_devices()[0]) else 'host'
+
+
+PLACEMENTS = ('device', 'host', 'disk')  # nearest the devices first
+
+
+def agree_placement(placement: str, images) -> str:
+  """Where the data goes in every process: the devices only where every process chose them
+  (their compiled programs differ), else streamed, from disk where this process left it there."""
+  if jax.process_count() == 1:
+    return placement
+  chosen = multihost_utils.process_allgather(np.array(PLACEMENTS.index(placement), np.int32))
+  if int(np.max(chosen)) == 0:
+    return 'device'
+  return 'disk' if isinstance(images, OnDisk) else 'host'
+
+
+def make_feed(images, mesh, placement):
+  """Batches from a copy on the devices, or gathered on the host (from memory or disk)."""
+  feed = device_feed if placement == 'device' else host_feed
+  return feed(images, mesh)
