@@ -190,7 +190,12 @@ def _step_losses(workdir):
 
 
 # Numbers of the AE, DAE, CAE and DCAE recorded from the code before models owned their
-# objective (tests/data/regression.json): the models must still reach them exactly.
+# objective (tests/data/regression.json): the models must still reach them, up to rounding.
+# XLA's CPU kernels round differently from one CPU to another: on an AVX-512 core with AMX the
+# dense models' losses are 1-2 float32 ulps from those recorded; the convolutional ones' conv
+# biases before BatchNorm turn rounding into Adam steps (see the eight-device test), 2e-4 apart
+# after six steps for the DCAE. A change to what a model computes moves them far more.
+REGRESSION_REL = {'ae': 1e-6, 'dae': 1e-6, 'cae': 1e-3, 'dcae': 1e-3}
 with open(os.path.join(os.path.dirname(__file__), 'data', 'regression.json')) as f:
   REGRESSION = json.load(f)
 
@@ -204,7 +209,8 @@ def test_the_models_reach_the_numbers_recorded_before_they_owned_their_objective
   state, step_fn = _setup(config)
   run = jax.jit(functools.partial(train.train_loop, step_fn=step_fn))
   state, numbers = run(state, IMAGES, np.arange(6 * 32, dtype=np.int32).reshape(6, 32), 6)
-  assert np.asarray(numbers['loss']).tolist() == REGRESSION['steps'][key]
+  rel = REGRESSION_REL[name]
+  assert np.asarray(numbers['loss']).tolist() == pytest.approx(REGRESSION['steps'][key], rel=rel)
   model = models.create_model(config, IMAGES.shape[1:])
   mesh = train.create_mesh()
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
@@ -213,7 +219,7 @@ def test_the_models_reach_the_numbers_recorded_before_they_owned_their_objective
     eval_fn = metrics.make_eval_fn(model, config, mesh, noisy=inputs == 'noisy')
     numbers = metrics.evaluate_split(eval_fn, variables, input_pipeline.device_feed(images, mesh),
                                      len(images), config, mesh, model=model)
-    assert {k: numbers[k] for k in recorded} == recorded, inputs
+    assert {k: numbers[k] for k in recorded} == pytest.approx(recorded, rel=rel), inputs
 
 
 @pytest.mark.parametrize('key', ['ae', 'ae_bce', 'dae'])
@@ -223,4 +229,6 @@ def test_two_epochs_log_the_losses_recorded_before_models_owned_their_objective(
                         **({'loss': loss} if loss else {}))
   train.train_and_evaluate(config, str(tmp_path))
   rows = metric_writers.read_metrics(str(tmp_path / 'metrics.jsonl'))
-  assert [[r['train_loss'], r['val_loss']] for r in rows] == REGRESSION['two_epochs'][key]
+  losses = [[r['train_loss'], r['val_loss']] for r in rows]
+  assert np.ravel(losses).tolist() == pytest.approx(np.ravel(REGRESSION['two_epochs'][key]).tolist(),
+                                                    rel=REGRESSION_REL[name])
