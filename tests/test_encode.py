@@ -72,6 +72,9 @@ def test_refusals_are_one_line_and_write_nothing(trained_ae):
     encode.main(workdir, config, 'best', 'test', variance=True)
   assert_script_refuses('encode.sh', workdir, '--split=tset', "--split='tset' is not one of")
   assert_script_refuses('encode.sh', workdir, '--variance', 'no posterior variance')
+  missing = os.path.join(os.path.dirname(workdir), 'no_run')
+  assert_one_line_error(run_script('encode.sh', missing, '--config.data.source=folder'),
+                        f'{missing}/config.json does not exist')
   assert not os.path.exists(os.path.join(workdir, 'encode'))
 
 
