@@ -7,6 +7,8 @@ Orbax writes each checkpoint to a temporary folder and renames it when complete,
 killed while saving leaves the previous checkpoints intact and no half-written one. A failed
 write becomes a UserError that names the path and the fix; a checkpoint whose files are damaged
 is passed over (and, by training, moved aside to STEP.damaged) for the newest one that reads.
+The folder's metadata records the shape of the images the model was trained on, so that other
+data can be read as the model takes it.
 """
 
 import contextlib
@@ -36,9 +38,12 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')  # orbax needs an absolute path
 
 
-def create_manager(workdir: str, *, read_only: bool = False) -> ocp.CheckpointManager:
+def create_manager(workdir: str, *, read_only: bool = False,
+                   image_shape=None) -> ocp.CheckpointManager:
   """The manager of workdir/checkpoints. `read_only`: for a reader (evaluation), which must not
-  create the folder nor clean up temporary folders, one of which may be a save in progress."""
+  create the folder nor clean up temporary folders, one of which may be a save in progress.
+  `image_shape`: the model's (H, W, C), kept in the folder's metadata (orbax writes it with the
+  first checkpoint and keeps it after)."""
   if not read_only:
     set_aside_damaged_metrics(checkpoint_dir(workdir))  # or orbax's manager cannot start
   val_loss = lambda metrics: metrics['val_loss']
@@ -55,7 +60,24 @@ def create_manager(workdir: str, *, read_only: bool = False) -> ocp.CheckpointMa
   )
   return ocp.CheckpointManager(
       checkpoint_dir(workdir), options=options,
+      metadata=None if image_shape is None else {'image_shape': [int(d) for d in image_shape]},
       item_handlers={name: ocp.StandardCheckpointHandler() for name in ITEMS})
+
+
+def trained_image_shape(workdir: str) -> tuple[int, ...] | None:
+  """The (H, W, C) of the images the run's model was trained on; None where the checkpoints do
+  not say (a run trained before they did, or none)."""
+  # orbax's root metadata file, read as it is: a manager, even a read-only one, reads every
+  # checkpoint's metrics on opening and fails on a damaged one, which evaluation passes over
+  path = os.path.join(checkpoint_dir(workdir), 'metadata', '_ROOT_METADATA')
+  try:
+    with open(path) as f:
+      shape = json.load(f)['custom_metadata']['image_shape']
+  except (OSError, ValueError, KeyError, TypeError):  # a missing shape only costs the conversion
+    return None
+  if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) for d in shape)):
+    return None
+  return tuple(shape)
 
 
 def _tensorstore_os_error(error: BaseException) -> OSError | None:
@@ -113,11 +135,11 @@ def close(manager: ocp.CheckpointManager) -> None:
 
 
 @contextlib.contextmanager
-def managed(workdir: str):
-  """create_manager(workdir), closed on the way out; where an error is already on its way out,
-  a second one from closing does not hide it. A failed write says where the same command
-  resumes."""
-  manager = create_manager(workdir)
+def managed(workdir: str, image_shape=None):
+  """create_manager(workdir, image_shape=...), closed on the way out; where an error is already
+  on its way out, a second one from closing does not hide it. A failed write says where the
+  same command resumes."""
+  manager = create_manager(workdir, image_shape=image_shape)
   try:
     try:
       yield manager

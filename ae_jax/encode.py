@@ -5,7 +5,9 @@
 
 Without a workdir: the run under runs/ that trained last. Without --split: the test split where
 the run's data has one, else validation. Any data a config can name is encoded with
---config.data.* (as training reads it: resized and made grayscale as the run's config says).
+--config.data.*, read as the run's model takes it (resized to its size and made grayscale for a
+grayscale model, where the images are not; --config.data.image_size and grayscale choose
+otherwise). --config.data.test_split=train --split=test encodes a whole flat folder.
 Writes to workdir/encode/ (or --out_dir):
   <split>_latents.npy    float32 (N, latent size): one row per image, in the split's order; the
                          latent flattened (the CAE's 7x7x256 to 12,544), a VAE's posterior mean;

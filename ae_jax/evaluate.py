@@ -55,17 +55,26 @@ class TrainedRun(NamedTuple):
 
 
 def load_run(workdir: str, config, checkpoint: str, split: str | None,
-             splits=None) -> TrainedRun:
+             splits=None, *, needs_data: bool = True) -> TrainedRun:
   """The model of `workdir` at `checkpoint` (only its variables are read) and the data.
 
   `split` None: the test split where the data has one, else validation (and it says so).
   `splits`: the data, where the caller has read it already.
+  `needs_data` False: the model alone, without its data (no images, no splits) where the
+  checkpoints record the shape of its images, for a caller that brings images of its own.
   """
   if split is not None and split not in SPLITS:
     raise UserError(f'--split={split!r} is not one of: {", ".join(SPLITS)}')
-  config_lib.load_config(workdir)  # a clear error if this is no training run
+  saved = config_lib.load_config(workdir)  # a clear error if this is no training run
+  trained_shape = checkpoints.trained_image_shape(workdir)
+  if not needs_data and trained_shape is not None:
+    model, mesh, step, variables = _restore(workdir, config, checkpoint, trained_shape)
+    return TrainedRun(config, model, variables, step, split, None, None, None, {}, mesh)
   if splits is None:
-    splits = input_pipeline.load_splits(config.data)
+    data_config = config.data
+    if trained_shape is not None and config.data != saved.data:  # other data than the run's
+      data_config = as_trained(config.data, trained_shape)
+    splits = input_pipeline.load_splits(data_config)
   if split is None:
     split = 'test' if 'test' in splits else 'validation'
     print(f'split: {split} (' + ('' if split == 'test' else 'the data has no test split; ')
@@ -74,15 +83,60 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
     raise UserError(f'the data of this run has no {split} split (config.data.test_split is '
                     "empty): use --split=validation, or name a test split with "
                     '--config.data.test_split=...')
-  model = models.create_model(config, splits['train'].images.shape[1:])
+  shape = tuple(splits['train'].images.shape[1:])
+  if trained_shape is not None and shape != trained_shape:
+    raise UserError(f'the images of config.data are {_shown(shape)} and the model of {workdir} '
+                    f'takes {_shown(trained_shape)}: ' + _fit(shape, trained_shape))
+  model, mesh, step, variables = _restore(workdir, config, checkpoint, shape)
+  data = splits[split]
+  return TrainedRun(config, model, variables, step, split, data.images, data.labels,
+                    data.label_names, splits, mesh, data.files)
+
+
+def _restore(workdir: str, config, checkpoint: str, image_shape):
+  """(model, mesh, step, variables): the model for images of `image_shape` at `checkpoint`."""
+  model = models.create_model(config, image_shape)
   mesh = train.create_mesh()
   abstract = jax.eval_shape(functools.partial(models.init_variables, model),
                             jax.random.PRNGKey(0))
   step, variables = checkpoints.restore_variables(workdir, checkpoint, abstract,
                                                   NamedSharding(mesh, P()))
-  data = splits[split]
-  return TrainedRun(config, model, variables, step, split, data.images, data.labels,
-                    data.label_names, splits, mesh, data.files)
+  return model, mesh, step, variables
+
+
+def as_trained(data_config, image_shape):
+  """`data_config`, for other data than the run's, reading images as its model takes them
+  (`image_shape`): resized to its size, where it is square and no size is asked, and made
+  grayscale for a grayscale model; says so in a line."""
+  height, width, channels = image_shape
+  data_config = data_config.copy_and_resolve_references()
+  done = []
+  if data_config.image_size is None and height == width:
+    data_config.image_size = height
+    done.append(f'resized to {height}x{width}')
+  if channels == 1 and not data_config.grayscale:
+    data_config.grayscale = True
+    done.append('made grayscale')
+  if done:
+    print(f'the images are read as the model takes them: {" and ".join(done)} where they are '
+          'not (config.data.image_size and config.data.grayscale choose otherwise)')
+  return data_config
+
+
+def _shown(shape) -> str:
+  return 'x'.join(map(str, shape))
+
+
+def _fit(shape, trained_shape) -> str:
+  """How to read images of `shape` as a model of `trained_shape` takes them."""
+  (height, width, channels), fixes = trained_shape, []
+  if tuple(shape[:2]) != (height, width):
+    fixes.append(f'--config.data.image_size={height}' if height == width else
+                 f'images of {height}x{width} (resize them first)')
+  if shape[2] != channels:
+    fixes.append('--config.data.grayscale=true' if channels == 1 else
+                 'colour images (these are grayscale)')
+  return 'use ' + ' and '.join(fixes)
 
 
 def evaluate(run: TrainedRun, noisy: bool) -> dict[str, float]:

@@ -7,7 +7,9 @@ subfolders too) goes through the model and is written under --output with the sa
 path; an .npy of images (N, H, W[, C]), uint8 or floats in [0, 1], comes back as an .npy of the
 same name. A denoising model denoises what it is given; --add_noise first adds the noise it
 trained against (from a fixed seed), to show what it does. --output also gets
-_side_by_side.png, the first --num_examples images beside their reconstructions.
+_side_by_side.png, the first --num_examples images beside their reconstructions. The run's
+training data is not read: its checkpoints record the shape of the images its model takes (a
+run trained before they did reads its data once, to learn it).
 
 Images are converted as training converts them: colour made grayscale (ITU-R 601-2 luma) for a
 grayscale model, grayscale repeated for a colour one, other sizes resized (PIL's bilinear); a
@@ -155,7 +157,8 @@ def main(workdir, config, checkpoint, input_path, output, add_noise=False, overw
     raise UserError(f'--add_noise: the {config_lib.display_name(config)} trained without noise '
                     '(config.noise.std=0), so there is none to add: leave the flag out, or use '
                     'a denoising run (configs/dae.py, configs/dcae.py)')
-  run = evaluate.load_run(workdir, config, checkpoint, 'validation')
+  # the run's own data only where its checkpoints do not record the model's image shape
+  run = evaluate.load_run(workdir, config, checkpoint, 'validation', needs_data=False)
   shape = run.model.image_shape
   names, images, counts, skipped = read_inputs(input_path, kind, names, shape)
   for message in skipped:

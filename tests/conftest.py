@@ -94,7 +94,7 @@ def save_untrained(config, workdir):
   state = jax.jit(functools.partial(train.create_train_state, model,
                                     train.create_optimizer(config), config.seed),
                   compiler_options=models.compile_once_options(model))()
-  with checkpoints.create_manager(workdir) as manager:
+  with checkpoints.create_manager(workdir, image_shape=(28, 28, 1)) as manager:
     checkpoints.save(manager, state)
   return workdir
 

@@ -172,8 +172,8 @@ def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
     result = run_module('ae_jax.main', *flags, timeout=180)
     assert_one_line_error(result, 'No space left on device', 'free some space',
                           'resumes from the checkpoint of step 22')
-    steps = os.listdir(os.path.join(workdir, 'checkpoints'))
-    assert steps == ['22']  # the last complete one; nothing of the failed one left
+    # the last complete one, beside orbax's metadata; nothing of the failed one left
+    assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['22', 'metadata']
     report = evaluate.main(workdir, config_lib.load_config(workdir), 'latest', 'validation', 2,
                            out_dir=str(tmp_path / 'eval'))
     assert report['checkpoint_step'] == 22
@@ -197,3 +197,5 @@ def test_a_save_without_a_validation_loss_logs_no_warning(tmp_path, caplog):
     checkpoints.wait(manager)
     assert manager.all_steps() == [0]
   assert 'tracked_metric' not in caplog.text, caplog.text
+  # a run saved without the image shape (before checkpoints recorded it) reads data as it is
+  assert checkpoints.trained_image_shape(str(tmp_path)) is None

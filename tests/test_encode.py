@@ -66,6 +66,37 @@ def test_image_folders_name_the_file_of_each_row(trained_ae, tmp_path):
   assert all(os.path.basename(os.path.dirname(f)) == 'ab'[l] for f, l in zip(files, labels))
 
 
+def test_other_images_are_read_as_the_model_takes_them(trained_ae, tmp_path, capsys):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from ae_jax import checkpoints, input_pipeline  # pylint: disable=g-import-not-at-top
+  workdir, config = trained_ae
+  assert checkpoints.trained_image_shape(workdir) == (28, 28, 1)
+  folder = tmp_path / 'photos'
+  folder.mkdir()
+  photos = np.random.default_rng(0).integers(0, 256, (4, 40, 40, 3), np.uint8)
+  for i, photo in enumerate(photos):
+    Image.fromarray(photo).save(folder / f'{i}.png')
+  config = config.copy_and_resolve_references()
+  config.data.source, config.data.path = 'folder', str(folder)
+  config.data.train_split, config.data.test_split = 'train', 'train'  # the whole folder
+  out = str(tmp_path / 'out')
+  encode.main(workdir, config, 'best', 'test', out_dir=out)
+  assert 'read as the model takes them: resized to 28x28 and made grayscale' in (
+      capsys.readouterr().out)
+  run = evaluate.load_run(workdir, config, 'best', 'test')
+  asked = config.copy_and_resolve_references()  # what the flags that say so read
+  asked.data.image_size, asked.data.grayscale = 28, True
+  as_trained = input_pipeline.load_splits(asked.data)['test'].images
+  assert as_trained.shape == (4, 28, 28, 1)
+  np.testing.assert_array_equal(run.images, as_trained)
+  np.testing.assert_array_equal(np.load(os.path.join(out, 'test_latents.npy')),
+                                tsne.encode(run, as_trained))
+  config.data.image_size = 32  # asked for explicitly: not what the model takes
+  with pytest.raises(UserError, match='are 32x32x1 and the model of .* takes 28x28x1: use '
+                     '--config.data.image_size=28$'):
+    evaluate.load_run(workdir, config, 'best', 'test')
+
+
 def test_refusals_are_one_line_and_write_nothing(trained_ae):
   workdir, config = trained_ae
   with pytest.raises(UserError, match='--variance: the AE has no posterior variance'):

@@ -75,6 +75,14 @@ def test_an_npy_and_one_file_and_overwrite(trained_ae, image_folder, tmp_path):
   assert sorted(os.listdir(out)) == sorted(['3.png', 'digits.npy', reconstruct.FIGURE])
 
 
+def test_the_training_data_is_not_needed(trained_ae, image_folder, tmp_path):
+  workdir, config = trained_ae
+  config = config.copy_and_resolve_references()
+  config.data.path = str(tmp_path / 'moved')  # the training data is elsewhere now
+  report = reconstruct.main(workdir, config, 'best', image_folder, str(tmp_path / 'out'))
+  assert report['num_images'] > 0
+
+
 def test_a_denoiser_shows_what_it_does_to_noise(trained_ae, image_folder, tmp_path):
   workdir, config = trained_ae
   with pytest.raises(UserError, match='--add_noise: the AE trained without noise'):
