@@ -42,10 +42,15 @@ def create_manager(workdir: str, *, read_only: bool = False,
                    image_shape=None) -> ocp.CheckpointManager:
   """The manager of workdir/checkpoints. `read_only`: for a reader (evaluation), which must not
   create the folder nor clean up temporary folders, one of which may be a save in progress.
-  `image_shape`: the model's (H, W, C), kept in the folder's metadata (orbax writes it with the
-  first checkpoint and keeps it after)."""
+  `image_shape`: the model's (H, W, C), kept in the folder's metadata (orbax writes it when the
+  manager starts, where there is none)."""
   if not read_only:
     set_aside_damaged_metrics(checkpoint_dir(workdir))  # or orbax's manager cannot start
+  if image_shape is not None and trained_image_shape(workdir) not in (None, tuple(image_shape)):
+    # another shape trains on here (a convolutional model, or a run started afresh): orbax
+    # never replaces the file, so the old one goes
+    if jax.process_index() == 0:
+      os.remove(_root_metadata_path(workdir))
   val_loss = lambda metrics: metrics['val_loss']
   options = ocp.CheckpointManagerOptions(
       best_fn=val_loss, best_mode='min',  # for best_step()
@@ -69,15 +74,18 @@ def trained_image_shape(workdir: str) -> tuple[int, ...] | None:
   not say (a run trained before they did, or none)."""
   # orbax's root metadata file, read as it is: a manager, even a read-only one, reads every
   # checkpoint's metrics on opening and fails on a damaged one, which evaluation passes over
-  path = os.path.join(checkpoint_dir(workdir), 'metadata', '_ROOT_METADATA')
   try:
-    with open(path) as f:
+    with open(_root_metadata_path(workdir)) as f:
       shape = json.load(f)['custom_metadata']['image_shape']
   except (OSError, ValueError, KeyError, TypeError):  # a missing shape only costs the conversion
     return None
   if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) for d in shape)):
     return None
   return tuple(shape)
+
+
+def _root_metadata_path(workdir: str) -> str:
+  return os.path.join(checkpoint_dir(workdir), 'metadata', '_ROOT_METADATA')
 
 
 def _tensorstore_os_error(error: BaseException) -> OSError | None:
@@ -139,7 +147,10 @@ def managed(workdir: str, image_shape=None):
   """create_manager(workdir, image_shape=...), closed on the way out; where an error is already
   on its way out, a second one from closing does not hide it. A failed write says where the
   same command resumes."""
-  manager = create_manager(workdir, image_shape=image_shape)
+  try:
+    manager = create_manager(workdir, image_shape=image_shape)
+  except OSError as e:  # the folder, or orbax's metadata in it
+    raise cannot_write(e, 'the checkpoints to') from None
   try:
     try:
       yield manager

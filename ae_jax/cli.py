@@ -318,7 +318,8 @@ def define_run_flags(argv) -> None:
       run_workdir(workdir)
     except UserError as e:
       _fail(str(e))
-  if workdir and (os.path.exists(os.path.join(workdir, 'config.json')) or overrides):
+  if workdir and (os.path.exists(os.path.join(workdir, 'config.json')) or (
+      overrides and not asks_help)):
     try:
       config = config_lib.load_config(workdir)
     except UserError as e:

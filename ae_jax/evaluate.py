@@ -72,7 +72,7 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
     return TrainedRun(config, model, variables, step, split, None, None, None, {}, mesh)
   if splits is None:
     data_config = config.data
-    if trained_shape is not None and config.data != saved.data:  # other data than the run's
+    if trained_shape is not None and names_other_data(config.data, saved.data):
       data_config = as_trained(config.data, trained_shape)
     splits = input_pipeline.load_splits(data_config)
   if split is None:
@@ -84,13 +84,23 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
                     "empty): use --split=validation, or name a test split with "
                     '--config.data.test_split=...')
   shape = tuple(splits['train'].images.shape[1:])
-  if trained_shape is not None and shape != trained_shape:
+  if trained_shape is not None and shape != trained_shape and (
+      _variable_shapes(config, shape) != _variable_shapes(config, trained_shape)):
+    # (a convolutional model takes other sizes with the same weights)
     raise UserError(f'the images of config.data are {_shown(shape)} and the model of {workdir} '
-                    f'takes {_shown(trained_shape)}: ' + _fit(shape, trained_shape))
+                    f'takes {_shown(trained_shape)}: '
+                    + _fit(shape, trained_shape, config.data.grayscale))
   model, mesh, step, variables = _restore(workdir, config, checkpoint, shape)
   data = splits[split]
   return TrainedRun(config, model, variables, step, split, data.images, data.labels,
                     data.label_names, splits, mesh, data.files)
+
+
+def _variable_shapes(config, image_shape):
+  model = models.create_model(config, image_shape)
+  abstract = jax.eval_shape(functools.partial(models.init_variables, model),
+                            jax.random.PRNGKey(0))
+  return jax.tree.map(lambda x: x.shape, abstract)
 
 
 def _restore(workdir: str, config, checkpoint: str, image_shape):
@@ -102,6 +112,15 @@ def _restore(workdir: str, config, checkpoint: str, image_shape):
   step, variables = checkpoints.restore_variables(workdir, checkpoint, abstract,
                                                   NamedSharding(mesh, P()))
   return model, mesh, step, variables
+
+
+# The fields of config.data that name the images; the others choose how they are read.
+DATA_NAMES = ('source', 'name', 'path', 'data_dir', 'manual_dir', 'train_split', 'test_split')
+
+
+def names_other_data(data_config, saved) -> bool:
+  """Whether `data_config` names other images than the run's config `saved` (its data)."""
+  return any(data_config.get(name) != saved.get(name) for name in DATA_NAMES)
 
 
 def as_trained(data_config, image_shape):
@@ -127,7 +146,7 @@ def _shown(shape) -> str:
   return 'x'.join(map(str, shape))
 
 
-def _fit(shape, trained_shape) -> str:
+def _fit(shape, trained_shape, grayscale: bool) -> str:
   """How to read images of `shape` as a model of `trained_shape` takes them."""
   (height, width, channels), fixes = trained_shape, []
   if tuple(shape[:2]) != (height, width):
@@ -135,6 +154,7 @@ def _fit(shape, trained_shape) -> str:
                  f'images of {height}x{width} (resize them first)')
   if shape[2] != channels:
     fixes.append('--config.data.grayscale=true' if channels == 1 else
+                 '--config.data.grayscale=false' if grayscale else
                  'colour images (these are grayscale)')
   return 'use ' + ' and '.join(fixes)
 

@@ -158,6 +158,37 @@ def test_a_checkpoint_folder_that_cannot_be_written_stops_the_run_at_once(two_ep
   assert 'resumed from the checkpoint of step 8' in result.stdout
 
 
+@pytest.mark.skipif(not AS_ROOT or not shutil.which('chattr'), reason='chattr needs root')
+def test_a_run_from_before_the_image_shape_resumes_or_says_why_not(two_epochs, tmp_path):
+  workdir = _copy(two_epochs, tmp_path)
+  folder = os.path.join(workdir, 'checkpoints')
+  shutil.rmtree(os.path.join(folder, 'metadata'))  # trained before checkpoints recorded it
+  assert checkpoints.trained_image_shape(workdir) is None
+  flags = [f'--workdir={workdir}', '--config=configs/ae.py', '--config.data.source=idx',
+           f'--config.data.path={ROOT}/tests/data/mnist_small', '--config.data.train_split=train[:80]',
+           '--config.batch_size=16', '--config.num_epochs=3', '--config.steps_per_call=4']
+  try:
+    _chattr('+i', folder)
+    result = run_module('ae_jax.main', *flags, timeout=120)
+  finally:
+    _chattr('-i', folder)
+  assert_one_line_error(result, f'cannot write the checkpoints to {folder}/metadata',
+                        'Operation not permitted', 'chattr -i')
+  result = run_module('ae_jax.main', *flags)
+  assert result.returncode == 0, result.stderr
+  assert 'resumed from the checkpoint of step 8' in result.stdout
+  assert checkpoints.trained_image_shape(workdir) == (28, 28, 1)
+
+
+def test_a_fresh_start_at_another_image_size_records_it(tmp_path):
+  workdir = str(tmp_path / 'run')
+  with checkpoints.create_manager(workdir, image_shape=(20, 20, 1)):
+    pass  # a run at 20x20 stopped before its first checkpoint
+  assert checkpoints.trained_image_shape(workdir) == (20, 20, 1)
+  train.train_and_evaluate(_config(num_epochs=1), workdir)
+  assert checkpoints.trained_image_shape(workdir) == (28, 28, 1)
+
+
 @pytest.mark.skipif(not AS_ROOT, reason='mounting a small tmpfs needs root')
 def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
   disk = tmp_path / 'disk'

@@ -97,6 +97,15 @@ def test_other_images_are_read_as_the_model_takes_them(trained_ae, tmp_path, cap
     evaluate.load_run(workdir, config, 'best', 'test')
 
 
+def test_a_convolutional_model_takes_other_sizes_asked_for(tmp_path):
+  config = small_config('cae')
+  workdir = save_untrained(config, str(tmp_path / 'cae'))
+  config = config.copy_and_resolve_references()
+  config.data.image_size = 32  # the same weights: the CAE is convolutional throughout
+  run = evaluate.load_run(workdir, config, 'latest', 'validation')
+  assert run.images.shape[1:] == (32, 32, 1)
+
+
 def test_refusals_are_one_line_and_write_nothing(trained_ae):
   workdir, config = trained_ae
   with pytest.raises(UserError, match='--variance: the AE has no posterior variance'):
@@ -114,4 +123,5 @@ def test_the_script_encodes_the_last_trained_run(trained_ae, tmp_path):
   result = run_script('encode.sh', workdir, '--split=validation', f'--out_dir={tmp_path}')
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'validation split: 200 latents of 32 dimensions' in result.stdout
+  assert 'read as the model takes them' not in result.stdout  # the run's own data
   assert_one_line_error(run_script('encode.sh', str(tmp_path / 'none')), 'config.json does not')
