@@ -51,11 +51,14 @@ LIBRARY_LOGGERS = ('asyncio', 'concurrent.futures')
 
 def _quiet_unraisablehook(previous):
   """After a failed save, tensorstore's threads print 'Event loop is closed' tracebacks (as
-  unraisable exceptions) for callbacks into orbax's finished event loops: noise, once the
-  failure is reported."""
+  unraisable exceptions) for callbacks into orbax's finished event loops; after a failed read
+  of a damaged checkpoint, orbax's other reads of it raise as their coroutines are collected.
+  Noise, once the failure is reported (and the damaged checkpoint named)."""
   def hook(unraisable):
-    value = unraisable.exc_value
-    if not (isinstance(value, RuntimeError) and str(value) == 'Event loop is closed'):
+    value, source = unraisable.exc_value, unraisable.object
+    closed_loop = isinstance(value, RuntimeError) and str(value) == 'Event loop is closed'
+    orbax_read = '/orbax/' in getattr(getattr(source, 'cr_code', None), 'co_filename', '')
+    if not (closed_loop or orbax_read):
       previous(unraisable)
   return hook
 

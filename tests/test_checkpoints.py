@@ -86,6 +86,30 @@ def test_a_damaged_checkpoint_costs_only_its_epoch(two_epochs, tmp_path, kind, c
   assert {8, 12} <= set(checkpoints.create_manager(workdir, read_only=True).all_steps())
 
 
+def test_orbax_reads_collected_after_a_damaged_checkpoint_are_not_shown():
+  """After one read of a damaged checkpoint fails, orbax's other reads of it raise as their
+  coroutines are collected (Python prints 'Exception ignored in: <coroutine ...>' with a
+  TensorStore dump, at times hundreds of lines); the damage is already named in one line."""
+  import types  # pylint: disable=g-import-not-at-top
+  from orbax.checkpoint._src.serialization import serialization  # pylint: disable=g-import-not-at-top,line-too-long
+  from ae_jax import cli  # pylint: disable=g-import-not-at-top
+  shown = []
+  hook = cli._quiet_unraisablehook(shown.append)  # pylint: disable=protected-access
+  orbax_read = serialization._read_array_index_and_device_put  # pylint: disable=protected-access
+  code = orbax_read.__code__
+  names = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
+  coroutine = orbax_read(**dict.fromkeys(names))  # created, never run
+  ours = (lambda: (yield))()
+  try:
+    hook(types.SimpleNamespace(exc_value=Exception('reading array index'), object=coroutine))
+    hook(types.SimpleNamespace(exc_value=RuntimeError('Event loop is closed'), object=None))
+    other = types.SimpleNamespace(exc_value=ValueError('a bug of ours'), object=ours)
+    hook(other)
+  finally:
+    coroutine.close()
+  assert shown == [other]
+
+
 def test_best_reads_an_intact_checkpoint_whose_metrics_alone_are_damaged(two_epochs, tmp_path,
                                                                         capsys):
   workdir = _copy(two_epochs, tmp_path)
