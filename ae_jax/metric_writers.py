@@ -145,11 +145,12 @@ class RunLog:
     self._executor = futures.ThreadPoolExecutor(max_workers=1)
     self._pending = []
 
-  @staticmethod
-  def _result(future):
+  def _result(self, future):
     try:
       return future.result()
     except OSError as e:
+      if not e.filename:  # TensorBoard's writer names no file: the workdir is where it wrote
+        e.filename = self._workdir
       raise cannot_write(e, 'the metrics, figures or TensorBoard events to') from None
 
   def _submit(self, fn, *args):

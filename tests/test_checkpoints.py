@@ -132,6 +132,17 @@ def test_a_bug_while_reading_is_not_called_damage(two_epochs, tmp_path, monkeypa
     evaluate.load_run(workdir, config_lib.load_config(workdir), 'latest', 'validation')
 
 
+def test_a_failed_event_write_names_the_workdir(tmp_path, monkeypatch):
+  from ae_jax import metric_writers  # pylint: disable=g-import-not-at-top
+  def disk_full(*args):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a flush reports it: no file
+  monkeypatch.setattr(metric_writers.SummaryWriter, 'scalar', disk_full)
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(UserError, match=f'cannot write the metrics, figures or TensorBoard events '
+                                      f'to {workdir}: No space left on device; free some space'):
+    train.train_and_evaluate(_config(num_epochs=2), workdir)
+
+
 def test_a_failed_figure_write_stops_training_with_one_clear_error(tmp_path, monkeypatch):
   def disk_full(rows, path):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
