@@ -314,15 +314,14 @@ def define_run_flags(argv) -> None:
   flags.DEFINE_string('split', None, 'test, validation or train (default: test where the data '
                       'has a test split, else validation).')
   config = ml_collections.ConfigDict()
-  overrides = any(arg.startswith('--config.') for arg in argv[1:])
   # a run's overrides need its config: where it is missing, say so
-  if overrides and not workdir and not asks_help:
+  overrides = not asks_help and any(arg.startswith('--config.') for arg in argv[1:])
+  if overrides and not workdir:
     try:
       run_workdir(workdir)
     except UserError as e:
       _fail(str(e))
-  if workdir and (os.path.exists(os.path.join(workdir, 'config.json')) or (
-      overrides and not asks_help)):
+  if workdir and (os.path.exists(os.path.join(workdir, 'config.json')) or overrides):
     try:
       config = config_lib.load_config(workdir)
     except UserError as e:

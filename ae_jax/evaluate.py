@@ -68,7 +68,8 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
   saved = config_lib.load_config(workdir)  # a clear error if this is no training run
   trained_shape = checkpoints.trained_image_shape(workdir)
   if not needs_data and trained_shape is not None:
-    model, mesh, step, variables = _restore(workdir, config, checkpoint, trained_shape)
+    model, abstract = _abstract_model(config, trained_shape)
+    mesh, step, variables = _restore(workdir, checkpoint, abstract)
     return TrainedRun(config, model, variables, step, split, None, None, None, {}, mesh)
   if splits is None:
     data_config = config.data
@@ -84,34 +85,33 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
                     "empty): use --split=validation, or name a test split with "
                     '--config.data.test_split=...')
   shape = tuple(splits['train'].images.shape[1:])
+  model, abstract = _abstract_model(config, shape)
+  shapes_of = lambda tree: jax.tree.map(lambda x: x.shape, tree)
   if trained_shape is not None and shape != trained_shape and (
-      _variable_shapes(config, shape) != _variable_shapes(config, trained_shape)):
+      shapes_of(abstract) != shapes_of(_abstract_model(config, trained_shape)[1])):
     # (a convolutional model takes other sizes with the same weights)
     raise UserError(f'the images of config.data are {_shown(shape)} and the model of {workdir} '
                     f'takes {_shown(trained_shape)}: '
                     + _fit(shape, trained_shape, config.data.grayscale))
-  model, mesh, step, variables = _restore(workdir, config, checkpoint, shape)
+  mesh, step, variables = _restore(workdir, checkpoint, abstract)
   data = splits[split]
   return TrainedRun(config, model, variables, step, split, data.images, data.labels,
                     data.label_names, splits, mesh, data.files)
 
 
-def _variable_shapes(config, image_shape):
+def _abstract_model(config, image_shape):
+  """(the model for images of `image_shape`, the shapes and dtypes of its variables)."""
   model = models.create_model(config, image_shape)
-  abstract = jax.eval_shape(functools.partial(models.init_variables, model),
-                            jax.random.PRNGKey(0))
-  return jax.tree.map(lambda x: x.shape, abstract)
+  return model, jax.eval_shape(functools.partial(models.init_variables, model),
+                               jax.random.PRNGKey(0))
 
 
-def _restore(workdir: str, config, checkpoint: str, image_shape):
-  """(model, mesh, step, variables): the model for images of `image_shape` at `checkpoint`."""
-  model = models.create_model(config, image_shape)
+def _restore(workdir: str, checkpoint: str, abstract):
+  """(mesh, step, variables): the variables saved at `checkpoint`, replicated on the mesh."""
   mesh = train.create_mesh()
-  abstract = jax.eval_shape(functools.partial(models.init_variables, model),
-                            jax.random.PRNGKey(0))
   step, variables = checkpoints.restore_variables(workdir, checkpoint, abstract,
                                                   NamedSharding(mesh, P()))
-  return model, mesh, step, variables
+  return mesh, step, variables
 
 
 # The fields of config.data that name the images; the others choose how they are read.

@@ -167,6 +167,13 @@ def test_a_config_that_cannot_be_written_leaves_no_temporary_file(tmp_path, monk
   assert os.listdir(workdir) == []
 
 
+def _flags_of_a_third_epoch(workdir):
+  """ae_jax.main's flags for the run of `two_epochs` (copied to `workdir`) and one more epoch."""
+  return [f'--workdir={workdir}', '--config=configs/ae.py', '--config.data.source=idx',
+          f'--config.data.path={ROOT}/tests/data/mnist_small', '--config.data.train_split=train[:80]',
+          '--config.batch_size=16', '--config.num_epochs=3', '--config.steps_per_call=4']
+
+
 def _chattr(flag, path):
   subprocess.run(['chattr', flag, path], check=True)
 
@@ -175,9 +182,7 @@ def _chattr(flag, path):
 def test_a_checkpoint_folder_that_cannot_be_written_stops_the_run_at_once(two_epochs, tmp_path):
   workdir = _copy(two_epochs, tmp_path)
   folder = os.path.join(workdir, 'checkpoints')
-  flags = [f'--workdir={workdir}', '--config=configs/ae.py', '--config.data.source=idx',
-           f'--config.data.path={ROOT}/tests/data/mnist_small', '--config.data.train_split=train[:80]',
-           '--config.batch_size=16', '--config.num_epochs=3', '--config.steps_per_call=4']
+  flags = _flags_of_a_third_epoch(workdir)
   try:
     _chattr('+i', folder)
     result = run_module('ae_jax.main', *flags, timeout=120)  # it used to hang forever
@@ -199,9 +204,7 @@ def test_a_run_from_before_the_image_shape_resumes_or_says_why_not(two_epochs, t
   folder = os.path.join(workdir, 'checkpoints')
   shutil.rmtree(os.path.join(folder, 'metadata'))  # trained before checkpoints recorded it
   assert checkpoints.trained_image_shape(workdir) is None
-  flags = [f'--workdir={workdir}', '--config=configs/ae.py', '--config.data.source=idx',
-           f'--config.data.path={ROOT}/tests/data/mnist_small', '--config.data.train_split=train[:80]',
-           '--config.batch_size=16', '--config.num_epochs=3', '--config.steps_per_call=4']
+  flags = _flags_of_a_third_epoch(workdir)
   try:
     _chattr('+i', folder)
     result = run_module('ae_jax.main', *flags, timeout=120)
