@@ -70,6 +70,23 @@ def test_every_page_links_the_others_and_every_link_leads_somewhere():
       assert os.path.exists(os.path.join(ROOT, os.path.dirname(page), target)), (page, target)
 
 
+def test_the_readme_map_names_every_module_script_and_page():
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    layout = f.read().split('## How the code is organised')[1].split('\n## ')[0]
+  # modules of ae_jax/ and models/ by name; input_pipeline/ maps its own modules in its docstring
+  modules = {os.path.basename(p) for folder in ('ae_jax', 'ae_jax/models')
+             for p in glob.glob(os.path.join(ROOT, folder, '*.py'))} - {'__init__.py'}
+  named = set(re.findall(r'\b(\w+\.py)\b', layout))
+  assert modules <= named, sorted(modules - named)
+  for package in glob.glob(os.path.join(ROOT, 'ae_jax', '*', '__init__.py')):
+    assert os.path.basename(os.path.dirname(package)) + '/' in layout, package
+  for script in glob.glob(os.path.join(ROOT, 'scripts', '*.sh')):
+    assert re.search(rf'\b{os.path.basename(script)[:-3]}\b', layout), script
+  guide = layout.split('docs/')[1]
+  for page in GUIDE:
+    assert page.split('_')[0] in guide, page
+
+
 @pytest.mark.slow
 def test_offline_commands_run_as_written(tmp_path):
   for name in ('configs', 'scripts'):
