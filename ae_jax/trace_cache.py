@@ -122,5 +122,7 @@ def _write(path: str, exported, out_tree) -> None:
     os.makedirs(FOLDER, exist_ok=True)
     with replaced_atomically(path) as tmp, open(tmp, 'wb') as f:
       pickle.dump((exported.serialize(), out_tree), f)
-  except (OSError, pickle.PicklingError, TypeError, AttributeError):
-    pass  # a full disk, or an output that pickle cannot name: the next start traces again
+  except (OSError, ImportError, pickle.PicklingError, TypeError, AttributeError):
+    # a full disk, no flatbuffers for jax.export to serialize with, or an output that pickle
+    # cannot name: the next start traces again
+    pass

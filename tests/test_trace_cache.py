@@ -104,6 +104,17 @@ def test_a_folder_that_cannot_be_written_costs_only_the_trace(tmp_path, monkeypa
   assert trace_cache.COUNTS == {'read': 0, 'traced': 2}
 
 
+def test_without_flatbuffers_to_serialize_with_it_costs_only_the_trace(folder, monkeypatch):
+  def serialize(self, *args, **kwargs):
+    raise ImportError("Please install 'flatbuffers' in order to use Exported serialization")
+  monkeypatch.setattr(jax.export.Exported, 'serialize', serialize)
+  fun, traced = _traced_function()
+  for _ in range(2):
+    compiled = trace_cache.jit_compile(fun, _args(), name='f')
+    jax.tree.map(np.testing.assert_array_equal, compiled(*_args()), jax.jit(fun)(*_args()))
+  assert trace_cache.COUNTS == {'read': 0, 'traced': 2} and not list(folder.glob('f-*'))
+
+
 def test_what_jax_export_refuses_is_traced_as_usual(folder):
   def with_callback(x):
     return jax.pure_callback(lambda v: np.asarray(v) * 2, jax.ShapeDtypeStruct(x.shape, x.dtype),
