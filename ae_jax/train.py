@@ -168,7 +168,7 @@ def make_update(config, image_shape, tx, mesh, train_images, placement) -> Updat
   step_fn = functools.partial(train_step, model=pmap_model, axis_name='data', **step_kwargs)
   run = jax.pmap(functools.partial(train_loop, step_fn=step_fn), axis_name='data',
                  in_axes=(0, 0, 0, None), donate_argnums=0)
-  compile_run = lambda *args: run.lower(*args).compile()
+  compile_run = lambda *args: run.lower(*args).compile(models.compiler_options(pmap_model))
   stacked = NamedSharding(mesh, P('data'))
   num_devices = mesh.size
   to_pmap = lambda tree: jax.tree.map(

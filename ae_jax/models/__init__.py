@@ -14,6 +14,7 @@ evaluation, the maps and the study call these, and know no model by name. A new 
 with them, a `from_config` and the config fields it reads (FIELDS), added to MODELS.
 """
 
+import functools
 
 import flax.linen as nn
 import jax
@@ -67,9 +68,32 @@ def has_prior(model: nn.Module) -> bool:
 
 
 def compiler_options(model: nn.Module) -> dict:
-  """What a program that runs `model` asks of XLA (its convolution layers may ask)."""
+  """What a program that runs `model` asks of XLA: its convolution layers may ask, and a model
+  computing in bfloat16 on CPUs asks for no YNNPACK fusions."""
   convs = getattr(model, 'convs', None)
-  return convs.compiler_options() if convs is not None else {}
+  options = convs.compiler_options() if convs is not None else {}
+  if jnp.dtype(getattr(model, 'dtype', jnp.float32)) == jnp.bfloat16:
+    options = {**options, **_cpu_bfloat16_options()}
+  return options
+
+
+# XLA:CPU's YNNPACK fusions in JAX 0.11 and 0.12 compute bfloat16 dense layers followed by a
+# loss wrongly: the AE's validation MSE came out NaN, for a different share of the examples
+# each run. Without them it is the MSE computed op by op; JAX 0.10's fusions were right.
+NO_YNN_FUSIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
+
+
+@functools.cache
+def _cpu_bfloat16_options() -> dict:
+  """NO_YNN_FUSIONS on CPUs, where this XLA has the option (an XLA without it refuses every
+  program that asks)."""
+  if jax.default_backend() != 'cpu':
+    return {}
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=NO_YNN_FUSIONS).lower(1.0).compile()
+  except Exception:  # pylint: disable=broad-except  (XLA's error for an unknown option)
+    return {}
+  return dict(NO_YNN_FUSIONS)
 
 
 def compile_once_options(model: nn.Module) -> dict:
