@@ -11,8 +11,8 @@
 #       besides JAX, flax, optax, orbax, tensorboard and their dependencies)
 #
 # Python: $PYTHON, else .venv/bin/python where there is one, else a .venv made here from
-# python3 that sees python3's packages (so that a preinstalled CUDA JAX is used as it is), else
-# python3 itself.
+# python3 that sees python3's packages, also where python3 is a virtual environment's (so that
+# a preinstalled CUDA JAX is used as it is), else python3 itself.
 # What is missing is installed from .whl/ where it exists (no network needed), else with pip:
 # the cuda extra where a GPU is present and JAX sees only CPUs.
 set -uo pipefail
@@ -26,9 +26,9 @@ if [[ "${1:-}" == --download-wheels ]]; then
   # protobuf, packaging, ...) lacks of the check's imports
   requirements=("$@")
   if [[ ${#requirements[@]} -eq 0 ]]; then
-    requirements=(ml-collections scikit-learn joblib threadpoolctl matplotlib contourpy cycler
-                  fonttools kiwisolver pyparsing python-dateutil six pillow tqdm pytest iniconfig
-                  pluggy pygments packaging)
+    requirements=(ml-collections scikit-learn joblib threadpoolctl openTSNE matplotlib contourpy
+                  cycler fonttools kiwisolver pyparsing python-dateutil six pillow tqdm pytest
+                  iniconfig pluggy pygments packaging flatbuffers)
   fi
   exec "${PYTHON:-python3}" -m pip download --dest "$WHEELS" --no-deps --only-binary=:all: \
       --python-version 3.12 --implementation cp --abi cp312 --platform manylinux_2_28_x86_64 \
@@ -46,6 +46,11 @@ elif [[ -z "$PY" ]]; then
   if python3 -m venv --system-site-packages .venv 2>/dev/null \
       || python3 -m venv --system-site-packages --without-pip .venv 2>/dev/null; then
     PY=.venv/bin/python
+    # A venv made from a venv's python3 (the GPU image's python3 is one) sees the base Python's
+    # packages, not python3's: a .pth file adds python3's own, ahead of the base's.
+    python3 -c 'import site
+for path in site.getsitepackages(): print(f"import site; site.addsitedir({path!r})")' \
+      > "$("$PY" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/python3_site.pth"
   else  # a Python without venv: what is missing goes to the user's site-packages
     rm -rf .venv
     PY=python3

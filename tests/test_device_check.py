@@ -3,6 +3,10 @@
 import importlib.util
 import json
 import os
+import shutil
+import subprocess
+import sys
+import sysconfig
 
 import pytest
 
@@ -41,6 +45,9 @@ def test_a_gpu_table_marks_the_targets_and_the_rows_it_could_not_time():
                           run_s=9.0, eval_s=0.6, tsne_s=12.0, tsne_share=0.3, run_epochs=10),
                      dict(model='DCAE', dtype='bfloat16', epoch_train_s=2.5, epoch_s=3.0,
                           run_s=20.0, eval_s=0.2, run_epochs=10),
+                     dict(model='CAE', dtype='float32', epoch_train_s=1.5, epoch_s=2.0,
+                          run_s=15.0, eval_s=0.3, run_epochs=10,
+                          tsne_note="t-SNE failed: No module named 'openTSNE'"),
                      dict(model='VAE', dtype='float32', skipped='skipped: past --budget_s=360'),
                      dict(model='CAE', dtype='float32', error='out of memory')]}
   table = device_check.markdown(report)
@@ -48,9 +55,31 @@ def test_a_gpu_table_marks_the_targets_and_the_rows_it_could_not_time():
   assert '| AE | float32 | 80 ms ✓ | 500 ms | 9.00 s | 600 ms ✗ (target 500 ms) | 12 s | ' \
          '30% of 10 epochs |' in table
   assert '| DCAE | bfloat16 | 2.50 s ✗ (target 2.00 s) |' in table
+  assert "| CAE | float32 | 1.50 s ✓ | 2.00 s | 15 s | 300 ms ✓ | t-SNE failed: No module " \
+         "named 'openTSNE' | – |" in table
   assert '| VAE | float32 | skipped: past --budget_s=360 |' in table
   assert '| CAE | float32 | error: out of memory |' in table
   assert '40 passed' in table
+
+
+def test_the_check_sees_the_packages_of_a_python3_that_is_a_venvs(tmp_path):
+  """The GPU image's python3 is a virtual environment's, JAX and the rest in it: the .venv the
+  check makes must see them, or it installs them again, which fails without a network."""
+  python3 = tmp_path / 'image'
+  subprocess.run([sys.executable, '-m', 'venv', '--without-pip', python3], check=True)
+  [own] = (python3 / 'lib').glob('python3*/site-packages')  # what this test's Python has
+  (own / 'packages.pth').write_text(sysconfig.get_path('purelib') + '\n')
+  repo = tmp_path / 'repo'
+  (repo / '.whl').mkdir(parents=True)  # no network: an empty wheel folder
+  shutil.copytree(os.path.join(ROOT, 'benchmarks'), repo / 'benchmarks',
+                  ignore=shutil.ignore_patterns('*.json', '*.md', '__pycache__'))
+  env = {**os.environ, 'PATH': f'{python3 / "bin"}{os.pathsep}{os.environ["PATH"]}'}
+  env.pop('PYTHON', None)
+  env.pop('VIRTUAL_ENV', None)
+  done = subprocess.run(['bash', repo / 'benchmarks' / 'device_check.sh', '--cpu',
+                         '--num_train=5'], env=env, capture_output=True, text=True, timeout=120)
+  assert 'installing' not in done.stdout and 'could not install' not in done.stderr, done
+  assert done.returncode == 2 and '--num_train must be at least 10' in done.stderr, done
 
 
 @pytest.mark.slow  # about 10 s of CPU time; 45 s on 2 busy cores
