@@ -9,7 +9,10 @@ dtypes and shardings of the arguments, the source of every ae_jax module, the ve
 libraries that trace (jax, jaxlib, flax, optax, numpy), JAX's configuration and the devices. A
 later process with the same key calls the stored program instead of tracing the function again;
 XLA compiles it, or reads it from the compilation cache, as before. Both processes compile the
-same stored program, so they compute the same numbers, bit for bit.
+same stored program, so they compute the same numbers, bit for bit. Without a folder the
+program is exported and compiled all the same, only not stored: XLA may round a plain jit of
+the function differently (JAX 0.12's did, 4e-5 apart after an epoch of the DAE), and a run
+computes the same numbers with the cache or without it.
 
 The programs live in `traces/` in the compilation cache's folder (cli.use_compilation_cache sets
 FOLDER) and go with it: --compilation_cache= turns both off. A file that cannot be read
@@ -69,14 +72,16 @@ def jit_compile(fun: Callable, args: tuple, *, name: str, context: str = '',
   """
   trace_here = lambda: jax.jit(fun, donate_argnums=donate_argnums,
                                **jit_kwargs).lower(*args).compile()
-  if FOLDER is None or jax.process_count() > 1:
+  if jax.process_count() > 1:
     return trace_here()
   leaves, in_tree = jax.tree.flatten(args)
-  signature = [(str(jax.typeof(x)), repr(getattr(x, 'sharding', None))) for x in leaves]
-  key = hashlib.sha256(repr((name, context, str(in_tree), signature,
-                             environment())).encode()).hexdigest()
-  path = os.path.join(FOLDER, f'{name}-{key}')
-  stored = _read(path)
+  stored = path = None
+  if FOLDER is not None:
+    signature = [(str(jax.typeof(x)), repr(getattr(x, 'sharding', None))) for x in leaves]
+    key = hashlib.sha256(repr((name, context, str(in_tree), signature,
+                               environment())).encode()).hexdigest()
+    path = os.path.join(FOLDER, f'{name}-{key}')
+    stored = _read(path)
   if stored is not None:
     COUNTS['read'] += 1
     exported, out_tree = stored
@@ -94,9 +99,10 @@ def jit_compile(fun: Callable, args: tuple, *, name: str, context: str = '',
       # What jax.export does not take (a host callback, say) is traced as usual, which also
       # raises again any error of the function itself.
       return trace_here()
-    COUNTS['traced'] += 1
     out_tree = out_trees[0]
-    _write(path, exported, out_tree)
+    if path is not None:
+      COUNTS['traced'] += 1
+      _write(path, exported, out_tree)
 
   offsets = np.cumsum([0] + [len(jax.tree.leaves(a)) for a in args])
   donated = tuple(i for a in donate_argnums for i in range(offsets[a], offsets[a + 1]))
