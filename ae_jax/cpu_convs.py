@@ -258,17 +258,22 @@ class MatmulConvTranspose2x2(nn.Module):
 FUSION_EMITTERS_OFF = {'xla_cpu_use_fusion_emitters': False}
 
 
-@functools.cache
-def compiler_options() -> dict:
-  """What programs of a model with these layers ask of XLA: its older fusion emitters on CPUs,
-  where this XLA has the option (an XLA without it refuses every program that asks)."""
+def on_cpus_where_known(options: dict) -> dict:
+  """`options` where JAX computes on CPUs and this XLA has them (an XLA without an option
+  refuses every program that asks for it); else none."""
   if jax.default_backend() != 'cpu':
     return {}
   try:
-    jax.jit(lambda x: x + 1, compiler_options=FUSION_EMITTERS_OFF).lower(1.0).compile()
+    jax.jit(lambda x: x + 1, compiler_options=options).lower(1.0).compile()
   except Exception:  # pylint: disable=broad-except  (XLA's error for an unknown option)
     return {}
-  return dict(FUSION_EMITTERS_OFF)
+  return dict(options)
+
+
+@functools.cache
+def compiler_options() -> dict:
+  """What programs of a model with these layers ask of XLA: its older fusion emitters on CPUs."""
+  return on_cpus_where_known(FUSION_EMITTERS_OFF)
 
 
 # These layers evaluate as fast in batches of 64 as in larger ones, and their temporaries then

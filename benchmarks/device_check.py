@@ -62,9 +62,8 @@ CPU_TESTS = ('tests/test_models.py tests/test_train.py',
 REQUIREMENTS = {'jax': 'jax', 'flax': 'flax', 'optax': 'optax', 'orbax.checkpoint':
                 'orbax-checkpoint', 'ml_collections': 'ml-collections', 'absl': 'absl-py',
                 'sklearn': 'scikit-learn', 'openTSNE': 'openTSNE', 'matplotlib': 'matplotlib',
-                'PIL': 'pillow',
-                'tqdm': 'tqdm', 'tensorboard': 'tensorboard', 'flatbuffers': 'flatbuffers',
-                'pytest': 'pytest'}
+                'PIL': 'pillow', 'tqdm': 'tqdm', 'tensorboard': 'tensorboard',
+                'flatbuffers': 'flatbuffers', 'pytest': 'pytest'}
 
 
 def missing_requirements() -> list[str]:

@@ -85,15 +85,7 @@ NO_YNN_FUSIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
 
 @functools.cache
 def _cpu_bfloat16_options() -> dict:
-  """NO_YNN_FUSIONS on CPUs, where this XLA has the option (an XLA without it refuses every
-  program that asks)."""
-  if jax.default_backend() != 'cpu':
-    return {}
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=NO_YNN_FUSIONS).lower(1.0).compile()
-  except Exception:  # pylint: disable=broad-except  (XLA's error for an unknown option)
-    return {}
-  return dict(NO_YNN_FUSIONS)
+  return cpu_convs.on_cpus_where_known(NO_YNN_FUSIONS)
 
 
 def compile_once_options(model: nn.Module) -> dict:
