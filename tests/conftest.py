@@ -7,6 +7,10 @@ import sys
 
 import pytest
 
+# Tests run in two processes (`pytest -n 2`): on a GPU each would otherwise take 75% of its
+# memory at its first computation, and the second would fail.
+os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 1,000 + 200 real MNIST digits in IDX format (see tests/data/mnist_small/README.md).
 MNIST_SMALL = os.path.join(ROOT, 'tests', 'data', 'mnist_small')

@@ -87,6 +87,16 @@ def test_the_readme_map_names_every_module_script_and_page():
     assert page.split('_')[0] in guide, page
 
 
+def test_ci_runs_the_readmes_install_and_test_commands():
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    readme = f.read()
+  tests = re.search(r'## Run the tests\n+```sh\n(.*?)\n```', readme, re.S).group(1)
+  with open(os.path.join(ROOT, '.ci', 'run')) as f:
+    ci = f.read().splitlines()
+  assert ci[-1] == tests
+  assert ".venv/bin/pip install -e '.[test]'" in ci and "pip install -e '.[test]'" in readme
+
+
 @pytest.mark.slow
 def test_offline_commands_run_as_written(tmp_path):
   for name in ('configs', 'scripts'):
