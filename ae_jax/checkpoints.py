@@ -284,9 +284,9 @@ def set_aside_damaged_metrics(directory: str) -> None:
       set_aside(directory, *e.args)
 
 
-def _read(directory: str, step: int, name: str, target):
+def _read(directory: str, step: int, name: str, target, *, check_only: bool = False):
   """Item `name` of the checkpoint of `step`, like the abstract `target`; Damaged if its files
-  are; a UserError if it holds another model."""
+  are; a UserError if it holds another model. `check_only`: reads the metadata alone."""
   path = epath.Path(directory) / str(step) / name
   handler = ocp.StandardCheckpointHandler()  # what the manager reads each item with
   try:
@@ -294,6 +294,8 @@ def _read(directory: str, step: int, name: str, target):
     if metadata is None or metadata.tree is None:
       raise Damaged(step, f'the metadata in {path} does not read')
     _check_fits(metadata.tree, target, step, directory)
+    if check_only:
+      return None
     return handler.restore(path, args=ocp.args.StandardRestore(target))
   except (UserError, Damaged):
     raise
@@ -306,15 +308,34 @@ def _read(directory: str, step: int, name: str, target):
     handler.close()
 
 
-def _read_train_state(directory: str, step: int, state, sharding):
-  items = {
+def _train_state_items(state, sharding) -> dict:
+  return {
       'variables': _abstract({'params': state.params, 'batch_stats': state.batch_stats},
                              sharding),
       'train': _abstract({'opt_state': state.opt_state, 'step': state.step, 'rng': state.rng},
                          sharding),
   }
-  restored = {name: _read(directory, step, name, target) for name, target in items.items()}
+
+
+def _read_train_state(directory: str, step: int, state, sharding):
+  restored = {name: _read(directory, step, name, target)
+              for name, target in _train_state_items(state, sharding).items()}
   return state.replace(**restored['variables'], **restored['train'])
+
+
+def check_resumable(workdir: str, state) -> None:
+  """Refuses, with the UserError restore_latest would raise, a workdir whose newest checkpoint
+  that reads holds another model (one of another image shape, say): called before a run writes
+  anything, so that a refused run leaves the workdir's config and checkpoints as they were.
+  Damage is left to restore_latest, which sets it aside."""
+  directory = checkpoint_dir(workdir)
+  for step in _step_folders(directory):
+    try:
+      for name, target in _train_state_items(state, None).items():
+        _read(directory, step, name, target, check_only=True)
+      return
+    except Damaged:
+      continue
 
 
 def restore_train_state(manager: ocp.CheckpointManager, step: int, state, sharding):

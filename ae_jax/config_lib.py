@@ -154,8 +154,8 @@ def validate(config: ml_collections.ConfigDict, where: str = 'the config file') 
   for path in model_fields(config):
     MODEL_FIELD_CHECKS[path](_get(config, path), f'config.{path}')
   check_unused_fields(config, defaults)
-  if not 0 <= config.seed < 2**63:
-    raise UserError(f'config.seed={config.seed} must be a whole number from 0 to 2**63 - 1')
+  if not 0 <= config.seed < 2**31:  # evaluation passes it to compiled code as an int32
+    raise UserError(f'config.seed={config.seed} must be a whole number from 0 to 2**31 - 1')
   if config.num_summary_images < 0:
     raise UserError(f'config.num_summary_images={config.num_summary_images} must be 0 (none) '
                     'or more')
@@ -209,10 +209,13 @@ def display_name(config) -> str:
 
 
 def _describe(config) -> dict[str, object]:
-  """What a run must keep to resume: the model, the noise it trains against, the optimizer;
-  as {'model.name': 'CAE', ...}."""
+  """What a run must keep to resume, as {'model.name': 'CAE', ...}: the model, its loss, the
+  noise it trains against, the optimizer; the batch size, in whose steps the checkpoints count;
+  the seed, which orders the data. The number of epochs, the learning rate, the dtype and the
+  settings of speed alone may change."""
   tree = json.loads(json.dumps({'model': config.model.to_dict(), 'noise': config.noise.to_dict(),
-                                'optimizer': config.optimizer}))
+                                'optimizer': config.optimizer, 'loss': config.loss,
+                                'batch_size': config.batch_size, 'seed': config.seed}))
   flat = {}
 
   def walk(prefix, node):
@@ -249,8 +252,8 @@ def check_workdir(config, workdir: str) -> None:
               'here' for key in sorted(saved.keys() | asked.keys())
               if saved.get(key) != asked.get(key)]
     if differ:
-      raise UserError(f'{workdir} holds a run of another model ({"; ".join(differ)}): use a '
-                      f'new --workdir, or delete {workdir} to start afresh')
+      raise UserError(f'{workdir} holds another run ({"; ".join(differ)}), which cannot '
+                      f'resume so: use a new --workdir, or delete {workdir} to start afresh')
 
 
 def write_config(config, workdir: str) -> None:

@@ -376,10 +376,13 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
   tx = create_optimizer(config)
   state = trace_cache.jit_compile(
       functools.partial(create_train_state, model, tx, config.seed), (), name='init',
-      context=config.to_json_best_effort(sort_keys=True), out_shardings=replicated,
+      # no arguments: the image shape, which config.data need not name, is said here
+      context=f'{config.to_json_best_effort(sort_keys=True)} {image_shape}',
+      out_shardings=replicated,
       compiler_options=models.compile_once_options(model))()
   placement = input_pipeline.agree_placement(
       input_pipeline.choose_feed(config.data, train_images, val_images.nbytes), train_images)
+  checkpoints.check_resumable(workdir, state)
   if jax.process_index() == 0:
     config_lib.write_config(config, workdir)  # the first write, after every check
   _log(f'data: {num_train} train, {len(val_images)} validation'

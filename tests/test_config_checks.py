@@ -3,6 +3,7 @@ and leave the workdir as it was; divergence stops a run and keeps the last good 
 several processes train like one."""
 
 import os
+import re
 
 import pytest
 
@@ -42,6 +43,7 @@ BAD_VALUES = [
     ({'batch_size': 0}, 'config.batch_size=0 must be at least 1'),
     ({'batch_size': 1000}, 'config.batch_size=1000 is larger than the 64 training images'),
     ({'num_epochs': 0}, 'config.num_epochs=0 must be at least 1'),
+    ({'seed': 2**31}, 'config.seed=2147483648 must be a whole number from 0 to 2**31 - 1'),
     ({'model.latent_dim': 0}, 'config.model.latent_dim=0 must be at least 1'),
     ({'noise.std': -0.1}, 'config.noise.std=-0.1 must not be negative'),
     ({'learning_rate': 0.0}, 'config.learning_rate=0.0 must be positive'),
@@ -64,7 +66,7 @@ BAD_VALUES = [
 def test_a_bad_value_is_refused_before_any_work(tmp_path, previous_run, overrides, message):
   config = lambda: small_config('ae', num_train=64, **{'batch_size': 16, **overrides})
   fresh = str(tmp_path / 'fresh')
-  with pytest.raises(UserError, match=message.replace('(', r'\(').replace(')', r'\)')):
+  with pytest.raises(UserError, match=re.escape(message)):
     train.train_and_evaluate(config(), fresh)
   assert not os.path.exists(fresh)
   before = _snapshot(previous_run)
@@ -81,14 +83,26 @@ def test_a_workdir_that_cannot_be_written(tmp_path):
     train.train_and_evaluate(small_config('ae'), str(tmp_path / 'a_file' / 'run'))
 
 
+# the loss changes the units of the validation loss that ranks the checkpoints; the batch size
+# the steps they count in; the seed the order of the data
 @pytest.mark.parametrize('overrides', [{'noise.std': 0.1}, {'model.latent_dim': 16},
-                                       {'optimizer': 'sgd'}])
+                                       {'optimizer': 'sgd'}, {'loss': 'bce'}, {'batch_size': 32},
+                                       {'seed': 1}])
 def test_a_workdir_of_another_run_is_refused_and_left_alone(previous_run, overrides):
   before = _snapshot(previous_run)
-  with pytest.raises(UserError, match='holds a run of another model.*delete .* to start afresh'):
-    train.train_and_evaluate(small_config('ae', num_train=64, batch_size=16, **overrides),
+  with pytest.raises(UserError, match='holds another run.*delete .* to start afresh'):
+    train.train_and_evaluate(small_config('ae', num_train=64, **{'batch_size': 16, **overrides}),
                              previous_run)
   assert _snapshot(previous_run) == before
+
+
+def test_a_workdir_of_another_image_shape_is_refused_and_left_alone(previous_run):
+  before = _snapshot(previous_run)
+  with pytest.raises(UserError, match='does not fit this model.*image shape'):
+    train.train_and_evaluate(small_config('ae', num_train=64, batch_size=16,
+                                          **{'data.image_size': 20}), previous_run)
+  assert _snapshot(previous_run) == before
+  assert checkpoints.trained_image_shape(previous_run) == (28, 28, 1)
 
 
 def test_bad_values_on_the_command_line_are_one_line(tmp_path):

@@ -77,11 +77,11 @@ def test_an_empty_flag_is_refused_like_an_unset_shell_variable(tmp_path, module,
   assert os.listdir(tmp_path) == ['run'] and os.listdir(run) == ['config.json']
 
 
-def test_a_workdir_of_another_model_names_the_fields_that_differ(trained_ae):
+def test_a_workdir_of_another_run_names_the_fields_that_differ(trained_ae):
   workdir, _ = trained_ae
   before = {f: os.path.getmtime(os.path.join(workdir, f)) for f in os.listdir(workdir)}
   result = _train(workdir, *SMALL, '--config.model.latent_dim=16', '--config.noise.std=0.1')
-  _assert_one_line_error(result, 'holds a run of another model',
+  _assert_one_line_error(result, 'holds another run',
                          'config.model.latent_dim is 32 there, 16 here',
                          'config.noise.std is 0.0 there, 0.1 here')
   assert 'hidden_dim' not in result.stderr  # only what differs

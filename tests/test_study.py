@@ -139,8 +139,8 @@ def test_a_member_whose_workdir_holds_another_model_is_refused_before_the_first_
   (workdir / 'model.latent_dim=16_seed=0').mkdir(parents=True)
   config_lib.write_config(_config(), str(workdir / 'model.latent_dim=16_seed=0'))  # latent 32
   monkeypatch.setattr(train, 'train_and_evaluate', lambda *a, **k: 1 / 0)
-  with pytest.raises(UserError, match=r'member model.latent_dim=16_seed=0: .* holds a run of '
-                     'another model'):
+  with pytest.raises(UserError, match=r'member model.latent_dim=16_seed=0: .* holds another '
+                     'run'):
     study.run_study(_config(), str(workdir), study.parse_grid(_config(),
                                                               ['model.latent_dim=8,16']), [0])
   assert os.listdir(workdir) == ['model.latent_dim=16_seed=0']

@@ -146,6 +146,18 @@ def test_training_on_read_programs_gives_the_same_state(folder, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, states[run], states['traced'])
 
 
+def test_the_same_config_on_images_of_another_shape_traces_the_init_again(folder, tmp_path):
+  # the init takes no arguments, and config.data need not name the image shape: a .npy does not
+  path = tmp_path / 'images.npy'
+  config = small_config('ae', num_train=64, batch_size=16,
+                        **{'data.source': 'arrays', 'data.path': str(path)})
+  for size in (8, 10):
+    np.save(path, np.random.default_rng(0).integers(0, 256, (80, size, size), np.uint8))
+    state = train.train_and_evaluate(config, str(tmp_path / f'{size}x{size}'))
+    assert state.params['decoder_output']['bias'].shape == (size * size,)
+  assert trace_cache.COUNTS == {'read': 0, 'traced': 4}
+
+
 def test_a_second_start_of_a_command_traces_nothing(tmp_path):
   flags = [f'--compilation_cache={tmp_path / "cache"}', '--config=configs/ae.py',
            '--config.data.source=idx', f'--config.data.path={MNIST_SMALL}',

@@ -144,10 +144,10 @@ def test_a_run_leaves_checkpoints_metrics_and_figures(workdir):
   assert 'val/reconstructions' in tags['images']
 
 
-def test_a_workdir_of_another_model_is_refused(workdir):
+def test_a_workdir_of_another_run_is_refused(workdir):
   train.train_and_evaluate(small_config('ae', num_train=64), workdir)
   before = sorted(os.listdir(workdir))
-  with pytest.raises(UserError, match='another model.*delete .* to start afresh'):
+  with pytest.raises(UserError, match='holds another run.*delete .* to start afresh'):
     train.train_and_evaluate(small_config('dae', num_train=64), workdir)
   assert sorted(os.listdir(workdir)) == before
 
