@@ -3,6 +3,8 @@
 import collections
 import logging as logging_lib
 import os
+import re
+import signal
 import sys
 import threading
 import traceback
@@ -127,16 +129,29 @@ def parse_flags(argv):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(config_file))))
     # and a config file elsewhere (one's own experiments) imports ae_jax's configs/ the same way
     sys.path.append(os.path.dirname(CONFIGS))
+  path = config_file.split(':', 1)[0] if config_file else None
   try:
     argv = flags.FLAGS(argv)
     if 'config' in flags.FLAGS and flags.FLAGS['config'].value is not None:
-      flags.FLAGS['config'].value.keys()  # a config file that failed to load raises only now
+      config = flags.FLAGS['config'].value  # a config file that failed to load raises only now
+      if not hasattr(config, 'keys'):
+        _fail(f'get_config() of {path} returns {type(config).__name__}, not a config: return '
+              'an ml_collections.ConfigDict, as configs/ae.py does', 2)
     return argv
   except flags.UnrecognizedFlagError as e:
     _fail(_unknown_flag(e), 2)
   except flags.Error as e:
+    # an error inside the config file comes with its traceback as text: its last line says it
+    raised = re.search(r'Error whilst parsing config file:.*\n(\w+(?:Error|Exception)\b.*)',
+                       str(e), re.DOTALL)
+    if raised:
+      _fail(f'the config file {config_file} does not load: {" ".join(raised.group(1).split())}',
+            2)
     _fail(f'{e} (see --helpshort)', 2)
   except (AttributeError, KeyError) as e:
+    if "has no attribute 'get_config'" in str(e):
+      _fail(f'the config file {path} has no get_config(): define one that returns an '
+            'ml_collections.ConfigDict, as configs/ae.py does', 2)
     _fail(_unknown_field(e), 2)
   except (OSError, SyntaxError) as e:
     _fail(' '.join(str(e).split()), 2)
@@ -230,6 +245,7 @@ def run(main):
   """app.run(main), with UserError printed as one line and a quiet log by default."""
 
   def wrapped(argv):
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # launch.start() set another
     if not flags.FLAGS['verbosity'].present:
       logging.set_verbosity(logging.WARNING)  # orbax and others log every save at INFO
       quiet = _QuietLibraryErrors()
@@ -241,6 +257,10 @@ def run(main):
     use_compilation_cache(flags.FLAGS.compilation_cache)
     from ae_jax import train  # pylint: disable=g-import-not-at-top
     try:
+      if len(argv) > 1:  # every command takes flags only (the scripts' WORKDIR is --workdir)
+        raise UserError(f'unexpected argument{"s" if len(argv) > 2 else ""} '
+                        f'{" ".join(argv[1:])}: give flags as --name=value, and at most one '
+                        'workdir, first (--help lists the flags)')
       check_empty_flags()
       main(argv)
       summary = compilation_summary()
@@ -254,6 +274,12 @@ def run(main):
       signum, message = e.args
       print(message, file=sys.stderr)
       _exit(128 + signum)
+    except KeyboardInterrupt:  # outside training's loop, which saves first (train.Interrupted)
+      print('SIGINT: stopped before the command finished: run it again', file=sys.stderr,
+            flush=True)
+      sys.stdout.flush()
+      # at once: the interpreter's teardown can crash under XLA's threads still compiling
+      os._exit(128 + signal.SIGINT)  # pylint: disable=protected-access
 
   app.run(wrapped, flags_parser=parse_flags)
 

@@ -1,6 +1,7 @@
 """The checks that a config makes sense, and the config saved in a workdir."""
 
 import json
+import math
 import os
 
 import ml_collections
@@ -40,9 +41,9 @@ def _dropout_rate(value, field):
 
 
 def _beta(value, field):
-  if not value >= 0:
-    raise UserError(f'{field}={value} must be 0 or more (1 is the VAE; beta-VAEs weigh the KL '
-                    'term more, e.g. 4)')
+  if not 0 <= value < math.inf:
+    raise UserError(f'{field}={value} must be 0 or more, and finite (1 is the VAE; beta-VAEs '
+                    'weigh the KL term more, e.g. 4)')
 
 
 # The checks of the fields that models read (each model names its own: models.MODELS[...].FIELDS).
@@ -167,10 +168,12 @@ def validate(config: ml_collections.ConfigDict, where: str = 'the config file') 
     raise UserError(f'config.num_epochs={config.num_epochs} must be at least 1')
   if config.steps_per_call < 1:
     raise UserError(f'config.steps_per_call={config.steps_per_call} must be at least 1')
-  if not config.learning_rate > 0:
-    raise UserError(f'config.learning_rate={config.learning_rate} must be positive')
-  if config.noise.std < 0:
-    raise UserError(f'config.noise.std={config.noise.std} must not be negative')
+  if not 0 < config.learning_rate < math.inf:
+    raise UserError(f'config.learning_rate={config.learning_rate} must be positive and finite')
+  if not 0 <= config.noise.std < math.inf:
+    raise UserError(f'config.noise.std={config.noise.std} must be 0 or more, and finite')
+  if not math.isfinite(config.noise.mean):
+    raise UserError(f'config.noise.mean={config.noise.mean} must be finite')
   _one_of(config.data.placement, ('auto', 'device', 'host', 'disk'), 'config.data.placement')
   _one_of(config.data.source, tuple(input_pipeline.READERS), 'config.data.source')
   if config.data.image_size is not None and config.data.image_size < 1:
@@ -210,12 +213,16 @@ def display_name(config) -> str:
 
 def _describe(config) -> dict[str, object]:
   """What a run must keep to resume, as {'model.name': 'CAE', ...}: the model, its loss, the
-  noise it trains against, the optimizer; the batch size, in whose steps the checkpoints count;
-  the seed, which orders the data. The number of epochs, the learning rate, the dtype and the
-  settings of speed alone may change."""
+  noise it trains against, the optimizer; the batch size and the training images, in whose
+  steps and epochs the checkpoints count; the seed, which orders the data. The number of
+  epochs, the learning rate, the dtype, where the data lives and the settings of speed alone
+  may change."""
+  data = {key: config.data.get(key) for key in ('train_split', 'validation_fraction', 'classes',
+                                                 'held_out_classes')}
   tree = json.loads(json.dumps({'model': config.model.to_dict(), 'noise': config.noise.to_dict(),
                                 'optimizer': config.optimizer, 'loss': config.loss,
-                                'batch_size': config.batch_size, 'seed': config.seed}))
+                                'batch_size': config.batch_size, 'seed': config.seed,
+                                'data': data}))
   flat = {}
 
   def walk(prefix, node):

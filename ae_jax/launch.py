@@ -8,6 +8,7 @@ process. Only the standard library is imported here: start() runs before everyth
 import gc
 import os
 import platform
+import signal
 import sys
 
 # glibc's malloc backs its large blocks with transparent huge pages when this tunable is set at
@@ -30,6 +31,15 @@ def start() -> None:
     os.environ['GLIBC_TUNABLES'] = environ['GLIBC_TUNABLES']
     os.execv(sys.executable, sys.orig_argv)
   pause_gc()
+  # Ctrl-C during the imports (seconds, and nothing written yet) ends the process in one line,
+  # not in a traceback from deep inside a library; cli.run gives SIGINT back to Python.
+  signal.signal(signal.SIGINT, _stopped_starting)
+
+
+def _stopped_starting(signum, unused_frame) -> None:
+  print(f'{signal.Signals(signum).name}: stopped while starting, before anything was written',
+        file=sys.stderr, flush=True)
+  os._exit(128 + signum)  # pylint: disable=protected-access
 
 
 def check_installed() -> None:

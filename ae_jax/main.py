@@ -13,7 +13,6 @@ if __name__ == '__main__':  # a command: prepare the process before JAX is impor
 import sys
 import threading
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -104,8 +103,7 @@ def join_processes():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  del argv  # cli.run refuses arguments that are not flags
   joins = check_process_flags()
   workdir = FLAGS.workdir  # not '': cli refuses an empty flag
   config_file = config_flags.get_config_filename(FLAGS['config'])

@@ -205,6 +205,21 @@ def signals_caught():
       signal.signal(s, h)
 
 
+@contextlib.contextmanager
+def signals_ignored():
+  """Within: SIGINT and SIGTERM do nothing, so that a run finishes saving and closing its
+  checkpoints whatever arrives meanwhile (signals_caught answers them within the loop)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
 def agree(num_steps: int, stop: bool) -> tuple[int, bool]:
   """What every process does next: all must run the same steps and stop together, or their
   collectives would wait for each other forever."""
@@ -424,7 +439,7 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
     generate = jax.jit(lambda variables, z: model.apply(variables, z, method='decode'),
                        compiler_options=models.compile_once_options(model))
 
-  with checkpoints.managed(workdir, image_shape) as manager:
+  with signals_ignored(), checkpoints.managed(workdir, image_shape) as manager:
     # --- Load a checkpoint.
     restored = checkpoints.restore_latest(manager, state, replicated)
     if restored is not None:

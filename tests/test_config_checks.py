@@ -45,7 +45,9 @@ BAD_VALUES = [
     ({'num_epochs': 0}, 'config.num_epochs=0 must be at least 1'),
     ({'seed': 2**31}, 'config.seed=2147483648 must be a whole number from 0 to 2**31 - 1'),
     ({'model.latent_dim': 0}, 'config.model.latent_dim=0 must be at least 1'),
-    ({'noise.std': -0.1}, 'config.noise.std=-0.1 must not be negative'),
+    ({'noise.std': -0.1}, 'config.noise.std=-0.1 must be 0 or more, and finite'),
+    ({'noise.std': float('nan')}, 'config.noise.std=nan must be 0 or more, and finite'),
+    ({'learning_rate': float('inf')}, 'config.learning_rate=inf must be positive and finite'),
     ({'learning_rate': 0.0}, 'config.learning_rate=0.0 must be positive'),
     ({'learning_rate': -1e-3}, 'config.learning_rate=-0.001 must be positive'),
     ({'data.validation_fraction': 0.0}, 'validation_fraction=0.0 must be between 0 and 1'),
@@ -84,10 +86,10 @@ def test_a_workdir_that_cannot_be_written(tmp_path):
 
 
 # the loss changes the units of the validation loss that ranks the checkpoints; the batch size
-# the steps they count in; the seed the order of the data
+# and the training images the steps and epochs they count in; the seed the order of the data
 @pytest.mark.parametrize('overrides', [{'noise.std': 0.1}, {'model.latent_dim': 16},
                                        {'optimizer': 'sgd'}, {'loss': 'bce'}, {'batch_size': 32},
-                                       {'seed': 1}])
+                                       {'seed': 1}, {'data.validation_fraction': 0.5}])
 def test_a_workdir_of_another_run_is_refused_and_left_alone(previous_run, overrides):
   before = _snapshot(previous_run)
   with pytest.raises(UserError, match='holds another run.*delete .* to start afresh'):
@@ -109,7 +111,7 @@ def test_bad_values_on_the_command_line_are_one_line(tmp_path):
   result = run_module('ae_jax.main', '--config=configs/ae.py', f'--workdir={tmp_path / "run"}',
                       '--config.learning_rate=-1')
   assert result.returncode == 1 and 'Traceback' not in result.stderr
-  assert result.stderr.strip() == 'error: config.learning_rate=-1.0 must be positive'
+  assert result.stderr.strip() == 'error: config.learning_rate=-1.0 must be positive and finite'
   assert not os.path.exists(tmp_path / 'run')
 
 

@@ -101,6 +101,8 @@ def test_the_script_passes_flags_on_and_fails_in_one_line(trained_ae):
     ('--num_examples=0', '--num_examples=0: the figure needs at least 1 image'),
     ('--num_examples=-1', '--num_examples=-1'),
     ('--config.model.latnt_dim=3', 'no such config field'),
+    ('--config.eval_batch_size=0', 'config.eval_batch_size=0 must be at least 1'),
+    ('--config.dtype=float23', "config.dtype='float23' is not one of: float32, bfloat16"),
 ])
 def test_bad_flags_are_one_line_and_write_nothing(trained_ae, flag, fragment):
   assert_script_refuses('eval.sh', trained_ae[0], flag, fragment)

@@ -143,6 +143,8 @@ def test_sigterm_and_sigint_save_the_current_step_and_say_how_to_resume(
   process = _start(workdir, marker, STEP_DELAY='0.3')
   _wait_for(marker, lambda l: _steps(l) and max(_steps(l)) >= 6, process)  # mid epoch 2
   process.send_signal(signum)
+  time.sleep(0.5)
+  process.send_signal(signum)  # impatient: a second one, while it saves, changes nothing
   _, stderr = process.communicate(timeout=60)
   assert process.returncode == 128 + signum, stderr[-2000:]
   assert 'Traceback' not in stderr
@@ -188,3 +190,33 @@ def test_a_vae_killed_and_stopped_mid_epoch_resumes_to_the_same_parameters(tmp_p
   for key in ('train_loss', 'val_loss', 'val_nelbo', 'val_kl'):
     assert [r[key] for r in rows(workdir)] == pytest.approx(
         [r[key] for r in rows(uninterrupted_workdir)], rel=1e-6), key
+
+
+@pytest.mark.parametrize('after', [0.3, 1.5, 3.0])
+def test_ctrl_c_while_a_command_starts_ends_it_in_one_line(tmp_path, after):
+  """SIGINT during the imports, the flags or the data: one line, nothing written."""
+  workdir = tmp_path / 'run'
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'ae_jax.main', *_flags('dae'), f'--workdir={workdir}'], cwd=ROOT,
+      env={**os.environ, 'XLA_FLAGS': ''}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
+  time.sleep(after)
+  process.send_signal(signal.SIGINT)
+  _, stderr = process.communicate(timeout=120)
+  if process.returncode == 0:
+    pytest.skip(f'the run ended within {after} s')
+  assert process.returncode == 128 + signal.SIGINT, stderr[-2000:]
+  assert 'Traceback' not in stderr, stderr[-2000:]
+  assert stderr.strip().splitlines()[-1].startswith('SIGINT: '), stderr[-2000:]
+
+
+def test_ctrl_c_outside_the_training_loop_is_one_line():
+  """A KeyboardInterrupt anywhere in a command (a script's t-SNE, a study's scoring)."""
+  program = ('from ae_jax import cli\n'
+             'def main(argv):\n'
+             '  raise KeyboardInterrupt\n'
+             'cli.run(main)\n')
+  result = subprocess.run([sys.executable, '-c', program], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 128 + signal.SIGINT, result.stderr
+  assert result.stderr.strip() == 'SIGINT: stopped before the command finished: run it again'

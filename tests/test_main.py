@@ -36,11 +36,36 @@ def test_bad_config_is_one_clear_line(workdir, flag, fragments):
   _assert_one_line_error(_train(workdir, *SMALL, flag), *fragments)
 
 
+def test_arguments_that_are_not_flags_are_one_line(tmp_path):
+  result = run_module('ae_jax.main', f'--config={ROOT}/configs/quickstart.py', 'extra',
+                      cwd=tmp_path)
+  _assert_one_line_error(result, 'unexpected argument extra: give flags as --name=value')
+  assert os.listdir(tmp_path) == []
+  result = run_script('eval.sh', str(tmp_path / 'a'), str(tmp_path / 'b'), cwd=tmp_path)
+  _assert_one_line_error(result, f'unexpected argument {tmp_path / "b"}', 'at most one workdir')
+
+
 def test_missing_config_file_is_one_clear_line(workdir):
   _assert_one_line_error(_train(workdir, config='configs/nope.py'),
                          'the config file configs/nope.py does not exist',
                          'configs/cae.py', 'configs/quickstart.py')
   assert not os.path.exists(workdir)
+
+
+@pytest.mark.parametrize('text, fragments', [
+    ('def get_config():\n  raise ValueError("no data here")\n',
+     ['does not load: ValueError: no data here']),
+    ('def get_config():\n  from configs import ae\n  config = ae.get_config()\n'
+     '  config.model.latent_dim = 8.5\n  return config\n',
+     ["does not load: TypeError: Could not override field 'latent_dim'"]),
+    ('LATENT_DIM = 8\n', ['has no get_config(): define one']),
+    ('def get_config():\n  return 5\n', ['get_config() of', 'returns int, not a config']),
+])
+def test_a_config_file_that_does_not_load_is_one_line(tmp_path, text, fragments):
+  (tmp_path / 'mine.py').write_text(text)
+  result = run_module('ae_jax.main', f'--config={tmp_path / "mine.py"}', cwd=tmp_path)
+  _assert_one_line_error(result, *fragments)
+  assert os.listdir(tmp_path) == ['mine.py']
 
 
 @pytest.mark.parametrize('flag, fragments', [
