@@ -274,6 +274,10 @@ def run(main):
       signum, message = e.args
       print(message, file=sys.stderr)
       _exit(128 + signum)
+    except MemoryError as e:  # numpy's, for arrays of a size asked for by mistake
+      _fail(f'out of host memory ({" ".join(str(e).split())[:200]}): ask for less (a smaller '
+            'config.data.image_size, batch size or split), or config.data.placement=disk for '
+            'data larger than memory')
     except KeyboardInterrupt:  # outside training's loop, which saves first (train.Interrupted)
       print('SIGINT: stopped before the command finished: run it again', file=sys.stderr,
             flush=True)

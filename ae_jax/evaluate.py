@@ -226,12 +226,12 @@ def output_dir(workdir: str, out_dir: str | None, name: str) -> str:
   """Where a tool writes: `out_dir`, or workdir/`name`; refused before any work where it cannot
   be written (a run on a read-only filesystem, say)."""
   folder = out_dir or os.path.join(workdir, name)
+  if os.path.exists(folder) and not os.path.isdir(folder):
+    raise UserError(f'{folder} is a file, not a folder: write elsewhere with --out_dir=FOLDER')
   unwritable = config_lib.unwritable_folder(folder)
   if unwritable:
     raise UserError(f'cannot write to {folder} ({unwritable} is not writable): write elsewhere '
                     'with --out_dir=FOLDER')
-  if os.path.exists(folder) and not os.path.isdir(folder):
-    raise UserError(f'{folder} is a file, not a folder: write elsewhere with --out_dir=FOLDER')
   return folder
 
 

@@ -108,6 +108,12 @@ def test_bad_flags_are_one_line_and_write_nothing(trained_ae, flag, fragment):
   assert_script_refuses('eval.sh', trained_ae[0], flag, fragment)
 
 
+def test_an_out_dir_that_is_a_file_is_named_so(trained_ae):
+  workdir = trained_ae[0]
+  assert_script_refuses('eval.sh', workdir, f'--out_dir={workdir}/config.json',
+                        'config.json is a file, not a folder')
+
+
 def test_without_a_split_the_test_split_where_there_is_one(trained_ae, capsys):
   workdir, config = trained_ae
   assert evaluate.main(workdir, config, 'best', None, num_examples=2)['split'] == 'test'

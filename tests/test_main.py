@@ -71,6 +71,7 @@ def test_a_config_file_that_does_not_load_is_one_line(tmp_path, text, fragments)
 @pytest.mark.parametrize('flag, fragments', [
     ('--config.seed=-1', ['config.seed=-1']),
     ('--config.num_summary_images=-1', ['config.num_summary_images=-1']),
+    ('--config.data.image_size=100000', ['out of host memory', 'config.data.image_size']),
 ])
 def test_more_bad_values_are_one_line_and_write_nothing(tmp_path, flag, fragments):
   result = run_module('ae_jax.main', f'--config={ROOT}/configs/quickstart.py', flag, cwd=tmp_path)
