@@ -16,20 +16,24 @@ class WriteError(UserError):
   """A write that failed (cannot_write); training adds where the same command resumes."""
 
 
-def cannot_write(error: OSError, what: str) -> WriteError:
+def cannot_write(error: OSError, what: str, path: str | None = None,
+                 flag: str = '--workdir') -> WriteError:
   """A failed write (permission, read-only filesystem, full disk, quota) as a UserError that
-  names the path, the reason and the fix."""
+  names the path, the reason and the fix. `path`: what was being written, named where the error
+  names no file (a flush or a reservation of space names none); `flag`: the command's option
+  that chooses where it writes (--workdir, --out_dir, --output)."""
   import errno  # pylint: disable=g-import-not-at-top
   fixes = {
-      errno.ENOSPC: 'free some space on that disk, or choose another --workdir',
-      errno.EDQUOT: 'free some of your disk quota, or choose another --workdir',
-      errno.EROFS: 'that filesystem is read-only: choose another --workdir',
-      errno.EACCES: 'make it writable (chmod, chattr -i), or choose another --workdir',
-      errno.EPERM: 'make it writable (chmod, chattr -i), or choose another --workdir',
+      errno.ENOSPC: f'free some space on that disk, or choose another {flag}',
+      errno.EDQUOT: f'free some of your disk quota, or choose another {flag}',
+      errno.EROFS: f'that filesystem is read-only: choose another {flag}',
+      errno.EACCES: f'make it writable (chmod, chattr -i), or choose another {flag}',
+      errno.EPERM: f'make it writable (chmod, chattr -i), or choose another {flag}',
   }
-  path = f' {error.filename}' if error.filename else ''
+  path = error.filename or path
+  path = f' {path}' if path else ''
   reason = error.strerror or str(error)
-  fix = fixes.get(error.errno, 'check that disk, or choose another --workdir')
+  fix = fixes.get(error.errno, f'check that disk, or choose another {flag}')
   return WriteError(f'cannot write {what}{path}: {reason}; {fix}')
 
 
