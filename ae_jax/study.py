@@ -5,8 +5,8 @@
 
 Each member (a grid point and a seed) is an ordinary run in its own sub-workdir, named after its
 settings (studies/noise/noise.std=0.1_seed=0): train.train_and_evaluate trains it, and eval.sh
-and tsne.sh work on it. Running the study again skips the members it has scored and resumes an
-interrupted one. `--grid` may be given more than once (the product of the axes); a config file
+and tsne.sh work on it. Running the study again skips the members it has scored with the same
+config, resumes an interrupted one and trains on one whose config changed (more epochs). `--grid` may be given more than once (the product of the axes); a config file
 may name its grid and seeds in config.study (configs/study_noise.py). --config.FIELD=... applies
 to every member.
 
@@ -255,12 +255,14 @@ def run_study(config, workdir: str, axes, seeds, *, num_points: int = 2000,
   for i, (name, settings, member) in enumerate(found):
     member_dir = os.path.join(workdir, name)
     scored = os.path.join(member_dir, SCORE_FILE)
-    if os.path.exists(scored):
+    if is_scored(member_dir, member):
       with open(scored) as f:
         row = json.load(f)
       print(f'[{i + 1}/{len(found)}] {name}: scored already')
     else:
-      print(f'[{i + 1}/{len(found)}] {name}')
+      print(f'[{i + 1}/{len(found)}] {name}'
+            + (': its config changed since it was scored, so it trains on and is scored again'
+               if os.path.exists(scored) else ''))
       key = member.data.to_json()
       train.train_and_evaluate(member, member_dir, splits=data[key])
       numbers, rows_of_images = score(member_dir, member, data[key], num_points, draw_maps,
@@ -285,6 +287,21 @@ def run_study(config, workdir: str, axes, seeds, *, num_points: int = 2000,
   return rows
 
 
+def is_scored(member_dir: str, member) -> bool:
+  """Whether the member's score stands: it has one, and its config.json is the config it would
+  train with now (a study rerun with other settings trains it on, or refuses, and scores it
+  again)."""
+  if not os.path.exists(os.path.join(member_dir, SCORE_FILE)):
+    return False
+  try:
+    with open(os.path.join(member_dir, 'config.json')) as f:
+      saved = f.read()
+  except (OSError, UnicodeDecodeError):
+    return False
+  # as config_lib.write_config writes it
+  return saved == member.to_json_best_effort(indent=2, sort_keys=True) + '\n'
+
+
 def check_members(workdir: str, found, method: str = 'tsne') -> dict:
   """Every member yet to be scored checked against the devices, its data and its workdir, as
   training checks one, before the first trains: a late member's mistake would otherwise stop
@@ -295,7 +312,7 @@ def check_members(workdir: str, found, method: str = 'tsne') -> dict:
   data = {}
   for name, _, member in found:
     member_dir = os.path.join(workdir, name)
-    if os.path.exists(os.path.join(member_dir, SCORE_FILE)):
+    if is_scored(member_dir, member):
       continue
     key = member.data.to_json()
     if key not in data:

@@ -85,6 +85,26 @@ def test_a_study_trains_scores_tabulates_and_a_second_start_retrains_nothing(tmp
   assert study.run_study(_config(), workdir, axes, [0, 1], num_points=60) == rows
 
 
+def test_a_member_scored_with_other_settings_trains_on_and_is_scored_again(tmp_path, monkeypatch,
+                                                                           capsys):
+  workdir = str(tmp_path / 'study')
+  axes = study.parse_grid(_config(), ['model.latent_dim=8'])
+  first = study.run_study(_config(), workdir, axes, [0], num_points=60)
+  longer = _config()
+  longer.num_epochs = 3
+  capsys.readouterr()
+  rows = study.run_study(longer, workdir, axes, [0], num_points=60)
+  assert 'trains on and is scored again' in capsys.readouterr().out
+  assert rows[0]['checkpoint_step'] > first[0]['checkpoint_step']
+  with open(os.path.join(workdir, 'results.csv')) as f:
+    assert [int(r['checkpoint_step']) for r in csv.DictReader(f)] == [rows[0]['checkpoint_step']]
+
+  def must_not_train(*args, **kwargs):
+    raise AssertionError('a member scored with these settings was trained again')
+  monkeypatch.setattr(train, 'train_and_evaluate', must_not_train)
+  assert study.run_study(longer, workdir, axes, [0], num_points=60) == rows
+
+
 @pytest.mark.slow
 def test_a_study_killed_mid_member_finishes_with_the_same_command(tmp_path):
   workdir = tmp_path / 'study'
