@@ -64,3 +64,20 @@ def replaced_atomically(path: str):
     with contextlib.suppress(OSError):
       os.remove(tmp)
     raise
+
+
+def read_npz(path: str) -> dict:
+  """Every array of the .npz file `path`, read whole. A file that is no whole .npz (cut short by
+  a full disk, or another file under its name) raises ValueError, with the reason; a file that
+  cannot be read, OSError."""
+  import zipfile  # pylint: disable=g-import-not-at-top
+  import zlib  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  try:
+    with open(path, 'rb') as f:
+      if f.read(4) != b'PK\x03\x04':  # np.load would read anything else as a .npy or a pickle
+        raise ValueError('not a .npz file')
+    with np.load(path) as npz:
+      return dict(npz)
+  except (EOFError, zipfile.BadZipFile, zlib.error) as e:
+    raise ValueError(f'{type(e).__name__}: {e}') from None
