@@ -81,3 +81,26 @@ def read_npz(path: str) -> dict:
       return dict(npz)
   except (EOFError, zipfile.BadZipFile, zlib.error) as e:
     raise ValueError(f'{type(e).__name__}: {e}') from None
+
+
+def npy_writer(path: str, shape, dtype, name: str | None = None):
+  """A .npy file filled row by row (a memory map: rows written leave the process's memory);
+  `name`: the file that `path` becomes, named where it cannot be written.
+
+  Its whole size is reserved on disk first: a memory map writes into a sparse file, where a
+  full disk is a SIGBUS that kills the interpreter, not an OSError."""
+  import errno  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  try:
+    array = np.lib.format.open_memmap(path, mode='w+', dtype=dtype, shape=shape)
+    with open(path, 'r+b') as f:
+      try:
+        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+      except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # no reservation on this filesystem
+          raise OSError(e.errno, e.strerror, name or path) from None
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(path)
+    raise
+  return array

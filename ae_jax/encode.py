@@ -23,8 +23,6 @@ if __name__ == '__main__':  # a command: prepare the process before JAX is impor
   from ae_jax import launch
   launch.start()
 
-import contextlib
-import errno
 import json
 import os
 import time
@@ -38,28 +36,8 @@ from ae_jax import evaluate
 from ae_jax import launch
 from ae_jax import metrics
 from ae_jax import models
+from ae_jax import npy_writer
 from ae_jax import replaced_atomically
-
-
-def _npy_writer(path: str, shape, dtype, name: str | None = None):
-  """A .npy file filled row by row (a memory map: rows written leave the process's memory);
-  `name`: the file that `path` becomes, named where it cannot be written.
-
-  Its whole size is reserved on disk first: a memory map writes into a sparse file, where a
-  full disk is a SIGBUS that kills the interpreter, not an OSError."""
-  try:
-    array = np.lib.format.open_memmap(path, mode='w+', dtype=dtype, shape=shape)
-    with open(path, 'r+b') as f:
-      try:
-        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
-      except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # no reservation on this filesystem
-          raise OSError(e.errno, e.strerror, name or path) from None
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.remove(path)
-    raise
-  return array
 
 
 def encode_split(run: evaluate.TrainedRun, stem: str, variance: bool) -> dict:
@@ -79,8 +57,8 @@ def encode_split(run: evaluate.TrainedRun, stem: str, variance: bool) -> dict:
       if name not in arrays:
         path = f'{stem}_{name}s.npy'
         tmp = path + '.tmp.npy'
-        arrays[name] = (path, tmp, _npy_writer(tmp, (num, *value.shape[1:]), np.float32,
-                                                 name=path))
+        arrays[name] = (path, tmp, npy_writer(tmp, (num, *value.shape[1:]), np.float32,
+                                                name=path))
       arrays[name][2][start:start + len(value)] = value
     write_seconds += time.time() - begin
 
