@@ -6,7 +6,8 @@
 Each member (a grid point and a seed) is an ordinary run in its own sub-workdir, named after its
 settings (studies/noise/noise.std=0.1_seed=0): train.train_and_evaluate trains it, and eval.sh
 and tsne.sh work on it. Running the study again skips the members it has scored with the same
-config, resumes an interrupted one and trains on one whose config changed (more epochs). `--grid` may be given more than once (the product of the axes); a config file
+config, resumes an interrupted one and trains on one whose config changed (more epochs), then
+scores it again. `--grid` may be given more than once (the product of the axes); a config file
 may name its grid and seeds in config.study (configs/study_noise.py). --config.FIELD=... applies
 to every member.
 
