@@ -13,6 +13,7 @@ from conftest import assert_one_line_error
 from conftest import run_script
 from conftest import save_untrained
 from conftest import small_config
+from conftest import write_huge_png
 
 
 def _digits(n):
@@ -37,11 +38,13 @@ def test_a_folder_comes_back_with_its_names_and_the_corrupt_file_named(trained_a
                                                                        tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   workdir, config = trained_ae
+  write_huge_png(os.path.join(image_folder, 'huge.png'))  # more pixels than PIL opens
   out = str(tmp_path / 'out')
   result = run_script('reconstruct.sh', workdir, f'--input={image_folder}', f'--output={out}')
   assert result.returncode == 0, result.stderr[-2000:]
   skipped = [l for l in result.stderr.splitlines() if l.startswith('skipped: ')]
-  assert len(skipped) == 1 and 'broken.png' in skipped[0]
+  assert len(skipped) == 2 and 'broken.png' in skipped[0]
+  assert 'huge.png: it is too large' in skipped[1] and 'smaller copy' in skipped[1]
   assert ('converted as training converts them: 5 colour images made grayscale, 1 images of '
           'another size resized to 28x28') in result.stdout
   written = sorted(os.path.relpath(os.path.join(r, f), out) for r, _, fs in os.walk(out)
