@@ -16,20 +16,24 @@ class WriteError(UserError):
   """A write that failed (cannot_write); training adds where the same command resumes."""
 
 
-def cannot_write(error: OSError, what: str) -> WriteError:
+def cannot_write(error: OSError, what: str, path: str | None = None,
+                 flag: str = '--workdir') -> WriteError:
   """A failed write (permission, read-only filesystem, full disk, quota) as a UserError that
-  names the path, the reason and the fix."""
+  names the path, the reason and the fix. `path`: what was being written, named where the error
+  names no file (a flush or a reservation of space names none); `flag`: the command's option
+  that chooses where it writes (--workdir, --out_dir, --output)."""
   import errno  # pylint: disable=g-import-not-at-top
   fixes = {
-      errno.ENOSPC: 'free some space on that disk, or choose another --workdir',
-      errno.EDQUOT: 'free some of your disk quota, or choose another --workdir',
-      errno.EROFS: 'that filesystem is read-only: choose another --workdir',
-      errno.EACCES: 'make it writable (chmod, chattr -i), or choose another --workdir',
-      errno.EPERM: 'make it writable (chmod, chattr -i), or choose another --workdir',
+      errno.ENOSPC: f'free some space on that disk, or choose another {flag}',
+      errno.EDQUOT: f'free some of your disk quota, or choose another {flag}',
+      errno.EROFS: f'that filesystem is read-only: choose another {flag}',
+      errno.EACCES: f'make it writable (chmod, chattr -i), or choose another {flag}',
+      errno.EPERM: f'make it writable (chmod, chattr -i), or choose another {flag}',
   }
-  path = f' {error.filename}' if error.filename else ''
+  path = error.filename or path
+  path = f' {path}' if path else ''
   reason = error.strerror or str(error)
-  fix = fixes.get(error.errno, 'check that disk, or choose another --workdir')
+  fix = fixes.get(error.errno, f'check that disk, or choose another {flag}')
   return WriteError(f'cannot write {what}{path}: {reason}; {fix}')
 
 
@@ -60,3 +64,43 @@ def replaced_atomically(path: str):
     with contextlib.suppress(OSError):
       os.remove(tmp)
     raise
+
+
+def read_npz(path: str) -> dict:
+  """Every array of the .npz file `path`, read whole. A file that is no whole .npz (cut short by
+  a full disk, or another file under its name) raises ValueError, with the reason; a file that
+  cannot be read, OSError."""
+  import zipfile  # pylint: disable=g-import-not-at-top
+  import zlib  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  try:
+    with open(path, 'rb') as f:
+      if f.read(4) != b'PK\x03\x04':  # np.load would read anything else as a .npy or a pickle
+        raise ValueError('not a .npz file')
+    with np.load(path) as npz:
+      return dict(npz)
+  except (EOFError, zipfile.BadZipFile, zlib.error) as e:
+    raise ValueError(f'{type(e).__name__}: {e}') from None
+
+
+def npy_writer(path: str, shape, dtype, name: str | None = None):
+  """A .npy file filled row by row (a memory map: rows written leave the process's memory);
+  `name`: the file that `path` becomes, named where it cannot be written.
+
+  Its whole size is reserved on disk first: a memory map writes into a sparse file, where a
+  full disk is a SIGBUS that kills the interpreter, not an OSError."""
+  import errno  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  try:
+    array = np.lib.format.open_memmap(path, mode='w+', dtype=dtype, shape=shape)
+    with open(path, 'r+b') as f:
+      try:
+        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+      except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # no reservation on this filesystem
+          raise OSError(e.errno, e.strerror, name or path) from None
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(path)
+    raise
+  return array

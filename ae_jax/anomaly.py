@@ -181,7 +181,7 @@ def main(workdir, config, checkpoint, split, percentile=PERCENTILE, num_worst=16
     with replaced_atomically(stem + '.json') as tmp, open(tmp, 'w') as f:
       json.dump(report, f, indent=2)
   except OSError as e:
-    raise cannot_write(e, 'the anomaly scores to') from None
+    raise cannot_write(e, 'the anomaly scores to', out_dir, flag='--out_dir') from None
 
   print(f'{name} in {workdir}, checkpoint of step {run.step}, {run.split} split: '
         f'{len(split_scores):,} images scored by {report["score"]} in {report["seconds"]:.2f} s '

@@ -230,8 +230,8 @@ def _damage(error: BaseException) -> str | None:
   for e in exception_chain(error):
     if isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)):
       return f'a file is not valid JSON ({e})'
-    if isinstance(e, FileNotFoundError):
-      return f'{e.filename} is missing'
+    if isinstance(e, FileNotFoundError):  # orbax's own names no file, and says which
+      return f'{e.filename} is missing' if e.filename else f'a file is missing ({e})'
     if isinstance(e, EOFError):
       return 'a file is truncated'
     code = re.match(r'([A-Z_]+): ', str(e))

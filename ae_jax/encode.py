@@ -36,12 +36,8 @@ from ae_jax import evaluate
 from ae_jax import launch
 from ae_jax import metrics
 from ae_jax import models
+from ae_jax import npy_writer
 from ae_jax import replaced_atomically
-
-
-def _npy_writer(path: str, shape, dtype):
-  """A .npy file filled row by row (a memory map: rows written leave the process's memory)."""
-  return np.lib.format.open_memmap(path, mode='w+', dtype=dtype, shape=shape)
 
 
 def encode_split(run: evaluate.TrainedRun, stem: str, variance: bool) -> dict:
@@ -61,7 +57,8 @@ def encode_split(run: evaluate.TrainedRun, stem: str, variance: bool) -> dict:
       if name not in arrays:
         path = f'{stem}_{name}s.npy'
         tmp = path + '.tmp.npy'
-        arrays[name] = (path, tmp, _npy_writer(tmp, (num, *value.shape[1:]), np.float32))
+        arrays[name] = (path, tmp, npy_writer(tmp, (num, *value.shape[1:]), np.float32,
+                                                name=path))
       arrays[name][2][start:start + len(value)] = value
     write_seconds += time.time() - begin
 
@@ -93,7 +90,8 @@ def encode_split(run: evaluate.TrainedRun, stem: str, variance: bool) -> dict:
       written.append(f'{stem}_files.txt')
     write_seconds += time.time() - begin
   except OSError as e:
-    raise cannot_write(e, 'the latents to') from None
+    raise cannot_write(e, 'the latents to', os.path.dirname(stem),
+                       flag='--out_dir') from None
   return {'files': written, 'seconds': seconds, 'write_seconds': write_seconds,
           'compile_seconds': compile_seconds}
 
@@ -108,7 +106,7 @@ def main(workdir, config, checkpoint, split, variance=False, out_dir=None) -> di
   try:
     os.makedirs(out_dir, exist_ok=True)
   except OSError as e:
-    raise cannot_write(e, 'the latents to') from None
+    raise cannot_write(e, 'the latents to', out_dir, flag='--out_dir') from None
   stem = os.path.join(out_dir, run.split)
   done = encode_split(run, stem, variance)
   latent = np.load(f'{stem}_latents.npy', mmap_mode='r')
@@ -124,7 +122,7 @@ def main(workdir, config, checkpoint, split, variance=False, out_dir=None) -> di
     with replaced_atomically(f'{stem}_encode.json') as tmp, open(tmp, 'w') as f:
       json.dump(report, f, indent=2)
   except OSError as e:
-    raise cannot_write(e, 'the latents to') from None
+    raise cannot_write(e, 'the latents to', out_dir, flag='--out_dir') from None
   print(f'{config_lib.display_name(config)} in {workdir}, checkpoint of step {run.step}, '
         f'{run.split} split: {num:,} latents of {latent.shape[1]:,} dimensions'
         + (' (posterior means)' if models.has_prior(run.model) else '')

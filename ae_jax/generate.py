@@ -168,7 +168,7 @@ def main(workdir, config, checkpoint, split, num_samples, walk, walk_images, ste
       draw(path)
       written.append(path)
   except OSError as e:
-    raise cannot_write(e, 'the figures to') from None
+    raise cannot_write(e, 'the figures to', out_dir, flag='--out_dir') from None
   if not prior:
     print(f'the {config.model.name} has no prior: walks only (samples and the grid need a VAE)')
   elif run.model.latent_dim != 2:

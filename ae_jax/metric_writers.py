@@ -95,7 +95,7 @@ def write_hparams(logdir: str, hparams: dict, metrics: dict) -> None:
             session_end_info=end)))
     writer.close()
   except OSError as e:
-    raise cannot_write(e, 'the TensorBoard hparams to') from None
+    raise cannot_write(e, 'the TensorBoard hparams to', logdir) from None
 
 
 def write_png(path: str, image: np.ndarray) -> None:

@@ -99,5 +99,5 @@ def write(folder: str, name: str, latents: np.ndarray, embedding: np.ndarray,
       writer.scalar('projector/num_points', len(latents), 0)
       writer.close()
   except OSError as e:
-    raise cannot_write(e, 'the projector files to') from None
+    raise cannot_write(e, 'the projector files to', folder, flag='--out_dir') from None
   return config_path

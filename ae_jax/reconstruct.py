@@ -35,6 +35,7 @@ from ae_jax import config_lib
 from ae_jax import evaluate
 from ae_jax import launch
 from ae_jax import metrics
+from ae_jax import npy_writer
 from ae_jax import plots
 from ae_jax import replaced_atomically
 from ae_jax.input_pipeline import resize_image
@@ -192,7 +193,8 @@ def main(workdir, config, checkpoint, input_path, output, add_noise=False, overw
     reconstructions = outputs['reconstruction']
     if kind == 'npy':
       if npy is None:
-        npy = np.lib.format.open_memmap(npy_tmp, 'w+', np.uint8, (len(images), *shape))
+        npy = npy_writer(npy_tmp, (len(images), *shape), np.uint8,
+                         name=os.path.join(output, npy_name))
       npy[start:start + len(reconstructions)] = reconstructions
     else:
       list(pool.map(lambda i: _save_image(reconstructions[i],
@@ -226,7 +228,7 @@ def main(workdir, config, checkpoint, input_path, output, add_noise=False, overw
                             + ('denoised after noise was added' if add_noise else
                                'reconstructions'))
   except OSError as e:
-    raise cannot_write(e, 'the reconstructions to') from None
+    raise cannot_write(e, 'the reconstructions to', output, flag='--output') from None
   report = {'num_images': len(images), 'skipped': len(skipped), 'converted': counts,
             'seconds': seconds, 'images_per_sec': len(images) / seconds,
             'write_seconds': write_seconds, 'figure': figure}

@@ -5,8 +5,9 @@
 
 Each member (a grid point and a seed) is an ordinary run in its own sub-workdir, named after its
 settings (studies/noise/noise.std=0.1_seed=0): train.train_and_evaluate trains it, and eval.sh
-and tsne.sh work on it. Running the study again skips the members it has scored and resumes an
-interrupted one. `--grid` may be given more than once (the product of the axes); a config file
+and tsne.sh work on it. Running the study again skips the members it has scored with the same
+config, resumes an interrupted one and trains on one whose config changed (more epochs), then
+scores it again. `--grid` may be given more than once (the product of the axes); a config file
 may name its grid and seeds in config.study (configs/study_noise.py). --config.FIELD=... applies
 to every member.
 
@@ -49,6 +50,7 @@ import numpy as np
 from ae_jax import UserError
 from ae_jax import anomaly
 from ae_jax import cannot_write
+from ae_jax import read_npz
 from ae_jax import replaced_atomically
 from ae_jax import config_lib
 from ae_jax import evaluate
@@ -68,6 +70,7 @@ LOWER_IS_BETTER = {'mse': True, 'bce': True, 'psnr': False, 'nelbo': True,
 # The numbers of eval.sh, reported for clean and for noisy inputs.
 EVALUATED = ('mse', 'bce', 'psnr', 'nelbo', 'reconstruction', 'kl')
 SCORE_FILE = 'study.json'  # in a member's workdir, once it is scored
+RECONSTRUCTIONS = 'reconstructions.npz'  # in a member's workdir: its row of the study's figure
 
 
 # --- The grid -------------------------------------------------------------------------------
@@ -247,7 +250,7 @@ def run_study(config, workdir: str, axes, seeds, *, num_points: int = 2000,
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
-    raise cannot_write(e, 'the study to') from None
+    raise cannot_write(e, 'the study to', workdir) from None
   print(f'study in {workdir}: {len(found)} members ({len(found) // len(seeds)} grid points x '
         f'{len(seeds)} seeds)')
   rows, reconstructions = [], {}
@@ -255,12 +258,14 @@ def run_study(config, workdir: str, axes, seeds, *, num_points: int = 2000,
   for i, (name, settings, member) in enumerate(found):
     member_dir = os.path.join(workdir, name)
     scored = os.path.join(member_dir, SCORE_FILE)
-    if os.path.exists(scored):
+    if is_scored(member_dir, member):
       with open(scored) as f:
         row = json.load(f)
       print(f'[{i + 1}/{len(found)}] {name}: scored already')
     else:
-      print(f'[{i + 1}/{len(found)}] {name}')
+      print(f'[{i + 1}/{len(found)}] {name}'
+            + (': its config changed since it was scored, so it trains on and is scored again'
+               if os.path.exists(scored) else ''))
       key = member.data.to_json()
       train.train_and_evaluate(member, member_dir, splits=data[key])
       numbers, rows_of_images = score(member_dir, member, data[key], num_points, draw_maps,
@@ -270,19 +275,45 @@ def run_study(config, workdir: str, axes, seeds, *, num_points: int = 2000,
       if jax.process_index() == 0:  # the others trained and scored alike
         metric_writers.write_hparams(member_dir, {**settings, 'seed': member.seed},
                                      {k: numbers[k] for k in _numbers([numbers])})
-        np.savez_compressed(os.path.join(member_dir, 'reconstructions.npz'), **rows_of_images)
+        path = os.path.join(member_dir, RECONSTRUCTIONS)
+        try:
+          with replaced_atomically(path) as tmp:
+            np.savez_compressed(tmp, **rows_of_images)
+        except OSError as e:
+          raise cannot_write(e, 'the reconstructions to', path) from None
         _write_json(scored, row)
     rows.append(row)
     point = tuple(settings.items())
     if point not in reconstructions:
-      path = os.path.join(member_dir, 'reconstructions.npz')
-      if os.path.exists(path):
-        reconstructions[point] = dict(np.load(path))
+      path = os.path.join(member_dir, RECONSTRUCTIONS)
+      try:
+        reconstructions[point] = read_npz(path)
+      except FileNotFoundError:
+        pass
+      except (OSError, ValueError) as e:  # the figure goes without it; the numbers stand
+        print(f'note: cannot read {path} ({getattr(e, "strerror", None) or e}): '
+              f'reconstructions.png leaves out {name}; delete {scored} and run the study '
+              'again to score it anew')
   if jax.process_index() == 0:
     write_results(workdir, axes, rows, reconstructions)
   print(f'study of {len(found)} members in {time.time() - start:.0f} s: wrote '
         f'{os.path.join(workdir, "results.csv")}, results.md and figures')
   return rows
+
+
+def is_scored(member_dir: str, member) -> bool:
+  """Whether the member's score stands: it has one, and its config.json is the config it would
+  train with now (a study rerun with other settings trains it on, or refuses, and scores it
+  again)."""
+  if not os.path.exists(os.path.join(member_dir, SCORE_FILE)):
+    return False
+  try:
+    with open(os.path.join(member_dir, 'config.json')) as f:
+      saved = f.read()
+  except (OSError, UnicodeDecodeError):
+    return False
+  # as config_lib.write_config writes it
+  return saved == member.to_json_best_effort(indent=2, sort_keys=True) + '\n'
 
 
 def check_members(workdir: str, found, method: str = 'tsne') -> dict:
@@ -295,7 +326,7 @@ def check_members(workdir: str, found, method: str = 'tsne') -> dict:
   data = {}
   for name, _, member in found:
     member_dir = os.path.join(workdir, name)
-    if os.path.exists(os.path.join(member_dir, SCORE_FILE)):
+    if is_scored(member_dir, member):
       continue
     key = member.data.to_json()
     if key not in data:
@@ -320,7 +351,7 @@ def _write_json(path, value):
     with replaced_atomically(path) as tmp, open(tmp, 'w') as f:
       json.dump(value, f, indent=2)
   except OSError as e:
-    raise cannot_write(e, 'the study results to') from None
+    raise cannot_write(e, 'the study results to', path) from None
 
 
 def _numbers(rows) -> list[str]:
@@ -364,13 +395,14 @@ def write_results(workdir: str, axes, rows, reconstructions) -> None:
   fields = [f'config.{path}' for path, _ in axes]
   summary = summarize(axes, rows)
   try:
-    with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
+    with (replaced_atomically(os.path.join(workdir, 'results.csv')) as tmp,
+          open(tmp, 'w', newline='') as f):
       method = ['map_method'] if any('map_method' in r for r in rows) else []
       writer = csv.DictWriter(f, fieldnames=fields + ['seed', 'split', 'checkpoint_step'] + method
                               + names + ['workdir'], extrasaction='ignore')
       writer.writeheader()
       writer.writerows(rows)
-    with open(os.path.join(workdir, 'results.md'), 'w') as f:
+    with replaced_atomically(os.path.join(workdir, 'results.md')) as tmp, open(tmp, 'w') as f:
       f.write(markdown_table(summary, fields, names))
     for name in names:
       plots.study_number([e for e in summary if name in e], axes, name,
@@ -378,7 +410,7 @@ def write_results(workdir: str, axes, rows, reconstructions) -> None:
     if reconstructions:
       plots.study_reconstructions(reconstructions, os.path.join(workdir, 'reconstructions.png'))
   except OSError as e:
-    raise cannot_write(e, 'the study results to') from None
+    raise cannot_write(e, 'the study results to', workdir) from None
 
 
 def markdown_table(summary, fields, names) -> str:

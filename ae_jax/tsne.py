@@ -42,6 +42,8 @@ from sklearn import model_selection
 
 from ae_jax import UserError
 from ae_jax import cannot_write
+from ae_jax import read_npz
+from ae_jax import replaced_atomically
 from ae_jax import config_lib
 from ae_jax import evaluate
 from ae_jax import maps
@@ -223,28 +225,30 @@ def main(workdir, config, checkpoint, split, num_points, num_train_points, perpl
   how = backend_name(method, tsne_backend, len(chosen))
   title = (f'{how} of {config_lib.display_name(config)} latents ({latent_size:,} dimensions), {split} split, '
            f'step {run.step}')
+  # The .npz, the figure and the numbers are written beside each other and replace the old ones
+  # together: a failure (a full disk) leaves the last map whole, and never a part of each.
   try:
     os.makedirs(out_dir, exist_ok=True)
-    np.savez_compressed(
-        stem + '.npz', embedding=embedding.astype(np.float32), indices=chosen, images=images,
-        labels=np.array([]) if labels is None else labels,
-        label_names=np.array(run.label_names or []), title=np.array(title))
-    start = time.time()
-    plots.tsne_map(embedding, images, labels, run.label_names, stem + '.png', title)
-    figure_seconds = time.time() - start
+    with (replaced_atomically(stem + '.npz') as npz, replaced_atomically(stem + '.png') as png,
+          replaced_atomically(stem + '.json') as numbers_path):
+      np.savez_compressed(
+          npz, embedding=embedding.astype(np.float32), indices=chosen, images=images,
+          labels=np.array([]) if labels is None else labels,
+          label_names=np.array(run.label_names or []), title=np.array(title))
+      start = time.time()
+      plots.tsne_map(embedding, images, labels, run.label_names, png, title)
+      figure_seconds = time.time() - start
+      report = {'workdir': os.path.abspath(workdir), 'split': split, 'checkpoint_step': run.step,
+                'num_points': len(chosen), 'latent_size': latent_size,
+                'pca_dims': min(latent_size, PCA_DIMS), 'method': method, 'implementation': how,
+                **({'perplexity': perplexity} if method == 'tsne'
+                   else {'n_neighbors': n_neighbors}),
+                **({'angle': angle} if how == SKLEARN_TSNE else {}),
+                'tsne_seconds': tsne_seconds, 'figure_seconds': figure_seconds, **numbers}
+      with open(numbers_path, 'w') as f:
+        json.dump(report, f, indent=2)
   except OSError as e:
-    raise cannot_write(e, 'the t-SNE map to') from None
-  report = {'workdir': os.path.abspath(workdir), 'split': split, 'checkpoint_step': run.step,
-            'num_points': len(chosen), 'latent_size': latent_size,
-            'pca_dims': min(latent_size, PCA_DIMS), 'method': method, 'implementation': how,
-            **({'perplexity': perplexity} if method == 'tsne' else {'n_neighbors': n_neighbors}),
-            **({'angle': angle} if how == SKLEARN_TSNE else {}),
-            'tsne_seconds': tsne_seconds, 'figure_seconds': figure_seconds, **numbers}
-  try:
-    with open(stem + '.json', 'w') as f:
-      json.dump(report, f, indent=2)
-  except OSError as e:
-    raise cannot_write(e, 'the t-SNE numbers to') from None
+    raise cannot_write(e, 'the t-SNE map to', out_dir, flag='--out_dir') from None
   config_path = projector.write(
       os.path.join(out_dir, projector.FOLDER), map_name(method, split), space.latents,
       embedding, images, labels, run.label_names, split, chosen, how)
@@ -275,13 +279,21 @@ def redraw(workdir: str, split: str | None, out_dir: str | None = None,
   stem = os.path.join(folder, map_name(method, split))
   if not os.path.exists(stem + '.npz'):
     raise UserError(f'{stem}.npz does not exist: run scripts/tsne.sh {workdir} first')
-  data = np.load(stem + '.npz')
-  labels = data['labels'] if data['labels'].size else None
   try:
-    plots.tsne_map(data['embedding'], data['images'], labels,
-                   tuple(data['label_names']) or None, stem + '.png', str(data['title']))
+    data = read_npz(stem + '.npz')
+    embedding, images, labels = data['embedding'], data['images'], data['labels']
+    label_names, title = tuple(data['label_names']) or None, str(data['title'])
+  except (ValueError, KeyError) as e:
+    reason = f'it has no array {e}' if isinstance(e, KeyError) else e
+    raise UserError(f'{stem}.npz is damaged ({reason}): run the same scripts/tsne.sh '
+                    'command without --redraw to map the latents again') from None
   except OSError as e:
-    raise cannot_write(e, 'the t-SNE map to') from None
+    raise UserError(f'cannot read {stem}.npz: {e.strerror}') from None
+  try:
+    plots.tsne_map(embedding, images, labels if labels.size else None, label_names,
+                   stem + '.png', title)
+  except OSError as e:
+    raise cannot_write(e, 'the t-SNE map to', stem + '.png', flag='--out_dir') from None
   print(f'wrote {stem}.png')
 
 

@@ -4,6 +4,7 @@ import importlib
 import os
 import subprocess
 import sys
+import zlib
 
 import pytest
 
@@ -108,3 +109,14 @@ def assert_script_refuses(script: str, workdir: str, flag: str, fragment: str):
   before = sorted(os.listdir(workdir))
   assert_one_line_error(run_script(script, workdir, flag), fragment)
   assert sorted(os.listdir(workdir)) == before
+
+
+def write_huge_png(path, side=20_000):
+  """A PNG of side x side pixels, more than PIL opens (a decompression bomb), in 45 bytes: its
+  header alone, which is all that PIL reads before it refuses."""
+  def chunk(kind, data):
+    return (len(data).to_bytes(4, 'big') + kind + data
+            + zlib.crc32(kind + data).to_bytes(4, 'big'))
+  header = side.to_bytes(4, 'big') * 2 + bytes([8, 0, 0, 0, 0])  # 8-bit grayscale
+  with open(path, 'wb') as f:
+    f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IEND', b''))

@@ -1,3 +1,4 @@
+import errno
 import json
 import os
 
@@ -5,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk_metrics
 
+from ae_jax import UserError
 from ae_jax import anomaly
 from ae_jax import evaluate
 from conftest import assert_script_refuses
@@ -86,3 +88,17 @@ def test_the_script(trained_ae, tmp_path):
                       f'--out_dir={tmp_path}')
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'held-out classes 1 (' in result.stdout and 'ROC-AUC' in result.stdout
+
+
+def test_a_full_disk_names_the_folder_and_the_flag_that_chooses_another(tmp_path, monkeypatch):
+  config = small_config('ae')
+  workdir = save_untrained(config, str(tmp_path / 'ae'))
+  out = str(tmp_path / 'out')
+
+  def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a flush reports it: no file
+  monkeypatch.setattr(anomaly.plots, 'score_histogram', disk_full)
+  with pytest.raises(UserError, match=f'^cannot write the anomaly scores to {out}: No space left '
+                                      'on device; free some space on that disk, or choose '
+                                      'another --out_dir$'):
+    anomaly.main(workdir, config, 'latest', 'validation', num_worst=0, out_dir=out)

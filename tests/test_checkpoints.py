@@ -54,11 +54,15 @@ def _damage(workdir, kind, step=8):
       os.truncate(path, os.path.getsize(path) // 2)
   elif kind == 'manifest deleted':
     os.remove(os.path.join(folder, 'variables', 'manifest.ocdbt'))
+  elif kind == 'variables deleted':  # orbax's error then names no file
+    shutil.rmtree(os.path.join(folder, 'variables'))
 
 
-DAMAGE = ['metrics truncated', 'data file deleted', 'data file halved', 'manifest deleted']
+DAMAGE = ['metrics truncated', 'data file deleted', 'data file halved', 'manifest deleted',
+          'variables deleted']
 SAYS = {'metrics truncated': 'is not valid JSON', 'data file deleted': 'a file is missing',
-        'data file halved': 'a file is truncated', 'manifest deleted': 'a file is missing'}
+        'data file halved': 'a file is truncated', 'manifest deleted': 'a file is missing',
+        'variables deleted': 'a file is missing'}
 
 
 @pytest.mark.parametrize('kind', DAMAGE)

@@ -20,6 +20,7 @@ from conftest import ROOT
 from conftest import assert_one_line_error
 from conftest import environment
 from conftest import run_module
+from conftest import write_huge_png
 from configs import default
 
 DIGITS = input_pipeline.read_idx(os.path.join(MNIST_SMALL, 'train-images-idx3-ubyte.gz'))
@@ -248,6 +249,17 @@ def test_a_truncated_image_left_on_disk_is_found_before_anything_is_written(tmp_
   (tmp_path / 'images' / '7.png').write_bytes(data[:len(data) // 2])
   config = _config('folder', str(tmp_path / 'images'), placement='disk', test_split='')
   with pytest.raises(UserError, match=r'cannot read the image .*images/7.png'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')
+
+
+@pytest.mark.parametrize('placement', ['auto', 'disk'])
+def test_an_image_too_large_to_open_is_named_before_anything_is_written(tmp_path, placement):
+  _write_pngs(tmp_path / 'images', DIGITS[:40])
+  write_huge_png(tmp_path / 'images' / 'huge.png')
+  config = _config('folder', str(tmp_path / 'images'), placement=placement, test_split='')
+  with pytest.raises(UserError, match=r'^cannot read the image .*images/huge.png: it is too large '
+                                      r'\(.*\)\. Delete it, or replace it with a smaller copy$'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not os.path.exists(tmp_path / 'run')
 

@@ -1,3 +1,4 @@
+import errno
 import json
 import os
 
@@ -125,3 +126,24 @@ def test_the_script_encodes_the_last_trained_run(trained_ae, tmp_path):
   assert 'validation split: 200 latents of 32 dimensions' in result.stdout
   assert 'read as the model takes them' not in result.stdout  # the run's own data
   assert_one_line_error(run_script('encode.sh', str(tmp_path / 'none')), 'config.json does not')
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_latents_written_before(tmp_path, monkeypatch):
+  # A memory map onto a full disk kills the interpreter (SIGBUS): the space is reserved first,
+  # where a full disk is an OSError.
+  config = small_config('ae')
+  workdir = save_untrained(config, str(tmp_path / 'ae'))
+  out = str(tmp_path / 'out')
+  encode.main(workdir, config, 'latest', 'validation', out_dir=out)
+  before = np.load(os.path.join(out, 'validation_latents.npy'))
+  files = sorted(os.listdir(out))
+
+  def disk_full(fd, offset, length):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as the system call reports it
+  monkeypatch.setattr(os, 'posix_fallocate', disk_full)
+  with pytest.raises(UserError, match=f'^cannot write the latents to {out}/validation_latents.npy: '
+                                      'No space left on device; free some space on that disk, '
+                                      'or choose another --out_dir$'):
+    encode.main(workdir, config, 'latest', 'validation', out_dir=out)
+  assert sorted(os.listdir(out)) == files  # no temporary file left
+  np.testing.assert_array_equal(np.load(os.path.join(out, 'validation_latents.npy')), before)

@@ -1,3 +1,4 @@
+import errno
 import os
 
 import numpy as np
@@ -10,6 +11,9 @@ from ae_jax import reconstruct
 from conftest import MNIST_SMALL
 from conftest import assert_one_line_error
 from conftest import run_script
+from conftest import save_untrained
+from conftest import small_config
+from conftest import write_huge_png
 
 
 def _digits(n):
@@ -34,11 +38,13 @@ def test_a_folder_comes_back_with_its_names_and_the_corrupt_file_named(trained_a
                                                                        tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   workdir, config = trained_ae
+  write_huge_png(os.path.join(image_folder, 'huge.png'))  # more pixels than PIL opens
   out = str(tmp_path / 'out')
   result = run_script('reconstruct.sh', workdir, f'--input={image_folder}', f'--output={out}')
   assert result.returncode == 0, result.stderr[-2000:]
   skipped = [l for l in result.stderr.splitlines() if l.startswith('skipped: ')]
-  assert len(skipped) == 1 and 'broken.png' in skipped[0]
+  assert len(skipped) == 2 and 'broken.png' in skipped[0]
+  assert 'huge.png: it is too large' in skipped[1] and 'smaller copy' in skipped[1]
   assert ('converted as training converts them: 5 colour images made grayscale, 1 images of '
           'another size resized to 28x28') in result.stdout
   written = sorted(os.path.relpath(os.path.join(r, f), out) for r, _, fs in os.walk(out)
@@ -108,3 +114,21 @@ def test_refusals_name_the_problem(trained_ae, image_folder, tmp_path, args, mes
   with pytest.raises(UserError, match=message):
     reconstruct.main(workdir, config, 'best', input_path, output)
   assert not os.path.exists(tmp_path / 'o')
+
+
+def test_an_npy_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+  # A memory map onto a full disk kills the interpreter (SIGBUS): the space is reserved first.
+  config = small_config('ae')
+  workdir = save_untrained(config, str(tmp_path / 'ae'))
+  np.save(tmp_path / 'digits.npy', _digits(7))
+  out = str(tmp_path / 'out')
+
+  def disk_full(fd, offset, length):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as the system call reports it
+  monkeypatch.setattr(os, 'posix_fallocate', disk_full)
+  with pytest.raises(UserError, match=f'^cannot write the reconstructions to {out}/digits.npy: No '
+                                      'space left on device; free some space on that disk, or '
+                                      'choose another --output$'):
+    reconstruct.main(workdir, config, 'latest', str(tmp_path / 'digits.npy'), out,
+                     num_examples=0)
+  assert os.listdir(out) == []

@@ -2,6 +2,7 @@
 train.train_and_evaluate, scored, and tabulated; a second start retrains nothing."""
 
 import csv
+import errno
 import json
 import os
 import signal
@@ -83,6 +84,59 @@ def test_a_study_trains_scores_tabulates_and_a_second_start_retrains_nothing(tmp
     raise AssertionError('a scored member was trained again')
   monkeypatch.setattr(train, 'train_and_evaluate', must_not_train)
   assert study.run_study(_config(), workdir, axes, [0, 1], num_points=60) == rows
+
+
+def test_a_member_scored_with_other_settings_trains_on_and_is_scored_again(tmp_path, monkeypatch,
+                                                                           capsys):
+  workdir = str(tmp_path / 'study')
+  axes = study.parse_grid(_config(), ['model.latent_dim=8'])
+  first = study.run_study(_config(), workdir, axes, [0], num_points=60)
+  longer = _config()
+  longer.num_epochs = 3
+  capsys.readouterr()
+  rows = study.run_study(longer, workdir, axes, [0], num_points=60)
+  assert 'trains on and is scored again' in capsys.readouterr().out
+  assert rows[0]['checkpoint_step'] > first[0]['checkpoint_step']
+  with open(os.path.join(workdir, 'results.csv')) as f:
+    assert [int(r['checkpoint_step']) for r in csv.DictReader(f)] == [rows[0]['checkpoint_step']]
+
+  def must_not_train(*args, **kwargs):
+    raise AssertionError('a member scored with these settings was trained again')
+  monkeypatch.setattr(train, 'train_and_evaluate', must_not_train)
+  assert study.run_study(longer, workdir, axes, [0], num_points=60) == rows
+
+
+def test_a_full_disk_leaves_no_damaged_reconstructions_and_a_damaged_one_stops_nothing(
+    tmp_path, monkeypatch, capsys):
+  workdir = str(tmp_path / 'study')
+  axes = study.parse_grid(_config(), ['model.latent_dim=8'])
+  member = os.path.join(workdir, 'model.latent_dim=8_seed=0')
+
+  def disk_full(file, **arrays):
+    with open(file, 'wb') as f:
+      f.write(b'PK')  # the start of a zip, as a full disk cuts it
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # a write names no file
+  monkeypatch.setattr(study.np, 'savez_compressed', disk_full)
+  with pytest.raises(UserError, match=f'^cannot write the reconstructions to {member}/'
+                                      'reconstructions.npz: No space left on device; free some '
+                                      'space on that disk, or choose another --workdir$'):
+    study.run_study(_config(), workdir, axes, [0], num_points=60)
+  assert not [n for n in os.listdir(member) if n.startswith('reconstructions.npz')]
+  assert study.SCORE_FILE not in os.listdir(member)
+  monkeypatch.undo()
+  rows = study.run_study(_config(), workdir, axes, [0], num_points=60)  # the same command
+  assert os.path.getsize(os.path.join(workdir, 'reconstructions.png')) > 1000
+
+  for damage in (b'', b'PK\x03\x04 cut short'):  # a file a full disk cut short
+    with open(os.path.join(member, 'reconstructions.npz'), 'wb') as f:
+      f.write(damage)
+    capsys.readouterr()
+    assert study.run_study(_config(), workdir, axes, [0], num_points=60) == rows
+    out = capsys.readouterr().out
+    assert f'note: cannot read {member}/reconstructions.npz' in out, out
+    assert f'delete {member}/study.json and run the study again' in out
+  with open(os.path.join(workdir, 'results.csv')) as f:
+    assert len(list(csv.DictReader(f))) == 1
 
 
 @pytest.mark.slow

@@ -1,3 +1,4 @@
+import errno
 import json
 import os
 import shutil
@@ -7,7 +8,9 @@ import pytest
 
 from ae_jax import tsne
 from conftest import MNIST_SMALL
+from conftest import assert_one_line_error
 from conftest import assert_script_refuses
+from conftest import run_script
 from conftest import save_untrained
 from conftest import small_config
 
@@ -116,3 +119,36 @@ def test_a_constant_encoder_is_one_line_not_a_crash(trained_ae, tmp_path, monkey
     tsne.main(workdir, config, 'best', 'test', num_points=100, num_train_points=100,
               perplexity=20.0, seed=0, out_dir=str(tmp_path / 'maps'))
   assert not os.path.exists(tmp_path / 'maps')
+
+
+def test_a_full_disk_keeps_the_last_map_whole_and_a_damaged_one_is_one_line(tmp_path,
+                                                                            monkeypatch):
+  config = small_config('ae')
+  workdir = save_untrained(config, str(tmp_path / 'ae'))
+  out = str(tmp_path / 'maps')
+  tsne.main(workdir, config, 'latest', 'test', num_points=60, num_train_points=100,
+            perplexity=10.0, seed=0, out_dir=out)
+  stem = os.path.join(out, 'test')
+  before = {ext: open(stem + ext, 'rb').read() for ext in ('.npz', '.png', '.json')}
+
+  def disk_full(*args):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a flush reports it: no file
+  monkeypatch.setattr(tsne.plots, 'tsne_map', disk_full)
+  with pytest.raises(tsne.UserError, match=f'^cannot write the t-SNE map to {out}: No space left '
+                                           'on device; free some space on that disk, or choose '
+                                           'another --out_dir$'):
+    tsne.main(workdir, config, 'latest', 'test', num_points=60, num_train_points=100,
+              perplexity=10.0, seed=1, out_dir=out)
+  monkeypatch.undo()
+  # the last map whole: its .npz, figure and numbers of one computation, no temporary file
+  assert {ext: open(stem + ext, 'rb').read() for ext in before} == before
+  assert not [n for n in os.listdir(out) if '.tmp' in n]
+
+  with open(stem + '.npz', 'wb') as f:
+    f.write(before['.npz'][:len(before['.npz']) // 2])  # cut short by a full disk
+  assert_one_line_error(run_script('tsne.sh', workdir, '--redraw', f'--out_dir={out}'),
+                        f'{stem}.npz is damaged', 'without --redraw')
+  with open(stem + '.npz', 'w') as f:
+    f.write('not a map')
+  with pytest.raises(tsne.UserError, match='test.npz is damaged .* without --redraw'):
+    tsne.redraw(workdir, 'test', out)

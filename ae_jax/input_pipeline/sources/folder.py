@@ -23,6 +23,22 @@ def _is_image(path: str) -> bool:
   return os.path.isfile(path) and path.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _unreadable() -> tuple[type[BaseException], ...]:
+  """What PIL raises for a file it cannot read: damaged, not an image, or too large to open
+  safely (more pixels than PIL's limit on decompression bombs)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  return (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+          Image.DecompressionBombWarning)
+
+
+def _cannot_read(path: str, error: BaseException) -> UserError:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+    return UserError(f'cannot read the image {path}: it is too large ({error}). Delete it, or '
+                     'replace it with a smaller copy')
+  return UserError(f'cannot read the image {path}: {error}. Delete or replace the file')
+
+
 def _decode(path: str, size, grey: bool = False):
   """One image file -> uint8 (H, W, 1 or 3); `grey`: grayscale whatever the file is."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -34,8 +50,8 @@ def _decode(path: str, size, grey: bool = False):
         array = np.asarray(image, np.float32)
         image = Image.fromarray(np.uint8(np.clip(array / max(array.max(), 1) * 255, 0, 255)))
       array = np.asarray(image.convert('L' if grey else 'RGB'))
-  except (OSError, ValueError, SyntaxError) as e:
-    raise UserError(f'cannot read the image {path}: {e}. Delete or replace the file') from None
+  except _unreadable() as e:
+    raise _cannot_read(path, e) from None
   array = array[..., None] if array.ndim == 2 else array
   if size and array.shape[:2] != (size, size):
     array = resize_image(array, size)
@@ -111,8 +127,8 @@ def _header(path: str) -> tuple[tuple[int, int], bool]:
       found = image.size, image.mode in ('1', 'L', 'LA', 'I', 'I;16', 'F')
       image.verify()  # reads the file's chunks and checks them, without decoding the pixels
       return found
-  except (OSError, ValueError, SyntaxError) as e:
-    raise UserError(f'cannot read the image {path}: {e}. Delete or replace the file') from None
+  except _unreadable() as e:
+    raise _cannot_read(path, e) from None
 
 
 def on_disk(paths: list[str], size, grayscale: bool) -> tuple[Files, str | None]:
@@ -205,6 +221,6 @@ def _decoded_bytes(root: str, size) -> int:
     try:
       with Image.open(paths[0]) as image:
         width, height = image.size
-    except (OSError, ValueError, SyntaxError):
+    except _unreadable():
       return 0  # as above: the reader names the file
   return len(paths) * width * height * 3
