@@ -271,7 +271,7 @@ def write_config(config, workdir: str) -> None:
     with replaced_atomically(path) as tmp, open(tmp, 'w') as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
   except OSError as e:
-    raise cannot_write(e, 'the config to') from None
+    raise cannot_write(e, 'the config to', path) from None
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

@@ -34,6 +34,7 @@ from ae_jax import input_pipeline
 from ae_jax import metrics
 from ae_jax import models
 from ae_jax import plots
+from ae_jax import replaced_atomically
 from ae_jax import launch
 from ae_jax import train
 
@@ -274,12 +275,12 @@ def main(workdir: str, config, checkpoint: str, split: str | None, num_examples:
   figure = os.path.join(out_dir, f'{split}_reconstructions.png')
   try:
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f'{split}.json'), 'w') as f:
+    with replaced_atomically(os.path.join(out_dir, f'{split}.json')) as tmp, open(tmp, 'w') as f:
       json.dump(report, f, indent=2)
     plots.reconstructions(rows, titles, figure,
                           title=f'{config_lib.display_name(config)}, {split} split, step {run.step}')
   except OSError as e:
-    raise cannot_write(e, 'the evaluation to') from None
+    raise cannot_write(e, 'the evaluation to', out_dir, flag='--out_dir') from None
 
   print(f'{config_lib.display_name(config)} in {workdir}, checkpoint of step {run.step} ({checkpoint}), '
         f'{split} split: {len(run.images):,} images')
