@@ -166,11 +166,11 @@ class RunLog:
     count them."""
     if self._enabled:
       try:
-        with open(self._partial_path, 'w') as f:
+        with replaced_atomically(self._partial_path) as tmp, open(tmp, 'w') as f:
           json.dump({'step': step, 'numbers': {name: [float(v) for v in values]
                                                for name, values in numbers.items()}}, f)
       except OSError as e:
-        raise cannot_write(e, 'the partial epoch to') from None
+        raise cannot_write(e, 'the partial epoch to', self._partial_path) from None
 
   def partial_epoch(self, step: int) -> dict[str, list[float]]:
     """The numbers save_partial_epoch saved at `step` (none where it saved another step)."""

@@ -264,7 +264,8 @@ def run_study(config, workdir: str, axes, seeds, *, num_points: int = 2000,
       print(f'[{i + 1}/{len(found)}] {name}: scored already')
     else:
       print(f'[{i + 1}/{len(found)}] {name}'
-            + (': its config changed since it was scored, so it trains on and is scored again'
+            + (': its score is of another config, or damaged, so it trains on and is scored '
+               'again'
                if os.path.exists(scored) else ''))
       key = member.data.to_json()
       train.train_and_evaluate(member, member_dir, splits=data[key])
@@ -305,12 +306,12 @@ def is_scored(member_dir: str, member) -> bool:
   """Whether the member's score stands: it has one, and its config.json is the config it would
   train with now (a study rerun with other settings trains it on, or refuses, and scores it
   again)."""
-  if not os.path.exists(os.path.join(member_dir, SCORE_FILE)):
-    return False
   try:
+    with open(os.path.join(member_dir, SCORE_FILE)) as f:
+      json.load(f)  # a damaged score is scored anew
     with open(os.path.join(member_dir, 'config.json')) as f:
       saved = f.read()
-  except (OSError, UnicodeDecodeError):
+  except (OSError, ValueError):
     return False
   # as config_lib.write_config writes it
   return saved == member.to_json_best_effort(indent=2, sort_keys=True) + '\n'

@@ -99,6 +99,11 @@ def test_a_member_scored_with_other_settings_trains_on_and_is_scored_again(tmp_p
   assert rows[0]['checkpoint_step'] > first[0]['checkpoint_step']
   with open(os.path.join(workdir, 'results.csv')) as f:
     assert [int(r['checkpoint_step']) for r in csv.DictReader(f)] == [rows[0]['checkpoint_step']]
+  with open(os.path.join(workdir, 'model.latent_dim=8_seed=0', study.SCORE_FILE), 'w') as f:
+    f.write('{"mse": 0.0')  # cut short
+  rescored = study.run_study(longer, workdir, axes, [0], num_points=60)
+  assert rescored[0]['checkpoint_step'] == rows[0]['checkpoint_step']
+  rows = rescored
 
   def must_not_train(*args, **kwargs):
     raise AssertionError('a member scored with these settings was trained again')
