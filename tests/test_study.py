@@ -86,6 +86,7 @@ def test_a_study_trains_scores_tabulates_and_a_second_start_retrains_nothing(tmp
   assert study.run_study(_config(), workdir, axes, [0, 1], num_points=60) == rows
 
 
+@pytest.mark.slow  # three studies
 def test_a_member_scored_with_other_settings_trains_on_and_is_scored_again(tmp_path, monkeypatch,
                                                                            capsys):
   workdir = str(tmp_path / 'study')
