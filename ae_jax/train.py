@@ -177,10 +177,14 @@ def make_update(config, image_shape, tx, mesh, train_images, placement) -> Updat
   images = to_pmap(train_images)
   feed = lambda rows: (images, jax.device_put(
       rows.reshape(len(rows), num_devices, -1).transpose(1, 0, 2), stacked))
-  from_pmap = lambda state: jax.device_put(jax.tree.map(lambda x: x[0], state),
+  # The first device's copy, read from its own shard: x[0] on the stacked array is a program
+  # over every device, whose collective rendezvous deadlocked once on CPUs (8 simulated devices
+  # on 2 busy cores), several being in flight at a time.
+  first_copy = lambda x: np.asarray(x.addressable_shards[0].data)[0]
+  from_pmap = lambda state: jax.device_put(jax.tree.map(first_copy, state),
                                            NamedSharding(mesh, P()))
   return Update(compile_run, feed, to_pmap, from_pmap,
-                lambda numbers: jax.tree.map(lambda x: np.asarray(x[0]), numbers))
+                lambda numbers: jax.tree.map(first_copy, numbers))
 
 
 # --- interruptions ------------------------------------------------------------------------
