@@ -258,9 +258,8 @@ def run_study(config, workdir: str, axes, seeds, *, num_points: int = 2000,
   for i, (name, settings, member) in enumerate(found):
     member_dir = os.path.join(workdir, name)
     scored = os.path.join(member_dir, SCORE_FILE)
-    if is_scored(member_dir, member):
-      with open(scored) as f:
-        row = json.load(f)
+    row = score_of(member_dir, member)
+    if row is not None:
       print(f'[{i + 1}/{len(found)}] {name}: scored already')
     else:
       print(f'[{i + 1}/{len(found)}] {name}'
@@ -302,19 +301,19 @@ def run_study(config, workdir: str, axes, seeds, *, num_points: int = 2000,
   return rows
 
 
-def is_scored(member_dir: str, member) -> bool:
-  """Whether the member's score stands: it has one, and its config.json is the config it would
-  train with now (a study rerun with other settings trains it on, or refuses, and scores it
-  again)."""
+def score_of(member_dir: str, member) -> dict | None:
+  """The member's row of results where its score stands: it has one that reads, and its
+  config.json is the config it would train with now; else None (a study rerun with other
+  settings trains it on, or refuses, and scores it again; a damaged score is scored anew)."""
   try:
     with open(os.path.join(member_dir, SCORE_FILE)) as f:
-      json.load(f)  # a damaged score is scored anew
+      row = json.load(f)
     with open(os.path.join(member_dir, 'config.json')) as f:
       saved = f.read()
   except (OSError, ValueError):
-    return False
+    return None
   # as config_lib.write_config writes it
-  return saved == member.to_json_best_effort(indent=2, sort_keys=True) + '\n'
+  return row if saved == member.to_json_best_effort(indent=2, sort_keys=True) + '\n' else None
 
 
 def check_members(workdir: str, found, method: str = 'tsne') -> dict:
@@ -327,7 +326,7 @@ def check_members(workdir: str, found, method: str = 'tsne') -> dict:
   data = {}
   for name, _, member in found:
     member_dir = os.path.join(workdir, name)
-    if is_scored(member_dir, member):
+    if score_of(member_dir, member) is not None:
       continue
     key = member.data.to_json()
     if key not in data:

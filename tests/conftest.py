@@ -1,5 +1,6 @@
 """Helpers shared by the tests: small real data and configs that train on it in seconds."""
 
+import errno
 import importlib
 import os
 import subprocess
@@ -78,6 +79,14 @@ def assert_one_line_error(result, *fragments):
 @pytest.fixture
 def workdir(tmp_path):
   return str(tmp_path / 'workdir')
+
+
+@pytest.fixture
+def disk_full_on_reserve(monkeypatch):
+  """A full disk as reserving a file's space (ae_jax.npy_writer) meets it."""
+  def disk_full(fd, offset, length):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as the system call reports it
+  monkeypatch.setattr(os, 'posix_fallocate', disk_full)
 
 
 @pytest.fixture(scope='session')

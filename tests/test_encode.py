@@ -1,4 +1,3 @@
-import errno
 import json
 import os
 
@@ -128,7 +127,7 @@ def test_the_script_encodes_the_last_trained_run(trained_ae, tmp_path):
   assert_one_line_error(run_script('encode.sh', str(tmp_path / 'none')), 'config.json does not')
 
 
-def test_a_full_disk_is_one_line_and_keeps_the_latents_written_before(tmp_path, monkeypatch):
+def test_a_full_disk_is_one_line_and_keeps_the_latents_written_before(tmp_path, request):
   # A memory map onto a full disk kills the interpreter (SIGBUS): the space is reserved first,
   # where a full disk is an OSError.
   config = small_config('ae')
@@ -137,10 +136,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_latents_written_before(tmp_path, 
   encode.main(workdir, config, 'latest', 'validation', out_dir=out)
   before = np.load(os.path.join(out, 'validation_latents.npy'))
   files = sorted(os.listdir(out))
-
-  def disk_full(fd, offset, length):
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as the system call reports it
-  monkeypatch.setattr(os, 'posix_fallocate', disk_full)
+  request.getfixturevalue('disk_full_on_reserve')  # from here on
   with pytest.raises(UserError, match=f'^cannot write the latents to {out}/validation_latents.npy: '
                                       'No space left on device; free some space on that disk, '
                                       'or choose another --out_dir$'):

@@ -1,4 +1,3 @@
-import errno
 import os
 
 import numpy as np
@@ -116,16 +115,13 @@ def test_refusals_name_the_problem(trained_ae, image_folder, tmp_path, args, mes
   assert not os.path.exists(tmp_path / 'o')
 
 
-def test_an_npy_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+def test_an_npy_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path,
+                                                                 disk_full_on_reserve):
   # A memory map onto a full disk kills the interpreter (SIGBUS): the space is reserved first.
   config = small_config('ae')
   workdir = save_untrained(config, str(tmp_path / 'ae'))
   np.save(tmp_path / 'digits.npy', _digits(7))
   out = str(tmp_path / 'out')
-
-  def disk_full(fd, offset, length):
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as the system call reports it
-  monkeypatch.setattr(os, 'posix_fallocate', disk_full)
   with pytest.raises(UserError, match=f'^cannot write the reconstructions to {out}/digits.npy: No '
                                       'space left on device; free some space on that disk, or '
                                       'choose another --output$'):
