@@ -237,7 +237,14 @@ def score(workdir: str, config, splits, num_points: int, draw_map: bool,
   rows, _ = evaluate.reconstruction_rows(run, 10)
   # the map's method beside its trustworthiness, where it is not the t-SNE of earlier studies
   how = {} if method == 'tsne' else {'map_method': method}
-  return {'split': run.split, 'checkpoint_step': run.step, **how, **numbers}, rows
+  return {'split': run.split, 'checkpoint_step': run.step, **how, **numbers,
+          'scored_with': scoring(num_points, method)}, rows
+
+
+def scoring(num_points: int, method: str) -> dict:
+  """The flags a member's latent-space numbers depend on, kept in its score (not in the
+  table): trustworthiness of 500 points is not that of 2,000."""
+  return {'num_points': num_points, 'method': method}
 
 
 # --- The whole study ------------------------------------------------------------------------
@@ -246,7 +253,7 @@ def run_study(config, workdir: str, axes, seeds, *, num_points: int = 2000,
               draw_maps: bool = False, overrides=(), method: str = 'tsne') -> list[dict]:
   """Trains, scores and tabulates every member; returns the rows of results.csv."""
   found = members(config, axes, seeds, overrides)
-  data = check_members(workdir, found, method)
+  data = check_members(workdir, found, method, num_points, draw_maps)
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
@@ -258,13 +265,13 @@ def run_study(config, workdir: str, axes, seeds, *, num_points: int = 2000,
   for i, (name, settings, member) in enumerate(found):
     member_dir = os.path.join(workdir, name)
     scored = os.path.join(member_dir, SCORE_FILE)
-    row = score_of(member_dir, member)
+    row = score_of(member_dir, member, scoring(num_points, method), draw_maps)
     if row is not None:
       print(f'[{i + 1}/{len(found)}] {name}: scored already')
     else:
       print(f'[{i + 1}/{len(found)}] {name}'
-            + (': its score is of another config, or damaged, so it trains on and is scored '
-               'again'
+            + (': its score is of another config, other --num_points or --method, or lacks '
+               'the --maps map, or is damaged, so it trains on and is scored again'
                if os.path.exists(scored) else ''))
       key = member.data.to_json()
       train.train_and_evaluate(member, member_dir, splits=data[key])
@@ -301,10 +308,11 @@ def run_study(config, workdir: str, axes, seeds, *, num_points: int = 2000,
   return rows
 
 
-def score_of(member_dir: str, member) -> dict | None:
-  """The member's row of results where its score stands: it has one that reads, and its
-  config.json is the config it would train with now; else None (a study rerun with other
-  settings trains it on, or refuses, and scores it again; a damaged score is scored anew)."""
+def score_of(member_dir: str, member, how: dict, draw_map: bool = False) -> dict | None:
+  """The member's row of results where its score stands: it has one that reads, scored as
+  `how` (`scoring`) asks, with its map where one is asked for, and its config.json is the
+  config it would train with now; else None (a study rerun with other settings trains it on,
+  or refuses, and scores it again; a damaged score is scored anew)."""
   try:
     with open(os.path.join(member_dir, SCORE_FILE)) as f:
       row = json.load(f)
@@ -312,11 +320,17 @@ def score_of(member_dir: str, member) -> dict | None:
       saved = f.read()
   except (OSError, ValueError):
     return None
+  if not isinstance(row, dict) or row.get('scored_with') != how:
+    return None
+  if draw_map and not os.path.exists(
+      os.path.join(member_dir, f'{how["method"]}_{row.get("split")}.png')):
+    return None
   # as config_lib.write_config writes it
   return row if saved == member.to_json_best_effort(indent=2, sort_keys=True) + '\n' else None
 
 
-def check_members(workdir: str, found, method: str = 'tsne') -> dict:
+def check_members(workdir: str, found, method: str = 'tsne', num_points: int = 2000,
+                  draw_maps: bool = False) -> dict:
   """Every member yet to be scored checked against the devices, its data and its workdir, as
   training checks one, before the first trains: a late member's mistake would otherwise stop
   the study after hours. Returns the data read, {config.data as JSON: its splits}, each once."""
@@ -326,7 +340,7 @@ def check_members(workdir: str, found, method: str = 'tsne') -> dict:
   data = {}
   for name, _, member in found:
     member_dir = os.path.join(workdir, name)
-    if score_of(member_dir, member) is not None:
+    if score_of(member_dir, member, scoring(num_points, method), draw_maps) is not None:
       continue
     key = member.data.to_json()
     if key not in data:

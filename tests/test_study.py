@@ -84,6 +84,12 @@ def test_a_study_trains_scores_tabulates_and_a_second_start_retrains_nothing(tmp
     raise AssertionError('a scored member was trained again')
   monkeypatch.setattr(train, 'train_and_evaluate', must_not_train)
   assert study.run_study(_config(), workdir, axes, [0, 1], num_points=60) == rows
+  # a score stands only for the map it was scored with: other points, method, or a map asked for
+  _, _, config = study.members(_config(), axes, [1])[1]
+  assert study.score_of(member, config, study.scoring(60, 'tsne')) == rows[3]
+  assert study.score_of(member, config, study.scoring(70, 'tsne')) is None
+  assert study.score_of(member, config, study.scoring(60, 'umap')) is None
+  assert study.score_of(member, config, study.scoring(60, 'tsne'), draw_map=True) is None
 
 
 @pytest.mark.slow  # three studies
