@@ -1,19 +1,21 @@
 """Exports the latents of a split of a trained run, as arrays for a downstream model.
 
   scripts/encode.sh [runs/ae] [--split=test] [--checkpoint=best] [--variance] [--out_dir=DIR]
-  scripts/encode.sh runs/ae --config.data.source=folder --config.data.path=my_images --split=train
+  scripts/encode.sh runs/ae --input=FOLDER|IMAGE|ARRAY.npy [--out_dir=DIR]
 
 Without a workdir: the run under runs/ that trained last. Without --split: the test split where
 the run's data has one, else validation. Any data a config can name is encoded with
 --config.data.*, read as the run's model takes it (resized to its size and made grayscale for a
 grayscale model, where the images are not; --config.data.image_size and grayscale choose
-otherwise). --config.data.test_split=train --split=test encodes a whole flat folder.
-Writes to workdir/encode/ (or --out_dir):
+otherwise). --input encodes images of the user's own instead, as scripts/reconstruct.sh reads
+them: every image file of a folder (its subfolders too, in sorted order), one image file, or a
+.npy of images (N, H, W[, C]), converted as training converts images; <split> is then the
+input's name (my_images for --input=~/my_images). Writes to workdir/encode/ (or --out_dir):
   <split>_latents.npy    float32 (N, latent size): one row per image, in the split's order; the
                          latent flattened (the CAE's 7x7x256 to 12,544), a VAE's posterior mean;
   <split>_variances.npy  with --variance, a VAE's posterior variances, likewise;
   <split>_labels.npy     int32 (N,), where the data has labels;
-  <split>_files.txt      where the images come from files (an image folder): one path a line;
+  <split>_files.txt      where the images come from files: one path a line;
   <split>_encode.json    what was written, the label names, and the speed.
 The split streams through the model a call at a time, as evaluation's does, and the latents go
 to the files as they come: the process holds a call's batches and latents, not the split's.
@@ -25,6 +27,7 @@ if __name__ == '__main__':  # a command: prepare the process before JAX is impor
 
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -38,6 +41,7 @@ from ae_jax import metrics
 from ae_jax import models
 from ae_jax import npy_writer
 from ae_jax import replaced_atomically
+from ae_jax.input_pipeline import given
 
 
 def encode_split(run: evaluate.TrainedRun, stem: str, variance: bool) -> dict:
@@ -96,12 +100,39 @@ def encode_split(run: evaluate.TrainedRun, stem: str, variance: bool) -> dict:
           'compile_seconds': compile_seconds}
 
 
-def main(workdir, config, checkpoint, split, variance=False, out_dir=None) -> dict:
+def given_images(run: evaluate.TrainedRun, input_path: str) -> evaluate.TrainedRun:
+  """The run with --input's images (a folder, an image file or a .npy) in place of a split's,
+  converted as training converts them; its split is named after the input."""
+  kind, names = given.list_inputs(input_path)
+  shape = run.model.image_shape
+  names, images, counts, skipped = given.read_inputs(input_path, kind, names, shape)
+  for message in skipped:
+    print(f'skipped: {message}', file=sys.stderr)
+  if not len(images):
+    raise UserError(f'--input={input_path}: no image could be read (the files above)')
+  if counts:
+    print(given.describe_conversions(counts, shape))
+  name = os.path.splitext(os.path.basename(os.path.abspath(input_path)))[0] or 'input'
+  files = None if kind == 'npy' else tuple(
+      os.path.join(input_path, n) if kind == 'folder' else input_path for n in names)
+  return run._replace(split=name, images=images, labels=None, label_names=None, files=files)
+
+
+def main(workdir, config, checkpoint, split, variance=False, out_dir=None,
+         input_path=None) -> dict:
   out_dir = evaluate.output_dir(workdir, out_dir, 'encode')
-  run = evaluate.load_run(workdir, config, checkpoint, split)
+  if input_path is not None and split is not None:
+    raise UserError(f'--input={input_path} and --split={split}: name one, the images to encode '
+                    'or the split of the run\'s data')
+  # with --input, the run's own data only where its checkpoints do not record its image shape
+  run = evaluate.load_run(workdir, config, checkpoint,
+                          split if input_path is None else 'validation',
+                          needs_data=input_path is None)
   if variance and not models.has_prior(run.model):
     raise UserError(f'--variance: the {config.model.name} has no posterior variance (the VAEs '
                     'have); leave the flag out')
+  if input_path is not None:
+    run = given_images(run, input_path)
   launch.start_up_done()
   try:
     os.makedirs(out_dir, exist_ok=True)
@@ -109,9 +140,17 @@ def main(workdir, config, checkpoint, split, variance=False, out_dir=None) -> di
     raise cannot_write(e, 'the latents to', out_dir, flag='--out_dir') from None
   stem = os.path.join(out_dir, run.split)
   done = encode_split(run, stem, variance)
+  try:
+    for suffix in ('_variances.npy', '_labels.npy', '_files.txt'):  # of an earlier encoding
+      if f'{stem}{suffix}' not in done['files'] and os.path.exists(f'{stem}{suffix}'):
+        os.remove(f'{stem}{suffix}')
+  except OSError as e:
+    raise cannot_write(e, 'the latents to', out_dir, flag='--out_dir') from None
   latent = np.load(f'{stem}_latents.npy', mmap_mode='r')
   num = len(run.images)
-  report = {'workdir': os.path.abspath(workdir), 'split': run.split, 'checkpoint_step': run.step,
+  where = ({'split': run.split} if input_path is None else
+           {'input': os.path.abspath(input_path)})
+  report = {'workdir': os.path.abspath(workdir), **where, 'checkpoint_step': run.step,
             'num_images': num, 'latent_size': int(latent.shape[1]),
             'latent': 'posterior mean' if models.has_prior(run.model) else 'encoding',
             'label_names': list(run.label_names) if run.label_names else None,
@@ -124,7 +163,8 @@ def main(workdir, config, checkpoint, split, variance=False, out_dir=None) -> di
   except OSError as e:
     raise cannot_write(e, 'the latents to', out_dir, flag='--out_dir') from None
   print(f'{config_lib.display_name(config)} in {workdir}, checkpoint of step {run.step}, '
-        f'{run.split} split: {num:,} latents of {latent.shape[1]:,} dimensions'
+        + (f'{run.split} split' if input_path is None else input_path)
+        + f': {num:,} latents of {latent.shape[1]:,} dimensions'
         + (' (posterior means)' if models.has_prior(run.model) else '')
         + f' in {done["seconds"]:.2f} s ({report["images_per_sec"]:,.0f} images/s, of which '
         f'writing {done["write_seconds"]:.2f} s)')
@@ -133,13 +173,14 @@ def main(workdir, config, checkpoint, split, variance=False, out_dir=None) -> di
 
 
 if __name__ == '__main__':
-  import sys  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ae_jax import cli  # pylint: disable=g-import-not-at-top
 
   cli.define_run_flags(sys.argv)
   flags.DEFINE_bool('variance', False, "VAEs: also write the posterior's variances.")
   flags.DEFINE_string('out_dir', None, 'Where to write (default: WORKDIR/encode).')
+  flags.DEFINE_string('input', None, 'Images to encode instead of a split: a folder of images '
+                      '(its subfolders too), one image file, or a .npy of images.')
   FLAGS = flags.FLAGS
   cli.run(lambda argv: main(cli.run_workdir(FLAGS.workdir), FLAGS.config, FLAGS.checkpoint,
-                            FLAGS.split, FLAGS.variance, FLAGS.out_dir))
+                            FLAGS.split, FLAGS.variance, FLAGS.out_dir, FLAGS.input))

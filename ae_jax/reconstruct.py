@@ -38,36 +38,9 @@ from ae_jax import metrics
 from ae_jax import npy_writer
 from ae_jax import plots
 from ae_jax import replaced_atomically
-from ae_jax.input_pipeline import resize_image
-from ae_jax.input_pipeline import to_grayscale
-from ae_jax.input_pipeline.sources import arrays
-from ae_jax.input_pipeline.sources import folder as folder_source
+from ae_jax.input_pipeline import given
 
 FIGURE = '_side_by_side.png'
-_THREADS = min(8, (os.cpu_count() or 1) * 2)  # PIL decodes and encodes without the GIL
-
-
-def list_inputs(path: str) -> tuple[str, list[str]]:
-  """('folder' | 'file' | 'npy', the image files relative to `path`, for a folder)."""
-  if not path:
-    raise UserError('--input is missing: name a folder of images, an image file or a .npy')
-  if os.path.isdir(path):
-    names = sorted(os.path.relpath(os.path.join(root, f), path)
-                   for root, _, files in os.walk(path) for f in files
-                   if f.lower().endswith(folder_source.IMAGE_EXTENSIONS))
-    if not names:
-      raise UserError(f'--input={path} holds no image files '
-                      f'({", ".join(folder_source.IMAGE_EXTENSIONS)})')
-    return 'folder', names
-  if os.path.isfile(path) and path.lower().endswith('.npy'):
-    return 'npy', [os.path.basename(path)]
-  if os.path.isfile(path) and path.lower().endswith(folder_source.IMAGE_EXTENSIONS):
-    return 'file', [os.path.basename(path)]
-  if os.path.exists(path):
-    raise UserError(f'--input={path} is neither a folder, an image file '
-                    f'({", ".join(folder_source.IMAGE_EXTENSIONS)}) nor a .npy of images')
-  raise UserError(f'--input={path} does not exist: name a folder of images, an image file or a '
-                  '.npy')
 
 
 def check_output(output: str, input_path: str, overwrite: bool) -> None:
@@ -90,57 +63,6 @@ def check_output(output: str, input_path: str, overwrite: bool) -> None:
                     '--output')
 
 
-def convert(image: np.ndarray, shape) -> tuple[np.ndarray, set[str]]:
-  """An image (H, W, C) as the model takes it (`shape`), and what was done to it."""
-  done = set()
-  if image.shape[-1] == 3 and shape[-1] == 1:
-    image = to_grayscale(image[None])[0]
-    done.add('grayscale')
-  elif image.shape[-1] == 1 and shape[-1] == 3:
-    image = np.repeat(image, 3, -1)
-    done.add('colour')
-  if image.shape[:2] != tuple(shape[:2]):
-    image = resize_image(image, tuple(shape[:2]))
-    done.add('resized')
-  return image, done
-
-
-def read_inputs(path: str, kind: str, names: list[str], shape):
-  """(names, uint8 images (N, *shape), {conversion: count}, [skipped files' messages])."""
-  if kind == 'npy':
-    try:
-      data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-      raise UserError(f'cannot read {path} as a NumPy .npy file: {e}') from None
-    data = arrays._check_images(data, path)  # pylint: disable=protected-access
-    images = [data[i] for i in range(len(data))]
-    names = [f'{i}' for i in range(len(data))]
-    skipped = []
-  else:
-    files = [os.path.join(path, n) for n in names] if kind == 'folder' else [path]
-
-    def decode(file):
-      try:
-        return folder_source._decode(file, None)  # pylint: disable=protected-access
-      except UserError as e:
-        return e
-
-    with futures.ThreadPoolExecutor(_THREADS) as pool:
-      decoded = list(pool.map(decode, files))
-    skipped = [str(d) for d in decoded if isinstance(d, UserError)]
-    names = [n for n, d in zip(names, decoded) if not isinstance(d, UserError)]
-    images = [d for d in decoded if not isinstance(d, UserError)]
-  counts = {}
-  converted = []
-  for image in images:
-    image, done = convert(image, shape)
-    converted.append(image)
-    for d in done:
-      counts[d] = counts.get(d, 0) + 1
-  stacked = np.stack(converted) if converted else np.empty((0, *shape), np.uint8)
-  return names, stacked, counts, skipped
-
-
 def _save_image(image: np.ndarray, path: str) -> None:
   from PIL import Image  # pylint: disable=g-import-not-at-top
   os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -152,7 +74,7 @@ def main(workdir, config, checkpoint, input_path, output, add_noise=False, overw
          num_examples=8) -> dict:
   if num_examples < 0:
     raise UserError(f'--num_examples={num_examples} must be 0 (no figure) or more')
-  kind, names = list_inputs(input_path)
+  kind, names = given.list_inputs(input_path)
   check_output(output, input_path, overwrite)
   if add_noise and not config_lib.is_denoising(config):
     raise UserError(f'--add_noise: the {config_lib.display_name(config)} trained without noise '
@@ -161,16 +83,13 @@ def main(workdir, config, checkpoint, input_path, output, add_noise=False, overw
   # the run's own data only where its checkpoints do not record the model's image shape
   run = evaluate.load_run(workdir, config, checkpoint, 'validation', needs_data=False)
   shape = run.model.image_shape
-  names, images, counts, skipped = read_inputs(input_path, kind, names, shape)
+  names, images, counts, skipped = given.read_inputs(input_path, kind, names, shape)
   for message in skipped:
     print(f'skipped: {message}', file=sys.stderr)
   if not len(images):
     raise UserError(f'--input={input_path}: no image could be read (the files above)')
   if counts:
-    what = {'grayscale': 'colour images made grayscale', 'colour': 'grayscale images made colour',
-            'resized': f'images of another size resized to {shape[1]}x{shape[0]}'}
-    print('converted as training converts them: '
-          + ', '.join(f'{n:,} {what[k]}' for k, n in sorted(counts.items())))
+    print(given.describe_conversions(counts, shape))
   launch.start_up_done()
 
   map_fn = metrics.make_map_fn(run.model, run.mesh, metrics.reconstruction_step,
@@ -182,7 +101,7 @@ def main(workdir, config, checkpoint, input_path, output, add_noise=False, overw
   figure_rows = {}
   write_seconds = 0.0
   npy = None
-  pool = futures.ThreadPoolExecutor(_THREADS)
+  pool = futures.ThreadPoolExecutor(given.THREADS)
 
   def consume(start, outputs):
     nonlocal write_seconds, npy

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Latents of a split of a trained run, as .npy arrays with labels (and files), for a downstream model.
 #   scripts/encode.sh [WORKDIR] [--split=test|validation|train] [--checkpoint=best] [--variance] [--out_dir=DIR]
+#   scripts/encode.sh [WORKDIR] --input=FOLDER|IMAGE|ARRAY.npy [--out_dir=DIR]   # images of your own
 # Without WORKDIR: the run under runs/ that trained last.
 set -euo pipefail
 if [[ $# -gt 0 && $1 != -* ]]; then set -- --workdir="$1" "${@:2}"; fi

@@ -97,6 +97,40 @@ def test_other_images_are_read_as_the_model_takes_them(trained_ae, tmp_path, cap
     evaluate.load_run(workdir, config, 'best', 'test')
 
 
+def test_images_of_ones_own_are_encoded_from_a_folder_or_an_array(trained_ae, tmp_path,
+                                                                  capsys):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from ae_jax.input_pipeline import given  # pylint: disable=g-import-not-at-top
+  workdir, config = trained_ae
+  folder = tmp_path / 'photos'
+  (folder / 'more').mkdir(parents=True)
+  photos = np.random.default_rng(0).integers(0, 256, (5, 40, 40, 3), np.uint8)
+  names = ['0.png', '1.png', 'more/2.png', 'more/3.png', 'more/4.png']
+  for name, photo in zip(names, photos):
+    Image.fromarray(photo).save(folder / name)
+  out = str(tmp_path / 'out')
+  report = encode.main(workdir, config, 'best', None, out_dir=out, input_path=str(folder))
+  assert 'converted as training converts them: 5 colour images made grayscale, 5 images of ' \
+         'another size resized to 28x28' in capsys.readouterr().out
+  assert sorted(os.listdir(out)) == ['photos_encode.json', 'photos_files.txt',
+                                     'photos_latents.npy']  # no labels: none were given
+  assert report['input'] == str(folder) and report['num_images'] == 5
+  with open(os.path.join(out, 'photos_files.txt')) as f:
+    assert f.read().splitlines() == [str(folder / n) for n in names]
+  run = evaluate.load_run(workdir, config, 'best', 'test')
+  converted = np.stack([given.convert(p, (28, 28, 1))[0] for p in photos])
+  latents = np.load(os.path.join(out, 'photos_latents.npy'))
+  np.testing.assert_array_equal(latents, tsne.encode(run, converted))
+  np.save(tmp_path / 'photos.npy', photos)  # the same images as an array: the same latents
+  encode.main(workdir, config, 'best', None, out_dir=out, input_path=str(tmp_path / 'photos.npy'))
+  np.testing.assert_array_equal(np.load(os.path.join(out, 'photos_latents.npy')), latents)
+  assert sorted(os.listdir(out)) == ['photos_encode.json', 'photos_latents.npy']  # none stale
+  with pytest.raises(UserError, match='--input=.* and --split=test: name one'):
+    encode.main(workdir, config, 'best', 'test', out_dir=out, input_path=str(folder))
+  with pytest.raises(UserError, match='--input=.*nothing does not exist'):
+    encode.main(workdir, config, 'best', None, out_dir=out, input_path=str(tmp_path / 'nothing'))
+
+
 def test_a_convolutional_model_takes_other_sizes_asked_for(tmp_path):
   config = small_config('cae')
   workdir = save_untrained(config, str(tmp_path / 'cae'))

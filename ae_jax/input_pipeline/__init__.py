@@ -4,7 +4,8 @@ split; and feeds, which hand the compiled loops their batches.
   sources/  where images come from: tfds, IDX files, image folders, arrays, scikit-learn digits;
   splits.py the Split they hand back, and tfds's split-slicing syntax for every source;
   feeds.py  where the data lives (config.data.placement) and how batches reach the devices:
-            kept on the devices, or streamed from host memory or disk.
+            kept on the devices, or streamed from host memory or disk;
+  given.py  images a user gives a trained model (a folder, a file, a .npy), not a config.
 
 Every source gives the splits 'train' and 'validation', and 'test' where the data has one.
 Each split is read once into host memory, except with config.data.placement='disk' (or 'auto'

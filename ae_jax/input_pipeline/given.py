@@ -1,0 +1,100 @@
+"""Images a user gives a trained model (scripts/reconstruct.sh and encode.sh's --input): a
+folder of image files (its subfolders too), one image file, or a .npy of images (N, H, W[, C]),
+uint8 or floats in [0, 1]; each converted as training converts images to the model's shape."""
+
+from concurrent import futures
+import os
+
+import numpy as np
+
+from ae_jax import UserError
+from ae_jax.input_pipeline.sources import arrays
+from ae_jax.input_pipeline.sources import folder as folder_source
+from ae_jax.input_pipeline.splits import resize_image
+from ae_jax.input_pipeline.splits import to_grayscale
+
+THREADS = min(8, (os.cpu_count() or 1) * 2)  # PIL decodes and encodes without the GIL
+
+
+def list_inputs(path: str) -> tuple[str, list[str]]:
+  """('folder' | 'file' | 'npy', the image files relative to `path`, for a folder)."""
+  if not path:
+    raise UserError('--input is missing: name a folder of images, an image file or a .npy')
+  if os.path.isdir(path):
+    names = sorted(os.path.relpath(os.path.join(root, f), path)
+                   for root, _, files in os.walk(path) for f in files
+                   if f.lower().endswith(folder_source.IMAGE_EXTENSIONS))
+    if not names:
+      raise UserError(f'--input={path} holds no image files '
+                      f'({", ".join(folder_source.IMAGE_EXTENSIONS)})')
+    return 'folder', names
+  if os.path.isfile(path) and path.lower().endswith('.npy'):
+    return 'npy', [os.path.basename(path)]
+  if os.path.isfile(path) and path.lower().endswith(folder_source.IMAGE_EXTENSIONS):
+    return 'file', [os.path.basename(path)]
+  if os.path.exists(path):
+    raise UserError(f'--input={path} is neither a folder, an image file '
+                    f'({", ".join(folder_source.IMAGE_EXTENSIONS)}) nor a .npy of images')
+  raise UserError(f'--input={path} does not exist: name a folder of images, an image file or a '
+                  '.npy')
+
+
+def convert(image: np.ndarray, shape) -> tuple[np.ndarray, set[str]]:
+  """An image (H, W, C) as the model takes it (`shape`), and what was done to it."""
+  done = set()
+  if image.shape[-1] == 3 and shape[-1] == 1:
+    image = to_grayscale(image[None])[0]
+    done.add('grayscale')
+  elif image.shape[-1] == 1 and shape[-1] == 3:
+    image = np.repeat(image, 3, -1)
+    done.add('colour')
+  if image.shape[:2] != tuple(shape[:2]):
+    image = resize_image(image, tuple(shape[:2]))
+    done.add('resized')
+  return image, done
+
+
+def read_inputs(path: str, kind: str, names: list[str], shape):
+  """(names, uint8 images (N, *shape), {conversion: count}, [skipped files' messages])."""
+  if kind == 'npy':
+    try:
+      data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+      raise UserError(f'cannot read {path} as a NumPy .npy file: {e}') from None
+    data = arrays._check_images(data, path)  # pylint: disable=protected-access
+    images = [data[i] for i in range(len(data))]
+    names = [f'{i}' for i in range(len(data))]
+    skipped = []
+  else:
+    files = [os.path.join(path, n) for n in names] if kind == 'folder' else [path]
+
+    def decode(file):
+      try:
+        return folder_source._decode(file, None)  # pylint: disable=protected-access
+      except UserError as e:
+        return e
+
+    with futures.ThreadPoolExecutor(THREADS) as pool:
+      decoded = list(pool.map(decode, files))
+    skipped = [str(d) for d in decoded if isinstance(d, UserError)]
+    names = [n for n, d in zip(names, decoded) if not isinstance(d, UserError)]
+    images = [d for d in decoded if not isinstance(d, UserError)]
+  counts = {}
+  converted = []
+  for image in images:
+    image, done = convert(image, shape)
+    converted.append(image)
+    for d in done:
+      counts[d] = counts.get(d, 0) + 1
+  stacked = np.stack(converted) if converted else np.empty((0, *shape), np.uint8)
+  return names, stacked, counts, skipped
+
+
+def describe_conversions(counts: dict, shape) -> str | None:
+  """The line that says how many images were converted, and how; None where none were."""
+  if not counts:
+    return None
+  what = {'grayscale': 'colour images made grayscale', 'colour': 'grayscale images made colour',
+          'resized': f'images of another size resized to {shape[1]}x{shape[0]}'}
+  return ('converted as training converts them: '
+          + ', '.join(f'{n:,} {what[k]}' for k, n in sorted(counts.items())))
