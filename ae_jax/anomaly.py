@@ -1,9 +1,13 @@
 """Anomaly scores of a trained run: how badly it reconstructs each image of a split.
 
   scripts/anomaly.sh [runs/ae] [--split=test] [--percentile=99] [--num_worst=16] [--out_dir=DIR]
+  scripts/anomaly.sh [runs/ae] --input=FOLDER|IMAGE|ARRAY.npy [--out_dir=DIR]
 
 Without a workdir: the run under runs/ that trained last. Without --split: the test split where
-the run's data has one, else validation. An image's score is the model's own per-image
+the run's data has one, else validation. --input scores images of the user's own instead, as
+scripts/reconstruct.sh reads them (a folder, its subfolders too; an image file; a .npy of
+images), converted as training converts images; <split> is then the input's name, and the
+threshold still comes from the run's validation split. An image's score is the model's own per-image
 objective on it, clean: the reconstruction loss of the AE and the CAE (config.loss), the
 negative ELBO of a VAE (nats, with the evaluation's latent sample). The threshold is the
 --percentile-th percentile of the validation split's scores (normal data): an image of the
@@ -134,21 +138,30 @@ def _worst_rows(run, chosen) -> dict:
 
 
 def main(workdir, config, checkpoint, split, percentile=PERCENTILE, num_worst=16,
-         out_dir=None) -> dict:
+         out_dir=None, input_path=None) -> dict:
   if not 0 < percentile < 100:
     raise UserError(f'--percentile={percentile} must be between 0 and 100 (99: the threshold '
                     'flags 1% of normal images)')
   if num_worst < 0:
     raise UserError(f'--num_worst={num_worst} must be 0 (no figure) or more')
   out_dir = evaluate.output_dir(workdir, out_dir, 'anomaly')
-  run = evaluate.load_run(workdir, config, checkpoint, split)
+  if input_path is not None and split is not None:
+    raise UserError(f'--input={input_path} and --split={split}: name one, the images to score '
+                    'or the split of the run\'s data')
+  # with --input, the run's data still gives the threshold: its validation split
+  run = evaluate.load_run(workdir, config, checkpoint,
+                          split if input_path is None else 'validation')
+  if input_path is not None:
+    run = evaluate.given_images(run, input_path)
   found = anomaly_scores(run, percentile)
   launch.start_up_done()
   report, split_scores = found['report'], found['scores']
   threshold, held_out = report['threshold'], found['held_out']
   flagged = np.flatnonzero(split_scores > threshold)
   flagged = flagged[np.argsort(-split_scores[flagged])]
-  report = {'workdir': os.path.abspath(workdir), 'split': run.split, 'checkpoint_step': run.step,
+  where = ({'split': run.split} if input_path is None else
+           {'input': os.path.abspath(input_path)})
+  report = {'workdir': os.path.abspath(workdir), **where, 'checkpoint_step': run.step,
             **report, 'flagged': [
                 {'index': int(i), 'score': float(split_scores[i]),
                  **({'label': _label_name(run, run.labels[i])} if run.labels is not None else {}),
@@ -166,6 +179,7 @@ def main(workdir, config, checkpoint, split, percentile=PERCENTILE, num_worst=16
     groups[run.split] = split_scores
   groups = {k: v for k, v in groups.items() if len(v)}
   worst = np.argsort(-split_scores)[:num_worst]
+  shown = f'{run.split} split' if input_path is None else input_path
   try:
     os.makedirs(out_dir, exist_ok=True)
     with replaced_atomically(stem + '_scores.npy') as tmp:
@@ -175,15 +189,17 @@ def main(workdir, config, checkpoint, split, percentile=PERCENTILE, num_worst=16
                           f'{percentile:g}th percentile of validation', report['score'])
     if len(worst):
       titles = [f'{split_scores[i]:.3g}' + (f' {_label_name(run, run.labels[i])[:7]}'
-                                            if run.labels is not None else '') for i in worst]
+                                            if run.labels is not None else
+                                            f' {os.path.basename(run.files[i])[:9]}'
+                                            if run.files is not None else '') for i in worst]
       plots.reconstructions(_worst_rows(run, worst), titles, stem + '_worst.png',
-                            f'{name}, {run.split} split: the {len(worst)} highest scores')
+                            f'{name}, {shown}: the {len(worst)} highest scores')
     with replaced_atomically(stem + '.json') as tmp, open(tmp, 'w') as f:
       json.dump(report, f, indent=2)
   except OSError as e:
     raise cannot_write(e, 'the anomaly scores to', out_dir, flag='--out_dir') from None
 
-  print(f'{name} in {workdir}, checkpoint of step {run.step}, {run.split} split: '
+  print(f'{name} in {workdir}, checkpoint of step {run.step}, {shown}: '
         f'{len(split_scores):,} images scored by {report["score"]} in {report["seconds"]:.2f} s '
         f'({report["images_per_sec"]:,.0f} images/s)')
   print(f'threshold {threshold:.5g} (the {percentile:g}th percentile of the validation split\'s '
@@ -193,7 +209,7 @@ def main(workdir, config, checkpoint, split, percentile=PERCENTILE, num_worst=16
           f'images) against the rest: ROC-AUC {report["roc_auc"]:.4f}, average precision '
           f'{report["average_precision"]:.4f}; flagged: {report["held_out_flagged"]:.1%} of '
           f'them, {report["normal_flagged"]:.1%} of the rest')
-  elif held_out is not None:
+  elif held_out is not None and input_path is None:
     print(f'the {run.split} split lacks either the held-out classes or the others: no ROC-AUC '
           '(score the test split, which keeps every class)')
   print(f'wrote {stem}.json, {stem}_scores.npy, {stem}_histogram.png'
@@ -211,6 +227,9 @@ if __name__ == '__main__':
                      "split's scores.")
   flags.DEFINE_integer('num_worst', 16, 'Highest-scoring images in the figure (0: none).')
   flags.DEFINE_string('out_dir', None, 'Where to write (default: WORKDIR/anomaly).')
+  flags.DEFINE_string('input', None, 'Images to score instead of a split: a folder of images '
+                      '(its subfolders too), one image file, or a .npy of images.')
   FLAGS = flags.FLAGS
   cli.run(lambda argv: main(cli.run_workdir(FLAGS.workdir), FLAGS.config, FLAGS.checkpoint,
-                            FLAGS.split, FLAGS.percentile, FLAGS.num_worst, FLAGS.out_dir))
+                            FLAGS.split, FLAGS.percentile, FLAGS.num_worst, FLAGS.out_dir,
+                            FLAGS.input))

@@ -27,7 +27,6 @@ if __name__ == '__main__':  # a command: prepare the process before JAX is impor
 
 import json
 import os
-import sys
 import time
 
 import numpy as np
@@ -41,7 +40,6 @@ from ae_jax import metrics
 from ae_jax import models
 from ae_jax import npy_writer
 from ae_jax import replaced_atomically
-from ae_jax.input_pipeline import given
 
 
 def encode_split(run: evaluate.TrainedRun, stem: str, variance: bool) -> dict:
@@ -100,24 +98,6 @@ def encode_split(run: evaluate.TrainedRun, stem: str, variance: bool) -> dict:
           'compile_seconds': compile_seconds}
 
 
-def given_images(run: evaluate.TrainedRun, input_path: str) -> evaluate.TrainedRun:
-  """The run with --input's images (a folder, an image file or a .npy) in place of a split's,
-  converted as training converts them; its split is named after the input."""
-  kind, names = given.list_inputs(input_path)
-  shape = run.model.image_shape
-  names, images, counts, skipped = given.read_inputs(input_path, kind, names, shape)
-  for message in skipped:
-    print(f'skipped: {message}', file=sys.stderr)
-  if not len(images):
-    raise UserError(f'--input={input_path}: no image could be read (the files above)')
-  if counts:
-    print(given.describe_conversions(counts, shape))
-  name = os.path.splitext(os.path.basename(os.path.abspath(input_path)))[0] or 'input'
-  files = None if kind == 'npy' else tuple(
-      os.path.join(input_path, n) if kind == 'folder' else input_path for n in names)
-  return run._replace(split=name, images=images, labels=None, label_names=None, files=files)
-
-
 def main(workdir, config, checkpoint, split, variance=False, out_dir=None,
          input_path=None) -> dict:
   out_dir = evaluate.output_dir(workdir, out_dir, 'encode')
@@ -132,7 +112,7 @@ def main(workdir, config, checkpoint, split, variance=False, out_dir=None,
     raise UserError(f'--variance: the {config.model.name} has no posterior variance (the VAEs '
                     'have); leave the flag out')
   if input_path is not None:
-    run = given_images(run, input_path)
+    run = evaluate.given_images(run, input_path)
   launch.start_up_done()
   try:
     os.makedirs(out_dir, exist_ok=True)
@@ -173,6 +153,7 @@ def main(workdir, config, checkpoint, split, variance=False, out_dir=None,
 
 
 if __name__ == '__main__':
+  import sys  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ae_jax import cli  # pylint: disable=g-import-not-at-top
 

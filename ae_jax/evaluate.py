@@ -18,6 +18,7 @@ if __name__ == '__main__':  # a command: prepare the process before JAX is impor
 import functools
 import json
 import os
+import sys
 import time
 from typing import Any, NamedTuple
 
@@ -37,6 +38,7 @@ from ae_jax import plots
 from ae_jax import replaced_atomically
 from ae_jax import launch
 from ae_jax import train
+from ae_jax.input_pipeline import given
 
 SPLITS = ('test', 'validation', 'train')
 
@@ -99,6 +101,25 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
   data = splits[split]
   return TrainedRun(config, model, variables, step, split, data.images, data.labels,
                     data.label_names, splits, mesh, data.files)
+
+
+def given_images(run: TrainedRun, input_path: str) -> TrainedRun:
+  """The run with --input's images (a folder, an image file or a .npy) in place of its split's,
+  converted as training converts them, without labels; the split is named after the input."""
+  kind, names = given.list_inputs(input_path)
+  shape = run.model.image_shape
+  names, images, counts, skipped = given.read_inputs(input_path, kind, names, shape)
+  for message in skipped:
+    print(f'skipped: {message}', file=sys.stderr)
+  if not len(images):
+    raise UserError(f'--input={input_path}: no image could be read (the files above)')
+  if counts:
+    print(given.describe_conversions(counts, shape))
+  name = os.path.splitext(os.path.basename(os.path.abspath(input_path)))[0] or 'input'
+  files = None if kind == 'npy' else tuple(
+      os.path.abspath(os.path.join(input_path, n) if kind == 'folder' else input_path)
+      for n in names)
+  return run._replace(split=name, images=images, labels=None, label_names=None, files=files)
 
 
 def _abstract_model(config, image_shape):
@@ -301,7 +322,6 @@ def main(workdir: str, config, checkpoint: str, split: str | None, num_examples:
 
 
 if __name__ == '__main__':
-  import sys  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ae_jax import cli  # pylint: disable=g-import-not-at-top
 

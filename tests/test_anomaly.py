@@ -50,6 +50,26 @@ def test_scores_threshold_flagged_and_files(trained_ae, tmp_path):
                                      'test_worst.png']
 
 
+def test_images_of_ones_own_are_scored_against_the_runs_threshold(trained_ae, tmp_path):
+  workdir, config = trained_ae
+  run = evaluate.load_run(workdir, config, 'best', 'test')
+  noise = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), np.uint8)
+  np.save(tmp_path / 'scans.npy', np.concatenate([run.images[:20], noise]))
+  out = str(tmp_path / 'out')
+  by_split = anomaly.main(workdir, config, 'best', 'test', num_worst=0, out_dir=out)
+  report = anomaly.main(workdir, config, 'best', None, num_worst=4, out_dir=out,
+                        input_path=str(tmp_path / 'scans.npy'))
+  scores = np.load(os.path.join(out, 'scans_scores.npy'))
+  np.testing.assert_allclose(scores[:20], np.load(os.path.join(out, 'test_scores.npy'))[:20],
+                             rtol=1e-5)  # the same images score the same
+  assert report['threshold'] == by_split['threshold']  # from the run's validation split
+  assert report['input'] == str(tmp_path / 'scans.npy') and 'split' not in report
+  assert {f['index'] for f in report['flagged'][:3]} == {20, 21, 22}  # noise scores highest
+  assert os.path.exists(os.path.join(out, 'scans_worst.png'))
+  with pytest.raises(UserError, match='--input=.* and --split=test: name one'):
+    anomaly.main(workdir, config, 'best', 'test', out_dir=out, input_path=str(tmp_path))
+
+
 def test_a_held_out_class_gets_roc_auc_in_the_json_and_printed(trained_ae, tmp_path, capsys):
   workdir, config = trained_ae
   config = config.copy_and_resolve_references()
