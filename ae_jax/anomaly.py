@@ -49,6 +49,7 @@ from ae_jax import metrics
 from ae_jax import models
 from ae_jax import plots
 from ae_jax import replaced_atomically
+from ae_jax.input_pipeline import given
 
 
 PERCENTILE = 99.0  # the threshold: flags about 1% of normal images
@@ -145,9 +146,11 @@ def main(workdir, config, checkpoint, split, percentile=PERCENTILE, num_worst=16
   if num_worst < 0:
     raise UserError(f'--num_worst={num_worst} must be 0 (no figure) or more')
   out_dir = evaluate.output_dir(workdir, out_dir, 'anomaly')
-  if input_path is not None and split is not None:
-    raise UserError(f'--input={input_path} and --split={split}: name one, the images to score '
-                    'or the split of the run\'s data')
+  if input_path is not None:
+    if split is not None:
+      raise UserError(f'--input={input_path} and --split={split}: name one, the images to '
+                      'score or the split of the run\'s data')
+    given.check_input(input_path, out_dir)
   # with --input, the run's data still gives the threshold: its validation split
   run = evaluate.load_run(workdir, config, checkpoint,
                           split if input_path is None else 'validation')
@@ -194,6 +197,8 @@ def main(workdir, config, checkpoint, split, percentile=PERCENTILE, num_worst=16
                                             if run.files is not None else '') for i in worst]
       plots.reconstructions(_worst_rows(run, worst), titles, stem + '_worst.png',
                             f'{name}, {shown}: the {len(worst)} highest scores')
+    elif os.path.exists(stem + '_worst.png'):  # of an earlier command, not of these scores
+      os.remove(stem + '_worst.png')
     with replaced_atomically(stem + '.json') as tmp, open(tmp, 'w') as f:
       json.dump(report, f, indent=2)
   except OSError as e:

@@ -115,11 +115,11 @@ def given_images(run: TrainedRun, input_path: str) -> TrainedRun:
     raise UserError(f'--input={input_path}: no image could be read (the files above)')
   if counts:
     print(given.describe_conversions(counts, shape))
-  name = os.path.splitext(os.path.basename(os.path.abspath(input_path)))[0] or 'input'
   files = None if kind == 'npy' else tuple(
       os.path.abspath(os.path.join(input_path, n) if kind == 'folder' else input_path)
       for n in names)
-  return run._replace(split=name, images=images, labels=None, label_names=None, files=files)
+  return run._replace(split=given.input_name(input_path), images=images, labels=None,
+                      label_names=None, files=files)
 
 
 def _abstract_model(config, image_shape):

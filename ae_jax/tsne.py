@@ -2,9 +2,12 @@
 
   scripts/tsne.sh [runs/cae] [--split=test] [--num_points=10000] [--checkpoint=best]
                   [--method=tsne|umap] [--tsne_backend=auto|sklearn|opentsne]
+  scripts/tsne.sh [runs/cae] --input=FOLDER|IMAGE|ARRAY.npy
 
 Without a workdir: the run under runs/ that trained last. Without --split: the test split where
-the run's data has one, else validation.
+the run's data has one, else validation. --input maps images of the user's own instead, as
+scripts/reconstruct.sh reads them (a folder, its subfolders too; a .npy of images), converted
+as training converts images; <split> is then the input's name.
 
 Writes to workdir/tsne/:
   <split>.png  the map: one colour per label, digit thumbnails where they don't overlap;
@@ -51,6 +54,7 @@ from ae_jax import metrics
 from ae_jax import plots
 from ae_jax import projector
 from ae_jax import launch
+from ae_jax.input_pipeline import given
 
 PCA_DIMS = 50
 PERPLEXITY = maps.PERPLEXITY
@@ -206,15 +210,28 @@ def map_name(method: str, split: str) -> str:
 
 def main(workdir, config, checkpoint, split, num_points, num_train_points, perplexity, seed,
          angle=ANGLE, out_dir=None, method='tsne', n_neighbors=maps.UMAP_NEIGHBORS,
-         tsne_backend='auto'):
+         tsne_backend='auto', input_path=None):
   check_flags(num_points, num_train_points, perplexity, seed, angle, method, n_neighbors)
   check_backend(tsne_backend)
   out_dir = evaluate.output_dir(workdir, out_dir, 'tsne')
-  run = evaluate.load_run(workdir, config, checkpoint, split)
+  if input_path is not None:
+    if split is not None:
+      raise UserError(f'--input={input_path} and --split={split}: name one, the images to map '
+                      'or the split of the run\'s data')
+    given.check_input(input_path, out_dir)
+  # with --input, the run's train split still fits the PCA of latents larger than PCA_DIMS
+  run = evaluate.load_run(workdir, config, checkpoint,
+                          split if input_path is None else 'validation')
+  if input_path is not None:
+    run = evaluate.given_images(run, input_path)
+    maps.check_points(method, len(run.images), perplexity, n_neighbors,
+                      f'--input={input_path} has {len(run.images)} images, which')
   split = run.split
+  shown = f'{split} split' if input_path is None else input_path
   if num_points > len(run.images):
-    print(f'mapping all {len(run.images):,} images of the {split} split (fewer than '
-          f'--num_points={num_points})')
+    print(f'mapping all {len(run.images):,} images of '
+          + (f'the {split} split' if input_path is None else input_path)
+          + f' (fewer than --num_points={num_points})')
   space = latent_space(run, num_points, num_train_points, perplexity, seed, angle, method,
                        n_neighbors, tsne_backend)
   launch.start_up_done()
@@ -223,8 +240,8 @@ def main(workdir, config, checkpoint, split, num_points, num_train_points, perpl
 
   stem = os.path.join(out_dir, map_name(method, split))
   how = backend_name(method, tsne_backend, len(chosen))
-  title = (f'{how} of {config_lib.display_name(config)} latents ({latent_size:,} dimensions), {split} split, '
-           f'step {run.step}')
+  title = (f'{how} of {config_lib.display_name(config)} latents ({latent_size:,} dimensions), '
+           f'{shown}, step {run.step}')
   # The .npz, the figure and the numbers are written beside each other and replace the old ones
   # together: a failure (a full disk) leaves the last map whole, and never a part of each.
   try:
@@ -238,7 +255,9 @@ def main(workdir, config, checkpoint, split, num_points, num_train_points, perpl
       start = time.time()
       plots.tsne_map(embedding, images, labels, run.label_names, png, title)
       figure_seconds = time.time() - start
-      report = {'workdir': os.path.abspath(workdir), 'split': split, 'checkpoint_step': run.step,
+      where = ({'split': split} if input_path is None else
+               {'input': os.path.abspath(input_path)})
+      report = {'workdir': os.path.abspath(workdir), **where, 'checkpoint_step': run.step,
                 'num_points': len(chosen), 'latent_size': latent_size,
                 'pca_dims': min(latent_size, PCA_DIMS), 'method': method, 'implementation': how,
                 **({'perplexity': perplexity} if method == 'tsne'
@@ -253,11 +272,11 @@ def main(workdir, config, checkpoint, split, num_points, num_train_points, perpl
       os.path.join(out_dir, projector.FOLDER), map_name(method, split), space.latents,
       embedding, images, labels, run.label_names, split, chosen, how)
 
-  print(f'{config_lib.display_name(config)} in {workdir}, checkpoint of step {run.step}, {split} split: '
+  print(f'{config_lib.display_name(config)} in {workdir}, checkpoint of step {run.step}, {shown}: '
         f'{how} of {len(chosen):,} latents of {latent_size:,} dimensions'
         + (f' (PCA to {PCA_DIMS})' if latent_size > PCA_DIMS else '')
         + f' in {tsne_seconds:.1f} s, figure in {figure_seconds:.1f} s')
-  if labels is None:
+  if labels is None and input_path is None:
     print('the data has no labels: one colour, and no kNN or linear-probe accuracy')
   for name, value in numbers.items():
     print(f'  {name:<22} {value:.4f}')
@@ -313,6 +332,8 @@ if __name__ == '__main__':
   flags.DEFINE_string('out_dir', None, 'Where to write (default: WORKDIR/tsne).')
   flags.DEFINE_string('method', 'tsne', 'tsne, or umap (umap-learn): writes <split>_umap.*')
   flags.DEFINE_integer('n_neighbors', maps.UMAP_NEIGHBORS, "UMAP's neighbours.")
+  flags.DEFINE_string('input', None, 'Images to map instead of a split: a folder of images '
+                      '(its subfolders too), one image file, or a .npy of images.')
   flags.DEFINE_string('tsne_backend', 'auto', "auto (scikit-learn's Barnes-Hut below "
                       f"{FFT_FROM:,} points, openTSNE's FFT from there), sklearn or opentsne.")
   FLAGS = flags.FLAGS
@@ -320,11 +341,13 @@ if __name__ == '__main__':
   def _main(argv):
     if FLAGS.redraw:
       maps.check_settings(FLAGS.method, FLAGS.perplexity, FLAGS.n_neighbors)
-      return redraw(cli.run_workdir(FLAGS.workdir), FLAGS.split, FLAGS.out_dir, FLAGS.method)
+      split = FLAGS.split if FLAGS.input is None else given.input_name(FLAGS.input)
+      return redraw(cli.run_workdir(FLAGS.workdir), split, FLAGS.out_dir, FLAGS.method)
     if FLAGS.method == 'umap':
       maps.use_numba_cache(FLAGS.compilation_cache)
     return main(cli.run_workdir(FLAGS.workdir), FLAGS.config, FLAGS.checkpoint, FLAGS.split,
                 FLAGS.num_points, FLAGS.num_train_points, FLAGS.perplexity, FLAGS.seed,
-                FLAGS.angle, FLAGS.out_dir, FLAGS.method, FLAGS.n_neighbors, FLAGS.tsne_backend)
+                FLAGS.angle, FLAGS.out_dir, FLAGS.method, FLAGS.n_neighbors, FLAGS.tsne_backend,
+                FLAGS.input)
 
   cli.run(_main)

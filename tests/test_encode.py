@@ -129,6 +129,30 @@ def test_images_of_ones_own_are_encoded_from_a_folder_or_an_array(trained_ae, tm
     encode.main(workdir, config, 'best', 'test', out_dir=out, input_path=str(folder))
   with pytest.raises(UserError, match='--input=.*nothing does not exist'):
     encode.main(workdir, config, 'best', None, out_dir=out, input_path=str(tmp_path / 'nothing'))
+  with pytest.raises(UserError, match='--out_dir=.* is inside --input=.*: what is written there '
+                     'would be read as inputs next time'):
+    encode.main(workdir, config, 'best', None, out_dir=str(folder / 'latents'),
+                input_path=str(folder))
+  moved = config.copy_and_resolve_references()
+  moved.data.image_size = 40
+  with pytest.raises(UserError, match='--config.data.* names data, which --input=.* leaves '
+                     'unread'):
+    encode.main(workdir, moved, 'best', None, out_dir=out, input_path=str(folder))
+  np.save(tmp_path / 'one.npy', photos[0])
+  with pytest.raises(UserError, match=r'has shape \(40, 40, 3\): one image\? Save it as '
+                     r'\(1, 40, 40, 3\)'):
+    encode.main(workdir, config, 'best', None, out_dir=out, input_path=str(tmp_path / 'one.npy'))
+
+
+def test_an_input_is_named_after_itself_and_never_after_a_split(tmp_path):
+  from ae_jax.input_pipeline import given  # pylint: disable=g-import-not-at-top
+  for name in ('scans', 'scans.v2', 'test'):
+    (tmp_path / name).mkdir()
+  assert given.input_name(str(tmp_path / 'scans') + '/') == 'scans'
+  assert given.input_name(str(tmp_path / 'scans.v2')) == 'scans.v2'  # a folder keeps its dots
+  assert given.input_name(str(tmp_path / 'scans.npy')) == 'scans'
+  # the outputs of a folder named test would replace those of the run's test split
+  assert given.input_name(str(tmp_path / 'test')) == 'test_input'
 
 
 def test_a_convolutional_model_takes_other_sizes_asked_for(tmp_path):

@@ -61,6 +61,23 @@ def test_unlabelled_data_gets_a_map_and_says_what_it_skips(trained_ae, tmp_path,
   assert np.load(os.path.join(workdir, 'tsne', 'test.npz'))['labels'].size == 0
 
 
+def test_images_of_ones_own_get_a_map_named_after_them(trained_ae, tmp_path, capsys):
+  from ae_jax import evaluate  # pylint: disable=g-import-not-at-top
+  workdir, config = trained_ae
+  run = evaluate.load_run(workdir, config, 'best', 'test')
+  np.save(tmp_path / 'scans.npy', run.images[:40])
+  out = str(tmp_path / 'out')
+  report = tsne.main(workdir, config, 'best', None, num_points=100, num_train_points=100,
+                     perplexity=10.0, seed=0, out_dir=out, input_path=str(tmp_path / 'scans.npy'))
+  assert report['input'] == str(tmp_path / 'scans.npy') and report['num_points'] == 40
+  assert 'knn_accuracy' not in report and 0.5 < report['trustworthiness'] <= 1
+  assert 'the data has no labels' not in capsys.readouterr().out  # the user's own: none asked
+  saved = np.load(os.path.join(out, 'scans.npz'))
+  np.testing.assert_array_equal(saved['images'], run.images[:40])
+  tsne.redraw(workdir, 'scans', out)
+  assert os.path.getsize(os.path.join(out, 'scans.png')) > 1000
+
+
 def test_large_latents_are_projected_to_50_dimensions_first(tmp_path):
   config = small_config('cae', num_train=100)
   config.model.features = (4, 8, 8, 16)  # a 7x7x16 latent: 784 dimensions

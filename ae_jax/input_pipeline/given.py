@@ -1,6 +1,7 @@
-"""Images a user gives a trained model (scripts/reconstruct.sh and encode.sh's --input): a
-folder of image files (its subfolders too), one image file, or a .npy of images (N, H, W[, C]),
-uint8 or floats in [0, 1]; each converted as training converts images to the model's shape."""
+"""Images a user gives a trained model (reconstruct.sh, and --input of encode.sh, anomaly.sh and
+tsne.sh): a folder of image files (its subfolders too), one image file, or a .npy of images
+(N, H, W[, C]), uint8 or floats in [0, 1]; each converted as training converts images to the
+model's shape. They are read whole into memory, unlike a split that config.data names."""
 
 from concurrent import futures
 import os
@@ -39,6 +40,26 @@ def list_inputs(path: str) -> tuple[str, list[str]]:
                   '.npy')
 
 
+def input_name(path: str) -> str:
+  """What the outputs of --input=`path` are named after: my_images for ~/my_images/, scans for
+  scans.npy; test_input for a folder named test, whose outputs would replace the test split's."""
+  name = os.path.basename(os.path.abspath(path))
+  if not os.path.isdir(path):
+    name = os.path.splitext(name)[0]
+  name = name or 'input'
+  return f'{name}_input' if name in ('train', 'validation', 'test') else name
+
+
+def check_input(path: str, out_dir: str) -> None:
+  """Refuses, before the run is read, an --input that names no images, and an --out_dir inside
+  a folder --input, whose figures the next command would read as inputs."""
+  kind, _ = list_inputs(path)
+  out, source = os.path.realpath(out_dir), os.path.realpath(path)
+  if kind == 'folder' and (out == source or out.startswith(source + os.sep)):
+    raise UserError(f'--out_dir={out_dir} is inside --input={path}: what is written there '
+                    'would be read as inputs next time; choose an --out_dir outside it')
+
+
 def convert(image: np.ndarray, shape) -> tuple[np.ndarray, set[str]]:
   """An image (H, W, C) as the model takes it (`shape`), and what was done to it."""
   done = set()
@@ -61,6 +82,12 @@ def read_inputs(path: str, kind: str, names: list[str], shape):
       data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
       raise UserError(f'cannot read {path} as a NumPy .npy file: {e}') from None
+    if not data.ndim or not len(data):
+      raise UserError(f'--input={path} holds no images (an array of shape {data.shape})')
+    if data.ndim == 3 and data.shape[-1] in (1, 3):  # not N images of width 1 or 3
+      raise UserError(f'--input={path} has shape {data.shape}: one image? Save it as '
+                      f'(1, {", ".join(map(str, data.shape))}); images are (N, H, W) or '
+                      '(N, H, W, C)')
     data = arrays._check_images(data, path)  # pylint: disable=protected-access
     images = [data[i] for i in range(len(data))]
     names = [f'{i}' for i in range(len(data))]
