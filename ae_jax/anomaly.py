@@ -49,7 +49,6 @@ from ae_jax import metrics
 from ae_jax import models
 from ae_jax import plots
 from ae_jax import replaced_atomically
-from ae_jax.input_pipeline import given
 
 
 PERCENTILE = 99.0  # the threshold: flags about 1% of normal images
@@ -147,10 +146,8 @@ def main(workdir, config, checkpoint, split, percentile=PERCENTILE, num_worst=16
     raise UserError(f'--num_worst={num_worst} must be 0 (no figure) or more')
   out_dir = evaluate.output_dir(workdir, out_dir, 'anomaly')
   if input_path is not None:
-    if split is not None:
-      raise UserError(f'--input={input_path} and --split={split}: name one, the images to '
-                      'score or the split of the run\'s data')
-    given.check_input(input_path, out_dir)
+    evaluate.check_input(workdir, config, split, input_path, out_dir, 'to score',
+                         reads_data=True)
   # with --input, the run's data still gives the threshold: its validation split
   run = evaluate.load_run(workdir, config, checkpoint,
                           split if input_path is None else 'validation')

@@ -40,7 +40,6 @@ from ae_jax import metrics
 from ae_jax import models
 from ae_jax import npy_writer
 from ae_jax import replaced_atomically
-from ae_jax.input_pipeline import given
 
 
 def encode_split(run: evaluate.TrainedRun, stem: str, variance: bool) -> dict:
@@ -103,13 +102,8 @@ def main(workdir, config, checkpoint, split, variance=False, out_dir=None,
          input_path=None) -> dict:
   out_dir = evaluate.output_dir(workdir, out_dir, 'encode')
   if input_path is not None:
-    if split is not None:
-      raise UserError(f'--input={input_path} and --split={split}: name one, the images to '
-                      'encode or the split of the run\'s data')
-    if config.data.to_dict() != config_lib.load_config(workdir).data.to_dict():
-      raise UserError(f'--config.data.* names data, which --input={input_path} leaves unread '
-                      '(its images are converted to what the model takes): leave them out')
-    given.check_input(input_path, out_dir)
+    evaluate.check_input(workdir, config, split, input_path, out_dir, 'to encode',
+                         reads_data=False)
   # with --input, the run's own data only where its checkpoints do not record its image shape
   run = evaluate.load_run(workdir, config, checkpoint,
                           split if input_path is None else 'validation',

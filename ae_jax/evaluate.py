@@ -4,11 +4,14 @@ estimate of -log p(x), in nats per image.
 
   scripts/eval.sh [runs/cae] [--split=test] [--checkpoint=best] [--num_examples=10]
   scripts/eval.sh runs/vae [--num_samples=1000] [--iw_images=10000]
+  scripts/eval.sh runs/cae --input=FOLDER|IMAGE|ARRAY.npy
 
 Without a workdir: the run under runs/ that trained last. Without --split: the test split where
-the run's data has one, else validation. Writes workdir/eval/<split>.json and workdir/eval/<split>_reconstructions.png. Denoising models
-are measured twice: on noisy inputs (noise from a fixed seed, so two runs agree) and on clean
-ones; the target is always the clean image.
+the run's data has one, else validation. --input evaluates on images of the user's own instead
+(given_images), and <split> is then the input's name. Writes workdir/eval/<split>.json and
+workdir/eval/<split>_reconstructions.png. Denoising models are measured twice: on noisy inputs
+(noise from a fixed seed, so two runs agree) and on clean ones; the target is always the clean
+image.
 """
 
 if __name__ == '__main__':  # a command: prepare the process before JAX is imported
@@ -101,6 +104,20 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
   data = splits[split]
   return TrainedRun(config, model, variables, step, split, data.images, data.labels,
                     data.label_names, splits, mesh, data.files)
+
+
+def check_input(workdir: str, config, split: str | None, input_path: str, out_dir: str,
+                what: str, reads_data: bool) -> None:
+  """Refuses, before the run is read, --input beside --split, an --input that names no images
+  or holds `out_dir`, and, where the command does not read the run's data (`reads_data`),
+  --config.data.* overrides, which would be ignored."""
+  if split is not None:
+    raise UserError(f'--input={input_path} and --split={split}: name one, the images {what} or '
+                    'the split of the run\'s data')
+  if not reads_data and config.data.to_dict() != config_lib.load_config(workdir).data.to_dict():
+    raise UserError(f'--config.data.* names data, which --input={input_path} leaves unread '
+                    '(its images are converted to what the model takes): leave them out')
+  given.check_input(input_path, out_dir)
 
 
 def given_images(run: TrainedRun, input_path: str) -> TrainedRun:
@@ -265,7 +282,7 @@ COLUMNS = {'mse': ('mse', '.5f'), 'bce': ('bce', '.5f'), 'psnr': ('psnr (dB)', '
 
 def main(workdir: str, config, checkpoint: str, split: str | None, num_examples: int,
          out_dir: str | None = None, num_samples: int | None = None,
-         iw_images: int | None = None) -> dict:
+         iw_images: int | None = None, input_path: str | None = None) -> dict:
   """Evaluates the run in `workdir`; for a model with a prior also the importance-weighted
   -log p(x), with `num_samples` samples on the first `iw_images` images of the split (None: the
   model's defaults, IW_SAMPLES and IW_IMAGES; 0 samples: none)."""
@@ -275,8 +292,14 @@ def main(workdir: str, config, checkpoint: str, split: str | None, num_examples:
     if value is not None and value < 0:
       raise UserError(f'--{flag}={value} must be 0 (no importance-weighted estimate) or more')
   out_dir = output_dir(workdir, out_dir, 'eval')
-  run = load_run(workdir, config, checkpoint, split)
+  if input_path is not None:
+    check_input(workdir, config, split, input_path, out_dir, 'to evaluate on', reads_data=False)
+    run = given_images(load_run(workdir, config, checkpoint, 'validation', needs_data=False),
+                       input_path)
+  else:
+    run = load_run(workdir, config, checkpoint, split)
   split = run.split
+  shown = f'{split} split' if input_path is None else input_path
   results = {'clean': evaluate(run, noisy=False)}
   if models.has_prior(run.model):
     num_samples = run.model.IW_SAMPLES if num_samples is None else num_samples
@@ -288,7 +311,8 @@ def main(workdir: str, config, checkpoint: str, split: str | None, num_examples:
       results['clean'].update(importance_weighted_nll(run, num_samples, iw_images))
   if config_lib.is_denoising(config):
     results = {'noisy': evaluate(run, noisy=True), **results}
-  report = {'workdir': os.path.abspath(workdir), 'split': split, 'checkpoint_step': run.step,
+  where = {'split': split} if input_path is None else {'input': os.path.abspath(input_path)}
+  report = {'workdir': os.path.abspath(workdir), **where, 'checkpoint_step': run.step,
             'num_images': len(run.images), **results}
 
   rows, titles = reconstruction_rows(run, num_examples)
@@ -299,12 +323,12 @@ def main(workdir: str, config, checkpoint: str, split: str | None, num_examples:
     with replaced_atomically(os.path.join(out_dir, f'{split}.json')) as tmp, open(tmp, 'w') as f:
       json.dump(report, f, indent=2)
     plots.reconstructions(rows, titles, figure,
-                          title=f'{config_lib.display_name(config)}, {split} split, step {run.step}')
+                          title=f'{config_lib.display_name(config)}, {shown}, step {run.step}')
   except OSError as e:
     raise cannot_write(e, 'the evaluation to', out_dir, flag='--out_dir') from None
 
-  print(f'{config_lib.display_name(config)} in {workdir}, checkpoint of step {run.step} ({checkpoint}), '
-        f'{split} split: {len(run.images):,} images')
+  print(f'{config_lib.display_name(config)} in {workdir}, checkpoint of step {run.step} '
+        f'({checkpoint}), {shown}: {len(run.images):,} images')
   columns = [c for c in COLUMNS if any(c in values for values in results.values())]
   widths = [max(10, len(COLUMNS[c][0])) for c in columns]
   print(f'{"inputs":<8} ' + ' '.join(f'{COLUMNS[c][0]:>{w}}' for c, w in zip(columns, widths)))
@@ -328,6 +352,8 @@ if __name__ == '__main__':
   cli.define_run_flags(sys.argv)
   flags.DEFINE_integer('num_examples', 10, 'Images in the reconstruction figure.')
   flags.DEFINE_string('out_dir', None, 'Where to write (default: WORKDIR/eval).')
+  flags.DEFINE_string('input', None, 'Images to evaluate on instead of a split: a folder of '
+                      'images (its subfolders too), one image file, or a .npy of images.')
   flags.DEFINE_integer('num_samples', None, 'VAEs: samples per image of the importance-weighted '
                        '-log p(x) (default: 1000 for the VAE, 100 for the ConvVAE; 0: none).')
   flags.DEFINE_integer('iw_images', None, 'VAEs: images of the split that get the '
@@ -336,4 +362,4 @@ if __name__ == '__main__':
   FLAGS = flags.FLAGS
   cli.run(lambda argv: main(cli.run_workdir(FLAGS.workdir), FLAGS.config, FLAGS.checkpoint,
                             FLAGS.split, FLAGS.num_examples, FLAGS.out_dir, FLAGS.num_samples,
-                            FLAGS.iw_images))
+                            FLAGS.iw_images, FLAGS.input))

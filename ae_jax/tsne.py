@@ -215,10 +215,7 @@ def main(workdir, config, checkpoint, split, num_points, num_train_points, perpl
   check_backend(tsne_backend)
   out_dir = evaluate.output_dir(workdir, out_dir, 'tsne')
   if input_path is not None:
-    if split is not None:
-      raise UserError(f'--input={input_path} and --split={split}: name one, the images to map '
-                      'or the split of the run\'s data')
-    given.check_input(input_path, out_dir)
+    evaluate.check_input(workdir, config, split, input_path, out_dir, 'to map', reads_data=True)
   # with --input, the run's train split still fits the PCA of latents larger than PCA_DIMS
   run = evaluate.load_run(workdir, config, checkpoint,
                           split if input_path is None else 'validation')

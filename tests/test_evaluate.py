@@ -36,6 +36,24 @@ def test_mse_is_the_validation_loss_that_training_logged(trained_ae):
   assert report['clean']['mse'] == pytest.approx(last['val_loss'], rel=1e-5)
 
 
+def test_images_of_ones_own_get_the_numbers_of_the_split_they_come_from(trained_ae, tmp_path):
+  workdir, config = trained_ae
+  run = evaluate.load_run(workdir, config, 'best', 'validation')
+  np.save(tmp_path / 'scans.npy', run.images)  # the validation split, given as an array
+  out = str(tmp_path / 'out')
+  report = evaluate.main(workdir, config, 'best', None, num_examples=4, out_dir=out,
+                         input_path=str(tmp_path / 'scans.npy'))
+  by_split = evaluate.main(workdir, config, 'best', 'validation', num_examples=4, out_dir=out)
+  assert report['input'] == str(tmp_path / 'scans.npy') and report['num_images'] == 200
+  for name in ('mse', 'bce', 'psnr'):
+    assert report['clean'][name] == pytest.approx(by_split['clean'][name], rel=1e-5)
+  assert sorted(os.listdir(out)) == ['scans.json', 'scans_reconstructions.png',
+                                     'validation.json', 'validation_reconstructions.png']
+  with pytest.raises(UserError, match='--input=.* and --split=test: name one, the images to '
+                     'evaluate on'):
+    evaluate.main(workdir, config, 'best', 'test', 4, out, input_path=str(tmp_path / 'scans.npy'))
+
+
 def test_two_evaluations_print_identical_figures(trained_ae, capsys):
   workdir, config = trained_ae
   config = config.copy_and_resolve_references()
