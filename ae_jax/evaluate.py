@@ -58,6 +58,7 @@ class TrainedRun(NamedTuple):
   splits: dict  # all splits, for what needs the training data too
   mesh: Any
   files: tuple[str, ...] | None = None  # the file of each image, for data read from files
+  input: str | None = None  # --input, where the images are the user's own (given_images)
 
 
 def load_run(workdir: str, config, checkpoint: str, split: str | None,
@@ -136,7 +137,7 @@ def given_images(run: TrainedRun, input_path: str) -> TrainedRun:
       os.path.abspath(os.path.join(input_path, n) if kind == 'folder' else input_path)
       for n in names)
   return run._replace(split=given.input_name(input_path), images=images, labels=None,
-                      label_names=None, files=files)
+                      label_names=None, files=files, input=input_path)
 
 
 def _abstract_model(config, image_shape):

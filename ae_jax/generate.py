@@ -2,6 +2,7 @@
 classes, and the decoded grid of a 2-D latent.
 
   scripts/generate.sh [runs/vae] [--walk=3,7] [--walk_images=12,345] [--num_samples=64]
+  scripts/generate.sh [runs/vae] --input=FOLDER|ARRAY.npy [--walk_images=cat.png,dog.png]
 
 Without a workdir: the run under runs/ that trained last. Writes to workdir/generate/:
   samples.png  images decoded from draws of the prior N(0, I) (models with a prior: the VAEs);
@@ -9,7 +10,9 @@ Without a workdir: the run under runs/ that trained last. Writes to workdir/gene
                the mean latents of two classes (--walk=3,7, by label number or name) and between
                pairs of their images, or between two images of the split (--walk_images=I,J);
                without either, between random pairs of images. Every model walks: the AE and
-               the CAE between encodings, the VAEs between posterior means;
+               the CAE between encodings, the VAEs between posterior means. With --input, the
+               walks are between images of the user's own (--walk_images by index or by file
+               name, as the folder lists it);
   grid.png     for a 2-D latent with a prior, the latents at evenly spaced quantiles of the prior
                in each dimension, decoded (Keras's VAE figure).
 """
@@ -77,13 +80,20 @@ def _label(run, text: str) -> int:
 
 
 def _index(run, text: str) -> int:
+  """An image of the split by index, or of an --input by its file's name too."""
+  if run.files is not None:
+    names = [os.path.relpath(f, run.input) for f in run.files] if run.input else []
+    for listed in (names, [os.path.basename(f) for f in run.files]):
+      if listed.count(text) == 1:
+        return listed.index(text)
   try:
     index = int(text)
   except ValueError:
     index = -1
   if not 0 <= index < len(run.images):
-    raise UserError(f'--walk_images: {text!r} is not an image of the {run.split} split: give '
-                    f'indices from 0 to {len(run.images) - 1}')
+    what = f'the {run.split} split' if run.input is None else f'--input={run.input}'
+    raise UserError(f'--walk_images: {text!r} is not an image of {what}: give indices from 0 '
+                    f'to {len(run.images) - 1}' + (' or file names' if run.files else ''))
   return index
 
 
@@ -95,8 +105,9 @@ def walk_rows(run, walk, walk_images, steps: int, seed: int) -> dict[str, np.nda
   rows = {}
   if walk is not None:
     if run.labels is None:
-      raise UserError(f'--walk={walk}: the {run.split} split has no labels; walk between two of '
-                      'its images with --walk_images=I,J')
+      what = f'the {run.split} split has' if run.input is None else f'--input={run.input} has'
+      raise UserError(f'--walk={walk}: {what} no labels; walk between two of its images with '
+                      '--walk_images=I,J')
     a, b = (_label(run, t) for t in parse_pair(walk, 'walk'))
     name = lambda label: run.label_names[label] if run.label_names else str(label)
     chosen = [np.flatnonzero(run.labels == label) for label in (a, b)]
@@ -112,8 +123,9 @@ def walk_rows(run, walk, walk_images, steps: int, seed: int) -> dict[str, np.nda
     else:
       pairs = [tuple(rng.choice(len(run.images), 2, replace=False)) for _ in range(WALK_PAIRS)]
     for i, j in pairs:
-      rows[f'images\n{i} → {j}'] = decode(run.variables,
-                                              line(*embed(run.images[np.array([i, j])])))
+      stem = lambda k: os.path.splitext(os.path.basename(run.files[k]))[0][:12]
+      title = f'images\n{i} → {j}' if run.files is None else f'{stem(i)}\n→ {stem(j)}'
+      rows[title] = decode(run.variables, line(*embed(run.images[np.array([i, j])])))
   return {title: np.asarray(images) for title, images in rows.items()}
 
 
@@ -128,7 +140,7 @@ def prior_grid(run, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main(workdir, config, checkpoint, split, num_samples, walk, walk_images, steps, grid_size,
-         seed, out_dir=None) -> dict:
+         seed, out_dir=None, input_path=None) -> dict:
   if walk is not None and walk_images is not None:
     raise UserError('give --walk (two classes) or --walk_images (two images), not both')
   if steps < 2:
@@ -138,7 +150,15 @@ def main(workdir, config, checkpoint, split, num_samples, walk, walk_images, ste
   if grid_size < 2:
     raise UserError(f'--grid_size={grid_size}: the grid needs at least 2 points a side')
   out_dir = evaluate.output_dir(workdir, out_dir, 'generate')
-  run = evaluate.load_run(workdir, config, checkpoint, split)
+  if input_path is None:
+    run = evaluate.load_run(workdir, config, checkpoint, split)
+  else:
+    evaluate.check_input(workdir, config, split, input_path, out_dir, 'to walk between',
+                         reads_data=False)
+    run = evaluate.given_images(evaluate.load_run(workdir, config, checkpoint, 'validation',
+                                                  needs_data=False), input_path)
+    if len(run.images) < 2:
+      raise UserError(f'--input={input_path} holds one image: a walk needs two')
   prior = models.has_prior(run.model)
   if num_samples and not prior:
     raise UserError(f'--num_samples={num_samples}: the {config.model.name} has no prior to '
@@ -153,8 +173,8 @@ def main(workdir, config, checkpoint, split, num_samples, walk, walk_images, ste
         f'{name}: {num_samples} samples from the prior, step {run.step}')
   rows = walk_rows(run, walk, walk_images, steps, seed)
   figures['walk'] = lambda path: plots.reconstructions(
-      rows, None, path, f'{name}: walks through the latent space, {run.split} split, '
-      f'step {run.step}')
+      rows, None, path, f'{name}: walks through the latent space, '
+      + (f'{run.split} split' if input_path is None else input_path) + f', step {run.step}')
   if prior and run.model.latent_dim == 2:
     grid, values = prior_grid(run, grid_size)
     figures['grid'] = lambda path: plots.latent_grid(
@@ -191,7 +211,10 @@ if __name__ == '__main__':
   flags.DEFINE_integer('grid_size', 15, 'Points a side of the grid of a 2-D latent.')
   flags.DEFINE_integer('seed', 0, 'Seed of the samples and of the images walked between.')
   flags.DEFINE_string('out_dir', None, 'Where to write (default: WORKDIR/generate).')
+  flags.DEFINE_string('input', None, 'Walk between images of your own: a folder of images (its '
+                      'subfolders too) or a .npy of images.')
   FLAGS = flags.FLAGS
   cli.run(lambda argv: main(cli.run_workdir(FLAGS.workdir), FLAGS.config, FLAGS.checkpoint,
                             FLAGS.split, FLAGS.num_samples, FLAGS.walk, FLAGS.walk_images,
-                            FLAGS.steps, FLAGS.grid_size, FLAGS.seed, FLAGS.out_dir))
+                            FLAGS.steps, FLAGS.grid_size, FLAGS.seed, FLAGS.out_dir,
+                            FLAGS.input))

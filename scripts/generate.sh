@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Samples from a VAE's prior, walks through any model's latent space, the grid of a 2-D latent.
 #   scripts/generate.sh [WORKDIR] [--walk=3,7] [--walk_images=I,J] [--num_samples=64] [--steps=10]
+#   scripts/generate.sh [WORKDIR] --input=FOLDER|ARRAY.npy [--walk_images=a.png,b.png]   # your images
 # Without WORKDIR: the run under runs/ that trained last.
 set -euo pipefail
 if [[ $# -gt 0 && $1 != -* ]]; then set -- --workdir="$1" "${@:2}"; fi

@@ -218,6 +218,30 @@ def test_walks_work_for_the_ae_and_refuse_samples(trained_ae, tmp_path):
     generate.main(workdir, config, 'best', 'test', 16, None, None, 4, 5, 0, str(tmp_path))
 
 
+def test_a_walk_between_images_of_ones_own_named_by_their_files(trained_ae, tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  workdir, config = trained_ae
+  run = evaluate.load_run(workdir, config, 'best', 'test')
+  folder = tmp_path / 'mine'
+  (folder / 'sub').mkdir(parents=True)
+  (folder / 'two').mkdir()
+  for i, name in enumerate(['b.png', 'sub/a.png', 'two/a.png']):  # listed in this order
+    Image.fromarray(run.images[i, ..., 0]).save(folder / name)
+  mine = evaluate.given_images(evaluate.load_run(workdir, config, 'best', 'validation',
+                                                 needs_data=False), str(folder))
+  [(title, walk)] = generate.walk_rows(mine, None, 'b.png,sub/a.png', steps=4, seed=0).items()
+  assert title == 'b\n→ a'
+  ends = np.asarray(run.model.apply(run.variables, metrics.to_float(run.images[[0, 1]]),
+                                    method='reconstruct'))
+  np.testing.assert_allclose(walk[[0, -1]], ends, atol=1e-5)
+  with pytest.raises(UserError, match="'a.png' is not an image of --input=.*: give indices "
+                     'from 0 to 2 or file names'):  # two files are a.png: the path says which
+    generate.walk_rows(mine, None, 'a.png,1', steps=4, seed=0)
+  written = generate.main(workdir, config, 'best', None, None, None, '0,2', 4, 5, 0,
+                          str(tmp_path / 'out'), input_path=str(folder))['figures']
+  assert [os.path.basename(p) for p in written] == ['walk.png']
+
+
 @pytest.mark.parametrize('flags, message', [
     (['--walk=3,12'], "the test split has no label '12'; it has 0"),
     (['--walk=3'], "--walk='3': give two values separated by a comma"),
