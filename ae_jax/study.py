@@ -316,17 +316,18 @@ def score_of(member_dir: str, member, how: dict, draw_map: bool = False) -> dict
   try:
     with open(os.path.join(member_dir, SCORE_FILE)) as f:
       row = json.load(f)
-    with open(os.path.join(member_dir, 'config.json')) as f:
-      saved = f.read()
-  except (OSError, ValueError):
+    # with the fields a newer ae_jax adds at their defaults, as training reads it
+    saved = config_lib.load_config(member_dir)
+  except (OSError, ValueError, UserError):
     return None
   if not isinstance(row, dict) or row.get('scored_with') != how:
     return None
   if draw_map and not os.path.exists(
       os.path.join(member_dir, f'{how["method"]}_{row.get("split")}.png')):
     return None
-  # as config_lib.write_config writes it
-  return row if saved == member.to_json_best_effort(indent=2, sort_keys=True) + '\n' else None
+  same = (saved.to_json_best_effort(sort_keys=True)
+          == member.to_json_best_effort(sort_keys=True))
+  return row if same else None
 
 
 def check_members(workdir: str, found, method: str = 'tsne', num_points: int = 2000,

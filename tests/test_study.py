@@ -90,6 +90,15 @@ def test_a_study_trains_scores_tabulates_and_a_second_start_retrains_nothing(tmp
   assert study.score_of(member, config, study.scoring(70, 'tsne')) is None
   assert study.score_of(member, config, study.scoring(60, 'umap')) is None
   assert study.score_of(member, config, study.scoring(60, 'tsne'), draw_map=True) is None
+  # a config.json from before a field existed reads as that field's default: the score stands
+  with open(os.path.join(member, 'config.json')) as f:
+    saved = json.load(f)
+  assert saved.pop('dtype') == 'float32'
+  with open(os.path.join(member, 'config.json'), 'w') as f:
+    json.dump(saved, f)
+  assert study.score_of(member, config, study.scoring(60, 'tsne')) == rows[3]
+  config.model.latent_dim += 1
+  assert study.score_of(member, config, study.scoring(60, 'tsne')) is None
 
 
 @pytest.mark.slow  # three studies
