@@ -110,12 +110,15 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
 def check_input(workdir: str, config, split: str | None, input_path: str, out_dir: str,
                 what: str, reads_data: bool) -> None:
   """Refuses, before the run is read, --input beside --split, an --input that names no images
-  or holds `out_dir`, and, where the command does not read the run's data (`reads_data`),
-  --config.data.* overrides, which would be ignored."""
+  or holds `out_dir`, and, where the command does not read the run's data (`reads_data`
+  False, and the checkpoints record the image shape), --config.data.* overrides, which would
+  be ignored."""
   if split is not None:
     raise UserError(f'--input={input_path} and --split={split}: name one, the images {what} or '
                     'the split of the run\'s data')
-  if not reads_data and config.data.to_dict() != config_lib.load_config(workdir).data.to_dict():
+  # a run whose checkpoints do not record its image shape reads its data to learn it
+  if (not reads_data and checkpoints.trained_image_shape(workdir) is not None
+      and config.data.to_dict() != config_lib.load_config(workdir).data.to_dict()):
     raise UserError(f'--config.data.* names data, which --input={input_path} leaves unread '
                     '(its images are converted to what the model takes): leave them out')
   given.check_input(input_path, out_dir)

@@ -11,8 +11,9 @@ Without a workdir: the run under runs/ that trained last. Writes to workdir/gene
                pairs of their images, or between two images of the split (--walk_images=I,J);
                without either, between random pairs of images. Every model walks: the AE and
                the CAE between encodings, the VAEs between posterior means. With --input, the
-               walks are between images of the user's own (--walk_images by index or by file
-               name, as the folder lists it);
+               walks are between images of the user's own (--walk_images by index, by file as
+               the folder lists it, or by a name that one file has), in <input>_walk.png, and
+               there are no samples unless --num_samples asks for them, and no grid;
   grid.png     for a 2-D latent with a prior, the latents at evenly spaced quantiles of the prior
                in each dimension, decoded (Keras's VAE figure).
 """
@@ -79,13 +80,25 @@ def _label(run, text: str) -> int:
   return label
 
 
+def _file_names(run) -> list[str]:
+  """Each image's file as an --input folder lists it (sub/cat.png), or its name."""
+  if run.input and os.path.isdir(run.input):
+    return [os.path.relpath(f, os.path.abspath(run.input)) for f in run.files]
+  return [os.path.basename(f) for f in run.files]
+
+
 def _index(run, text: str) -> int:
-  """An image of the split by index, or of an --input by its file's name too."""
+  """An image of the split by index, or of an --input by its file too."""
   if run.files is not None:
-    names = [os.path.relpath(f, run.input) for f in run.files] if run.input else []
-    for listed in (names, [os.path.basename(f) for f in run.files]):
-      if listed.count(text) == 1:
-        return listed.index(text)
+    listed = _file_names(run)
+    if text in listed:
+      return listed.index(text)
+    named = [n for n in listed if os.path.basename(n) == text]
+    if len(named) == 1:
+      return listed.index(named[0])
+    if named:
+      raise UserError(f'--walk_images: {text!r} names {len(named)} files, '
+                      f'{", ".join(named[:3])}{", ..." if len(named) > 3 else ""}: give its path')
   try:
     index = int(text)
   except ValueError:
@@ -122,9 +135,15 @@ def walk_rows(run, walk, walk_images, steps: int, seed: int) -> dict[str, np.nda
       pairs = [tuple(_index(run, t) for t in parse_pair(walk_images, 'walk_images'))]
     else:
       pairs = [tuple(rng.choice(len(run.images), 2, replace=False)) for _ in range(WALK_PAIRS)]
+    names = None if run.files is None else _file_names(run)
     for i, j in pairs:
-      stem = lambda k: os.path.splitext(os.path.basename(run.files[k]))[0][:12]
-      title = f'images\n{i} → {j}' if run.files is None else f'{stem(i)}\n→ {stem(j)}'
+      if names is None:
+        title = f'images\n{i} → {j}'
+      else:  # the files' own ends: what tells them apart
+        end = lambda k: os.path.splitext(names[k])[0][-14:]
+        title = f'{end(i)}\n→ {end(j)}'
+        if title in rows:
+          title += f' ({i}, {j})'
       rows[title] = decode(run.variables, line(*embed(run.images[np.array([i, j])])))
   return {title: np.asarray(images) for title, images in rows.items()}
 
@@ -163,7 +182,9 @@ def main(workdir, config, checkpoint, split, num_samples, walk, walk_images, ste
   if num_samples and not prior:
     raise UserError(f'--num_samples={num_samples}: the {config.model.name} has no prior to '
                     'sample from (the VAEs have: configs/vae.py); its walks need none')
-  num_samples = (64 if prior else 0) if num_samples is None else num_samples
+  # with --input, the walk between its images alone, unless samples are asked for
+  num_samples = ((64 if prior and input_path is None else 0) if num_samples is None
+                 else num_samples)
   name = config_lib.display_name(config)
   figures = {}
   if num_samples:
@@ -172,10 +193,11 @@ def main(workdir, config, checkpoint, split, num_samples, walk, walk_images, ste
         np.asarray(_decoder(run)(run.variables, z)), path,
         f'{name}: {num_samples} samples from the prior, step {run.step}')
   rows = walk_rows(run, walk, walk_images, steps, seed)
-  figures['walk'] = lambda path: plots.reconstructions(
+  walk_name = 'walk' if input_path is None else f'{run.split}_walk'  # not the split's walk
+  figures[walk_name] = lambda path: plots.reconstructions(
       rows, None, path, f'{name}: walks through the latent space, '
       + (f'{run.split} split' if input_path is None else input_path) + f', step {run.step}')
-  if prior and run.model.latent_dim == 2:
+  if prior and run.model.latent_dim == 2 and input_path is None:
     grid, values = prior_grid(run, grid_size)
     figures['grid'] = lambda path: plots.latent_grid(
         grid, values, path, f'{name}: the 2-D latent space decoded, step {run.step}')
@@ -191,7 +213,7 @@ def main(workdir, config, checkpoint, split, num_samples, walk, walk_images, ste
     raise cannot_write(e, 'the figures to', out_dir, flag='--out_dir') from None
   if not prior:
     print(f'the {config.model.name} has no prior: walks only (samples and the grid need a VAE)')
-  elif run.model.latent_dim != 2:
+  elif run.model.latent_dim != 2 and input_path is None:
     print(f'the latent has {run.model.latent_dim} dimensions: no grid (it needs 2: '
           '--config.model.latent_dim=2 when training)')
   print(f'wrote {", ".join(written)}')

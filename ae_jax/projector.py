@@ -48,9 +48,10 @@ def _write_tsv(path: str, rows) -> None:
 
 def write(folder: str, name: str, latents: np.ndarray, embedding: np.ndarray,
           images: np.ndarray, labels, label_names, split: str, indices: np.ndarray,
-          how: str) -> str:
+          how: str, files=None) -> str:
   """Writes the projector's files for one map (`name`: its file stem, e.g. test or test_umap)
-  into `folder`, keeping the other maps' embeddings in its config; returns the config's path."""
+  into `folder`, keeping the other maps' embeddings in its config; returns the config's path.
+  `files`: the file of each image of the split, where they are files, for the metadata."""
   from google.protobuf import text_format  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from tensorboard.plugins.projector import projector_config_pb2  # pylint: disable=g-import-not-at-top
@@ -70,9 +71,13 @@ def write(folder: str, name: str, latents: np.ndarray, embedding: np.ndarray,
       names = [''] * len(indices)
     else:
       names = [label_names[l] if label_names else str(l) for l in labels]
-    _write_tsv(os.path.join(folder, f'{name}_metadata.tsv'),
-               ['label\tsplit\tindex\n'] +
-               [f'{label}\t{split}\t{i}\n' for label, i in zip(names, indices)])
+    if files is None:
+      rows = ['label\tsplit\tindex\n'] + [
+          f'{label}\t{split}\t{i}\n' for label, i in zip(names, indices)]
+    else:  # the file that each point is, to find it from the projector
+      rows = ['label\tsplit\tindex\tfile\n'] + [
+          f'{label}\t{split}\t{i}\t{files[i]}\n' for label, i in zip(names, indices)]
+    _write_tsv(os.path.join(folder, f'{name}_metadata.tsv'), rows)
     tiles, tile = sprite(images)
     with replaced_atomically(os.path.join(folder, f'{name}_sprite.png')) as tmp:
       Image.fromarray(tiles[..., 0] if tiles.shape[-1] == 1 else tiles).save(tmp, format='png')
@@ -83,7 +88,7 @@ def write(folder: str, name: str, latents: np.ndarray, embedding: np.ndarray,
         text_format.Parse(f.read(), config)
     wanted = {f'{name}: latents': (f'{name}_latents.tsv', latents.shape),
               f'{name}: {how}': (f'{name}_map.tsv', embedding.shape)}
-    kept = [e for e in config.embeddings if not e.tensor_path.startswith(f'{name}_')]
+    kept = [e for e in config.embeddings if e.metadata_path != f'{name}_metadata.tsv']
     del config.embeddings[:]
     config.embeddings.extend(kept)
     for tensor_name, (path, shape) in wanted.items():

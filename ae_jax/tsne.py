@@ -7,7 +7,8 @@
 Without a workdir: the run under runs/ that trained last. Without --split: the test split where
 the run's data has one, else validation. --input maps images of the user's own instead, as
 scripts/reconstruct.sh reads them (a folder, its subfolders too; a .npy of images), converted
-as training converts images; <split> is then the input's name.
+as training converts images; <split> is then the input's name. The run's data is read then only
+for latents larger than PCA_DIMS, whose PCA is fit on its train split.
 
 Writes to workdir/tsne/:
   <split>.png  the map: one colour per label, digit thumbnails where they don't overlap;
@@ -170,9 +171,9 @@ def latent_space(run: evaluate.TrainedRun, num_points: int, num_train_points: in
                     'outputs a constant (dead ReLU units?); nothing to map. Retrain, e.g. '
                     'with a lower --config.learning_rate, or check the data')
 
-  train_split = run.splits['train']
   train_latents = train_labels = train_chosen = None
   if labels is not None or latent_size > PCA_DIMS:
+    train_split = run.splits['train']
     train_chosen = subsample(len(train_split.images), train_split.labels, num_train_points, seed)
     train_latents = encode(run, train_split.images[train_chosen])
     if train_split.labels is not None:
@@ -216,13 +217,16 @@ def main(workdir, config, checkpoint, split, num_points, num_train_points, perpl
   out_dir = evaluate.output_dir(workdir, out_dir, 'tsne')
   if input_path is not None:
     evaluate.check_input(workdir, config, split, input_path, out_dir, 'to map', reads_data=True)
-  # with --input, the run's train split still fits the PCA of latents larger than PCA_DIMS
-  run = evaluate.load_run(workdir, config, checkpoint,
-                          split if input_path is None else 'validation')
-  if input_path is not None:
-    run = evaluate.given_images(run, input_path)
+  if input_path is None:
+    run = evaluate.load_run(workdir, config, checkpoint, split)
+  else:
+    run = evaluate.given_images(evaluate.load_run(workdir, config, checkpoint, 'validation',
+                                                  needs_data=False), input_path)
     maps.check_points(method, len(run.images), perplexity, n_neighbors,
                       f'--input={input_path} has {len(run.images)} images, which')
+    if encode(run, run.images[:1]).shape[1] > PCA_DIMS:  # its PCA is fit on the train split
+      run = run._replace(splits=evaluate.load_run(workdir, config, checkpoint,
+                                                  'validation').splits)
   split = run.split
   shown = f'{split} split' if input_path is None else input_path
   if num_points > len(run.images):
@@ -267,7 +271,7 @@ def main(workdir, config, checkpoint, split, num_points, num_train_points, perpl
     raise cannot_write(e, 'the t-SNE map to', out_dir, flag='--out_dir') from None
   config_path = projector.write(
       os.path.join(out_dir, projector.FOLDER), map_name(method, split), space.latents,
-      embedding, images, labels, run.label_names, split, chosen, how)
+      embedding, images, labels, run.label_names, split, chosen, how, run.files)
 
   print(f'{config_lib.display_name(config)} in {workdir}, checkpoint of step {run.step}, {shown}: '
         f'{how} of {len(chosen):,} latents of {latent_size:,} dimensions'
@@ -330,7 +334,7 @@ if __name__ == '__main__':
   flags.DEFINE_string('method', 'tsne', 'tsne, or umap (umap-learn): writes <split>_umap.*')
   flags.DEFINE_integer('n_neighbors', maps.UMAP_NEIGHBORS, "UMAP's neighbours.")
   flags.DEFINE_string('input', None, 'Images to map instead of a split: a folder of images '
-                      '(its subfolders too), one image file, or a .npy of images.')
+                      '(its subfolders too) or a .npy of images.')
   flags.DEFINE_string('tsne_backend', 'auto', "auto (scikit-learn's Barnes-Hut below "
                       f"{FFT_FROM:,} points, openTSNE's FFT from there), sklearn or opentsne.")
   FLAGS = flags.FLAGS
@@ -338,6 +342,9 @@ if __name__ == '__main__':
   def _main(argv):
     if FLAGS.redraw:
       maps.check_settings(FLAGS.method, FLAGS.perplexity, FLAGS.n_neighbors)
+      if FLAGS.input is not None and FLAGS.split is not None:
+        raise UserError(f'--input={FLAGS.input} and --split={FLAGS.split}: name one, the map '
+                        'to redraw')
       split = FLAGS.split if FLAGS.input is None else given.input_name(FLAGS.input)
       return redraw(cli.run_workdir(FLAGS.workdir), split, FLAGS.out_dir, FLAGS.method)
     if FLAGS.method == 'umap':

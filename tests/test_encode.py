@@ -153,6 +153,7 @@ def test_an_input_is_named_after_itself_and_never_after_a_split(tmp_path):
   assert given.input_name(str(tmp_path / 'scans.npy')) == 'scans'
   # the outputs of a folder named test would replace those of the run's test split
   assert given.input_name(str(tmp_path / 'test')) == 'test_input'
+  assert given.input_name(str(tmp_path / 'test_umap.npy')) == 'test_umap_input'  # a UMAP map's
 
 
 def test_a_convolutional_model_takes_other_sizes_asked_for(tmp_path):

@@ -21,6 +21,26 @@ def test_sprite_tiles_row_by_row():
   assert tiles[0, 3, 0] == 1 and tiles[4, 0, 0] == 3 and tiles[8, 0, 0] == 0  # 3x3, one empty
 
 
+def test_a_map_replaces_its_own_entries_only_and_names_the_files(tmp_path):
+  from google.protobuf import text_format  # pylint: disable=g-import-not-at-top
+  from tensorboard.plugins.projector import projector_config_pb2  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (6, 4, 4, 1), np.uint8)
+  latents, embedding = rng.normal(size=(6, 3)), rng.normal(size=(6, 2))
+  files = [f'/data/{i}.png' for i in range(6)]
+  for name in ('test_umap', 'test_input', 'test', 'test'):  # test keeps test_umap's and the input's
+    projector.write(str(tmp_path), name, latents, embedding, images, None, None, name,
+                    np.arange(6), 't-SNE', files if name == 'test_input' else None)
+  config = projector_config_pb2.ProjectorConfig()
+  with open(tmp_path / projector.CONFIG) as f:
+    text_format.Parse(f.read(), config)
+  assert sorted(e.tensor_name for e in config.embeddings) == [
+      'test: latents', 'test: t-SNE', 'test_input: latents', 'test_input: t-SNE',
+      'test_umap: latents', 'test_umap: t-SNE']
+  with open(tmp_path / 'test_input_metadata.tsv') as f:
+    assert f.read().splitlines()[:2] == ['label\tsplit\tindex\tfile', '\ttest_input\t0\t/data/0.png']
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))

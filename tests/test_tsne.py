@@ -86,6 +86,11 @@ def test_large_latents_are_projected_to_50_dimensions_first(tmp_path):
                      perplexity=10.0, seed=0)
   assert report['latent_size'] == 7 * 7 * 16 and report['pca_dims'] == 50
   assert 0 <= report['knn_accuracy'] <= 1
+  # images of one's own: the PCA is still fit on the run's train split
+  np.save(tmp_path / 'mine.npy', np.load(os.path.join(workdir, 'tsne', 'test.npz'))['images'])
+  mine = tsne.main(workdir, config, 'latest', None, num_points=60, num_train_points=100,
+                   perplexity=10.0, seed=0, input_path=str(tmp_path / 'mine.npy'))
+  assert mine['pca_dims'] == 50 and mine['trustworthiness'] == report['trustworthiness']
 
 
 def test_subsample_of_a_few_less_than_all_still_works():

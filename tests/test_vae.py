@@ -230,16 +230,19 @@ def test_a_walk_between_images_of_ones_own_named_by_their_files(trained_ae, tmp_
   mine = evaluate.given_images(evaluate.load_run(workdir, config, 'best', 'validation',
                                                  needs_data=False), str(folder))
   [(title, walk)] = generate.walk_rows(mine, None, 'b.png,sub/a.png', steps=4, seed=0).items()
-  assert title == 'b\n→ a'
+  assert title == 'b\n→ sub/a'
   ends = np.asarray(run.model.apply(run.variables, metrics.to_float(run.images[[0, 1]]),
                                     method='reconstruct'))
   np.testing.assert_allclose(walk[[0, -1]], ends, atol=1e-5)
-  with pytest.raises(UserError, match="'a.png' is not an image of --input=.*: give indices "
-                     'from 0 to 2 or file names'):  # two files are a.png: the path says which
+  with pytest.raises(UserError, match="'a.png' names 2 files, sub/a.png, two/a.png: give its "
+                     'path'):
     generate.walk_rows(mine, None, 'a.png,1', steps=4, seed=0)
+  with pytest.raises(UserError, match="'c.png' is not an image of --input=.*: give indices "
+                     'from 0 to 2 or file names'):
+    generate.walk_rows(mine, None, 'c.png,1', steps=4, seed=0)
   written = generate.main(workdir, config, 'best', None, None, None, '0,2', 4, 5, 0,
                           str(tmp_path / 'out'), input_path=str(folder))['figures']
-  assert [os.path.basename(p) for p in written] == ['walk.png']
+  assert [os.path.basename(p) for p in written] == ['mine_walk.png']  # not the split's walk
 
 
 @pytest.mark.parametrize('flags, message', [

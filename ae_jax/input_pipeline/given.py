@@ -48,7 +48,9 @@ def input_name(path: str) -> str:
   if not os.path.isdir(path):
     name = os.path.splitext(name)[0]
   name = name or 'input'
-  return f'{name}_input' if name in ('train', 'validation', 'test') else name
+  splits = ('train', 'validation', 'test')
+  taken = splits + tuple(f'{split}_umap' for split in splits)  # a split's UMAP map: tsne.py
+  return f'{name}_input' if name in taken else name
 
 
 def check_input(path: str, out_dir: str) -> None:
