@@ -127,6 +127,22 @@ def test_images_of_different_sizes_need_image_size(tmp_path):
   assert input_pipeline.load_splits(config.data)['train'].images.shape[1:] == (28, 28, 1)
 
 
+def test_big_endian_16_bit_and_exif_turned_images_read_as_viewers_show_them(tmp_path):
+  from ae_jax.input_pipeline.sources import folder  # pylint: disable=g-import-not-at-top
+  decode, header = folder._decode, folder._header  # pylint: disable=protected-access
+  ramp = np.linspace(0, 65535, 64).reshape(8, 8)
+  Image.frombytes('I;16B', (8, 8), ramp.astype('>u2').tobytes()).save(tmp_path / 'imagej.tif')
+  decoded = decode(str(tmp_path / 'imagej.tif'), None)
+  assert decoded.shape == (8, 8, 1)
+  np.testing.assert_allclose(decoded[..., 0], ramp / 65535 * 255, atol=1)  # scaled, not clipped
+  wide = Image.fromarray(np.tile(np.arange(40, dtype=np.uint8) * 6, (20, 1)))  # 40 wide, 20 high
+  exif = wide.getexif()
+  exif[0x0112] = 6  # stored on its side: viewers turn it a quarter, to 20 wide and 40 high
+  wide.save(tmp_path / 'phone.jpg', exif=exif)
+  assert decode(str(tmp_path / 'phone.jpg'), None).shape == (40, 20, 1)
+  assert header(str(tmp_path / 'phone.jpg')) == ((20, 40), True)
+
+
 def test_bad_folders_name_the_file_and_the_fix(tmp_path):
   (tmp_path / 'empty').mkdir()
   with pytest.raises(UserError, match='empty holds no image files'):

@@ -138,6 +138,9 @@ def test_images_of_ones_own_are_encoded_from_a_folder_or_an_array(trained_ae, tm
   with pytest.raises(UserError, match='--config.data.* names data, which --input=.* leaves '
                      'unread'):
     encode.main(workdir, moved, 'best', None, out_dir=out, input_path=str(folder))
+  os.mkfifo(folder / 'more' / 'pipe.png')  # a named pipe would block its reader: not an image
+  assert encode.main(workdir, config, 'best', None, out_dir=out,
+                     input_path=str(folder))['num_images'] == 5
   np.save(tmp_path / 'one.npy', photos[0])
   with pytest.raises(UserError, match=r'has shape \(40, 40, 3\): one image\? Save it as '
                      r'\(1, 40, 40, 3\)'):

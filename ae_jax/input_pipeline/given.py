@@ -23,9 +23,11 @@ def list_inputs(path: str) -> tuple[str, list[str]]:
   if not path:
     raise UserError('--input is missing: name a folder of images, an image file or a .npy')
   if os.path.isdir(path):
+    # regular files only: a named pipe would block its reader
     names = sorted(os.path.relpath(os.path.join(root, f), path)
                    for root, _, files in os.walk(path) for f in files
-                   if f.lower().endswith(folder_source.IMAGE_EXTENSIONS))
+                   if f.lower().endswith(folder_source.IMAGE_EXTENSIONS)
+                   and os.path.isfile(os.path.join(root, f)))
     if not names:
       raise UserError(f'--input={path} holds no image files '
                       f'({", ".join(folder_source.IMAGE_EXTENSIONS)})')
@@ -87,36 +89,37 @@ def read_inputs(path: str, kind: str, names: list[str], shape):
       raise UserError(f'cannot read {path} as a NumPy .npy file: {e}') from None
     if not data.ndim or not len(data):
       raise UserError(f'--input={path} holds no images (an array of shape {data.shape})')
-    if data.ndim == 3 and data.shape[-1] in (1, 3):  # not N images of width 1 or 3
+    if data.ndim == 2 or data.ndim == 3 and data.shape[-1] in (1, 3):  # not N rows of pixels
       raise UserError(f'--input={path} has shape {data.shape}: one image? Save it as '
                       f'(1, {", ".join(map(str, data.shape))}); images are (N, H, W) or '
                       '(N, H, W, C)')
     data = arrays._check_images(data, path)  # pylint: disable=protected-access
-    images = [data[i] for i in range(len(data))]
     names = [f'{i}' for i in range(len(data))]
     skipped = []
+    images = [convert(image, shape) for image in data]
   else:
     files = [os.path.join(path, n) for n in names] if kind == 'folder' else [path]
 
-    def decode(file):
+    def decode(file):  # converted at once: the process holds no photo at its full size
       try:
-        return folder_source._decode(file, None)  # pylint: disable=protected-access
+        image = folder_source._decode(file, None)  # pylint: disable=protected-access
+        return convert(image, shape)
       except UserError as e:
         return e
 
     with futures.ThreadPoolExecutor(THREADS) as pool:
       decoded = list(pool.map(decode, files))
+    if kind == 'file' and isinstance(decoded[0], UserError):
+      raise decoded[0]
     skipped = [str(d) for d in decoded if isinstance(d, UserError)]
     names = [n for n, d in zip(names, decoded) if not isinstance(d, UserError)]
     images = [d for d in decoded if not isinstance(d, UserError)]
   counts = {}
-  converted = []
-  for image in images:
-    image, done = convert(image, shape)
-    converted.append(image)
+  for _, done in images:
     for d in done:
       counts[d] = counts.get(d, 0) + 1
-  stacked = np.stack(converted) if converted else np.empty((0, *shape), np.uint8)
+  stacked = (np.stack([image for image, _ in images]) if images
+             else np.empty((0, *shape), np.uint8))
   return names, stacked, counts, skipped
 
 

@@ -39,14 +39,30 @@ def _cannot_read(path: str, error: BaseException) -> UserError:
   return UserError(f'cannot read the image {path}: {error}. Delete or replace the file')
 
 
+def _high_bit(mode: str) -> bool:
+  """16- and 32-bit integer and float grayscale (I;16B is ImageJ's big-endian TIFF)."""
+  return mode in ('I', 'F') or mode.startswith('I;16')
+
+
+def _is_grey(mode: str) -> bool:
+  return mode in ('1', 'L', 'LA') or _high_bit(mode)
+
+
+# EXIF orientations that turn the stored image a quarter: viewers show it W and H swapped
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
 def _decode(path: str, size, grey: bool = False):
-  """One image file -> uint8 (H, W, 1 or 3); `grey`: grayscale whatever the file is."""
+  """One image file -> uint8 (H, W, 1 or 3), upright as its EXIF orientation says (as viewers
+  show it); `grey`: grayscale whatever the file is."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import ImageOps  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(path) as image:
       image.load()  # a truncated file fails here, not later
-      grey = grey or image.mode in ('1', 'L', 'LA', 'I', 'I;16', 'F')
-      if image.mode in ('I', 'I;16', 'F'):  # 16-bit and float grayscale: to 8 bits
+      image = ImageOps.exif_transpose(image)
+      grey = grey or _is_grey(image.mode)
+      if _high_bit(image.mode):  # 16-bit and float grayscale: to 8 bits
         array = np.asarray(image, np.float32)
         image = Image.fromarray(np.uint8(np.clip(array / max(array.max(), 1) * 255, 0, 255)))
       array = np.asarray(image.convert('L' if grey else 'RGB'))
@@ -124,9 +140,11 @@ def _header(path: str) -> tuple[tuple[int, int], bool]:
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(path) as image:
-      found = image.size, image.mode in ('1', 'L', 'LA', 'I', 'I;16', 'F')
+      size, grey = image.size, _is_grey(image.mode)
       image.verify()  # reads the file's chunks and checks them, without decoding the pixels
-      return found
+    with Image.open(path) as image:  # verify leaves the image unusable
+      turned = image.getexif().get(0x0112) in _QUARTER_TURNS  # as _decode turns it upright
+    return size[::-1] if turned else size, grey
   except _unreadable() as e:
     raise _cannot_read(path, e) from None
 
