@@ -7,8 +7,8 @@ Without a workdir: the run under runs/ that trained last. Without --split: the t
 the run's data has one, else validation. --input scores images of the user's own instead, as
 scripts/reconstruct.sh reads them (a folder, its subfolders too; an image file; a .npy of
 images), converted as training converts images; <split> is then the input's name, and the
-threshold still comes from the run's validation split. An image's score is the model's own per-image
-objective on it, clean: the reconstruction loss of the AE and the CAE (config.loss), the
+threshold still comes from the run's validation split. An image's score is the model's own
+per-image objective on it, clean: the reconstruction loss of the AE and the CAE (config.loss), the
 negative ELBO of a VAE (nats, with the evaluation's latent sample). The threshold is the
 --percentile-th percentile of the validation split's scores (normal data): an image of the
 split that scores above it is flagged.
