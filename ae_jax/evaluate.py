@@ -128,14 +128,7 @@ def given_images(run: TrainedRun, input_path: str) -> TrainedRun:
   """The run with --input's images (a folder, an image file or a .npy) in place of its split's,
   converted as training converts them, without labels; the split is named after the input."""
   kind, names = given.list_inputs(input_path)
-  shape = run.model.image_shape
-  names, images, counts, skipped = given.read_inputs(input_path, kind, names, shape)
-  for message in skipped:
-    print(f'skipped: {message}', file=sys.stderr)
-  if not len(images):
-    raise UserError(f'--input={input_path}: no image could be read (the files above)')
-  if counts:
-    print(given.describe_conversions(counts, shape))
+  names, images, _, _ = given.read(input_path, kind, names, run.model.image_shape)
   files = None if kind == 'npy' else tuple(
       os.path.abspath(os.path.join(input_path, n) if kind == 'folder' else input_path)
       for n in names)

@@ -6,6 +6,7 @@ names."""
 
 from concurrent import futures
 import os
+import sys
 
 import numpy as np
 
@@ -123,11 +124,18 @@ def read_inputs(path: str, kind: str, names: list[str], shape):
   return names, stacked, counts, skipped
 
 
-def describe_conversions(counts: dict, shape) -> str | None:
-  """The line that says how many images were converted, and how; None where none were."""
-  if not counts:
-    return None
-  what = {'grayscale': 'colour images made grayscale', 'colour': 'grayscale images made colour',
-          'resized': f'images of another size resized to {shape[1]}x{shape[0]}'}
-  return ('converted as training converts them: '
+def read(path: str, kind: str, names: list[str], shape):
+  """read_inputs, saying on stderr which files it skipped and on stdout what it converted;
+  a UserError where no image could be read."""
+  names, images, counts, skipped = read_inputs(path, kind, names, shape)
+  for message in skipped:
+    print(f'skipped: {message}', file=sys.stderr)
+  if not len(images):
+    raise UserError(f'--input={path}: no image could be read (the files above)')
+  if counts:
+    what = {'grayscale': 'colour images made grayscale',
+            'colour': 'grayscale images made colour',
+            'resized': f'images of another size resized to {shape[1]}x{shape[0]}'}
+    print('converted as training converts them: '
           + ', '.join(f'{n:,} {what[k]}' for k, n in sorted(counts.items())))
+  return names, images, counts, skipped
