@@ -159,9 +159,8 @@ def main(workdir, config, checkpoint, split, percentile=PERCENTILE, num_worst=16
   threshold, held_out = report['threshold'], found['held_out']
   flagged = np.flatnonzero(split_scores > threshold)
   flagged = flagged[np.argsort(-split_scores[flagged])]
-  where = ({'split': run.split} if input_path is None else
-           {'input': os.path.abspath(input_path)})
-  report = {'workdir': os.path.abspath(workdir), **where, 'checkpoint_step': run.step,
+  report = {'workdir': os.path.abspath(workdir), **evaluate.source_field(run),
+            'checkpoint_step': run.step,
             **report, 'flagged': [
                 {'index': int(i), 'score': float(split_scores[i]),
                  **({'label': _label_name(run, run.labels[i])} if run.labels is not None else {}),
@@ -179,7 +178,6 @@ def main(workdir, config, checkpoint, split, percentile=PERCENTILE, num_worst=16
     groups[run.split] = split_scores
   groups = {k: v for k, v in groups.items() if len(v)}
   worst = np.argsort(-split_scores)[:num_worst]
-  shown = f'{run.split} split' if input_path is None else input_path
   try:
     os.makedirs(out_dir, exist_ok=True)
     with replaced_atomically(stem + '_scores.npy') as tmp:
@@ -193,7 +191,7 @@ def main(workdir, config, checkpoint, split, percentile=PERCENTILE, num_worst=16
                                             f' {os.path.basename(run.files[i])[:9]}'
                                             if run.files is not None else '') for i in worst]
       plots.reconstructions(_worst_rows(run, worst), titles, stem + '_worst.png',
-                            f'{name}, {shown}: the {len(worst)} highest scores')
+                            f'{name}, {evaluate.source(run)}: the {len(worst)} highest scores')
     elif os.path.exists(stem + '_worst.png'):  # of an earlier command, not of these scores
       os.remove(stem + '_worst.png')
     with replaced_atomically(stem + '.json') as tmp, open(tmp, 'w') as f:
@@ -201,7 +199,7 @@ def main(workdir, config, checkpoint, split, percentile=PERCENTILE, num_worst=16
   except OSError as e:
     raise cannot_write(e, 'the anomaly scores to', out_dir, flag='--out_dir') from None
 
-  print(f'{name} in {workdir}, checkpoint of step {run.step}, {shown}: '
+  print(f'{name} in {workdir}, checkpoint of step {run.step}, {evaluate.source(run)}: '
         f'{len(split_scores):,} images scored by {report["score"]} in {report["seconds"]:.2f} s '
         f'({report["images_per_sec"]:,.0f} images/s)')
   print(f'threshold {threshold:.5g} (the {percentile:g}th percentile of the validation split\'s '

@@ -128,9 +128,8 @@ def main(workdir, config, checkpoint, split, variance=False, out_dir=None,
     raise cannot_write(e, 'the latents to', out_dir, flag='--out_dir') from None
   latent = np.load(f'{stem}_latents.npy', mmap_mode='r')
   num = len(run.images)
-  where = ({'split': run.split} if input_path is None else
-           {'input': os.path.abspath(input_path)})
-  report = {'workdir': os.path.abspath(workdir), **where, 'checkpoint_step': run.step,
+  report = {'workdir': os.path.abspath(workdir), **evaluate.source_field(run),
+            'checkpoint_step': run.step,
             'num_images': num, 'latent_size': int(latent.shape[1]),
             'latent': 'posterior mean' if models.has_prior(run.model) else 'encoding',
             'label_names': list(run.label_names) if run.label_names else None,
@@ -143,8 +142,7 @@ def main(workdir, config, checkpoint, split, variance=False, out_dir=None,
   except OSError as e:
     raise cannot_write(e, 'the latents to', out_dir, flag='--out_dir') from None
   print(f'{config_lib.display_name(config)} in {workdir}, checkpoint of step {run.step}, '
-        + (f'{run.split} split' if input_path is None else input_path)
-        + f': {num:,} latents of {latent.shape[1]:,} dimensions'
+        + f'{evaluate.source(run)}: {num:,} latents of {latent.shape[1]:,} dimensions'
         + (' (posterior means)' if models.has_prior(run.model) else '')
         + f' in {done["seconds"]:.2f} s ({report["images_per_sec"]:,.0f} images/s, of which '
         f'writing {done["write_seconds"]:.2f} s)')

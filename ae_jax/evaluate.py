@@ -61,6 +61,16 @@ class TrainedRun(NamedTuple):
   input: str | None = None  # --input, where the images are the user's own (given_images)
 
 
+def source(run: TrainedRun) -> str:
+  """What the run's images are, for printed lines and titles: 'test split', or --input."""
+  return f'{run.split} split' if run.input is None else run.input
+
+
+def source_field(run: TrainedRun) -> dict:
+  """What the run's images are, for a JSON report: {'split': ...} or {'input': its path}."""
+  return {'split': run.split} if run.input is None else {'input': os.path.abspath(run.input)}
+
+
 def load_run(workdir: str, config, checkpoint: str, split: str | None,
              splits=None, *, needs_data: bool = True) -> TrainedRun:
   """The model of `workdir` at `checkpoint` (only its variables are read) and the data.
@@ -296,7 +306,6 @@ def main(workdir: str, config, checkpoint: str, split: str | None, num_examples:
   else:
     run = load_run(workdir, config, checkpoint, split)
   split = run.split
-  shown = f'{split} split' if input_path is None else input_path
   results = {'clean': evaluate(run, noisy=False)}
   if models.has_prior(run.model):
     num_samples = run.model.IW_SAMPLES if num_samples is None else num_samples
@@ -308,8 +317,7 @@ def main(workdir: str, config, checkpoint: str, split: str | None, num_examples:
       results['clean'].update(importance_weighted_nll(run, num_samples, iw_images))
   if config_lib.is_denoising(config):
     results = {'noisy': evaluate(run, noisy=True), **results}
-  where = {'split': split} if input_path is None else {'input': os.path.abspath(input_path)}
-  report = {'workdir': os.path.abspath(workdir), **where, 'checkpoint_step': run.step,
+  report = {'workdir': os.path.abspath(workdir), **source_field(run), 'checkpoint_step': run.step,
             'num_images': len(run.images), **results}
 
   rows, titles = reconstruction_rows(run, num_examples)
@@ -320,12 +328,13 @@ def main(workdir: str, config, checkpoint: str, split: str | None, num_examples:
     with replaced_atomically(os.path.join(out_dir, f'{split}.json')) as tmp, open(tmp, 'w') as f:
       json.dump(report, f, indent=2)
     plots.reconstructions(rows, titles, figure,
-                          title=f'{config_lib.display_name(config)}, {shown}, step {run.step}')
+                          title=f'{config_lib.display_name(config)}, {source(run)}, '
+                          f'step {run.step}')
   except OSError as e:
     raise cannot_write(e, 'the evaluation to', out_dir, flag='--out_dir') from None
 
   print(f'{config_lib.display_name(config)} in {workdir}, checkpoint of step {run.step} '
-        f'({checkpoint}), {shown}: {len(run.images):,} images')
+        f'({checkpoint}), {source(run)}: {len(run.images):,} images')
   columns = [c for c in COLUMNS if any(c in values for values in results.values())]
   widths = [max(10, len(COLUMNS[c][0])) for c in columns]
   print(f'{"inputs":<8} ' + ' '.join(f'{COLUMNS[c][0]:>{w}}' for c, w in zip(columns, widths)))

@@ -195,8 +195,8 @@ def main(workdir, config, checkpoint, split, num_samples, walk, walk_images, ste
   rows = walk_rows(run, walk, walk_images, steps, seed)
   walk_name = 'walk' if input_path is None else f'{run.split}_walk'  # not the split's walk
   figures[walk_name] = lambda path: plots.reconstructions(
-      rows, None, path, f'{name}: walks through the latent space, '
-      + (f'{run.split} split' if input_path is None else input_path) + f', step {run.step}')
+      rows, None, path, f'{name}: walks through the latent space, {evaluate.source(run)}, '
+      f'step {run.step}')
   if prior and run.model.latent_dim == 2 and input_path is None:
     grid, values = prior_grid(run, grid_size)
     figures['grid'] = lambda path: plots.latent_grid(

@@ -228,7 +228,6 @@ def main(workdir, config, checkpoint, split, num_points, num_train_points, perpl
       run = run._replace(splits=evaluate.load_run(workdir, config, checkpoint,
                                                   'validation').splits)
   split = run.split
-  shown = f'{split} split' if input_path is None else input_path
   if num_points > len(run.images):
     print(f'mapping all {len(run.images):,} images of '
           + (f'the {split} split' if input_path is None else input_path)
@@ -242,7 +241,7 @@ def main(workdir, config, checkpoint, split, num_points, num_train_points, perpl
   stem = os.path.join(out_dir, map_name(method, split))
   how = backend_name(method, tsne_backend, len(chosen))
   title = (f'{how} of {config_lib.display_name(config)} latents ({latent_size:,} dimensions), '
-           f'{shown}, step {run.step}')
+           f'{evaluate.source(run)}, step {run.step}')
   # The .npz, the figure and the numbers are written beside each other and replace the old ones
   # together: a failure (a full disk) leaves the last map whole, and never a part of each.
   try:
@@ -256,9 +255,8 @@ def main(workdir, config, checkpoint, split, num_points, num_train_points, perpl
       start = time.time()
       plots.tsne_map(embedding, images, labels, run.label_names, png, title)
       figure_seconds = time.time() - start
-      where = ({'split': split} if input_path is None else
-               {'input': os.path.abspath(input_path)})
-      report = {'workdir': os.path.abspath(workdir), **where, 'checkpoint_step': run.step,
+      report = {'workdir': os.path.abspath(workdir), **evaluate.source_field(run),
+                'checkpoint_step': run.step,
                 'num_points': len(chosen), 'latent_size': latent_size,
                 'pca_dims': min(latent_size, PCA_DIMS), 'method': method, 'implementation': how,
                 **({'perplexity': perplexity} if method == 'tsne'
@@ -273,7 +271,8 @@ def main(workdir, config, checkpoint, split, num_points, num_train_points, perpl
       os.path.join(out_dir, projector.FOLDER), map_name(method, split), space.latents,
       embedding, images, labels, run.label_names, split, chosen, how, run.files)
 
-  print(f'{config_lib.display_name(config)} in {workdir}, checkpoint of step {run.step}, {shown}: '
+  print(f'{config_lib.display_name(config)} in {workdir}, checkpoint of step {run.step}, '
+        f'{evaluate.source(run)}: '
         f'{how} of {len(chosen):,} latents of {latent_size:,} dimensions'
         + (f' (PCA to {PCA_DIMS})' if latent_size > PCA_DIMS else '')
         + f' in {tsne_seconds:.1f} s, figure in {figure_seconds:.1f} s')
