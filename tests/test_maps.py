@@ -64,15 +64,19 @@ def test_too_few_points_for_a_method_are_refused():
     maps.check_points('tsne', 30, 30.0, 15, '--num_points=30')
 
 
+# scikit-learn 1.9's t-SNE, manifold.TSNE(2, perplexity=30.0, init='pca',
+# random_state=0) on the same digits, reaches 0.99499: recorded, as computing it in a loaded
+# suite takes 6 to 20 s.
+SCIKIT_LEARNS_TRUSTWORTHINESS = 0.99499
+
+
 def test_opentsne_map_keeps_neighbourhoods_as_scikit_learns_does():
   """The t-SNE that maps 10,000 points and more (openTSNE, exact neighbours, a coarser grid
   below 20,000 points) keeps the neighbourhoods scikit-learn's keeps."""
-  from sklearn import datasets, manifold
+  from sklearn import datasets
   digits = datasets.load_digits().data
   ours = maps.trustworthiness(digits, maps.tsne(digits, perplexity=30.0, seed=0))
-  reference = maps.trustworthiness(digits, manifold.TSNE(
-      2, perplexity=30.0, init='pca', random_state=0).fit_transform(digits))
-  assert ours > reference - 0.005, (ours, reference)
+  assert ours > SCIKIT_LEARNS_TRUSTWORTHINESS - 0.005, ours
 
 
 @pytest.mark.slow  # numba compiles umap-learn's layout in every process (about 20 s)
