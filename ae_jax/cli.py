@@ -255,6 +255,7 @@ def run(main):
         logging_lib.getLogger(name).addFilter(quiet)
       sys.unraisablehook = _quiet_unraisablehook(sys.unraisablehook)
     use_compilation_cache(flags.FLAGS.compilation_cache)
+    from ae_jax import interruptions  # pylint: disable=g-import-not-at-top
     from ae_jax import train  # pylint: disable=g-import-not-at-top
     try:
       if len(argv) > 1:  # every command takes flags only (the scripts' WORKDIR is --workdir)
@@ -270,7 +271,7 @@ def run(main):
       if flags.FLAGS.verbosity >= 1:  # for a bug report: where it came from
         traceback.print_exc()
       _fail(str(e))
-    except train.Interrupted as e:
+    except interruptions.Interrupted as e:
       signum, message = e.args
       print(message, file=sys.stderr)
       _exit(128 + signum)
@@ -278,7 +279,7 @@ def run(main):
       _fail(f'out of host memory ({" ".join(str(e).split())[:200]}): ask for less (a smaller '
             'config.data.image_size, batch size or split), or config.data.placement=disk for '
             'data larger than memory')
-    except KeyboardInterrupt:  # outside training's loop, which saves first (train.Interrupted)
+    except KeyboardInterrupt:  # outside training's loop, which saves first (interruptions.Interrupted)
       print('SIGINT: stopped before the command finished: run it again', file=sys.stderr,
             flush=True)
       sys.stdout.flush()

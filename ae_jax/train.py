@@ -1,16 +1,13 @@
 """Training: the train state, train_step and train_and_evaluate(config, workdir)."""
 
-import contextlib
 import functools
 import os
 import signal
-import threading
 import time
 from typing import Any, NamedTuple
 
 import flax
 import jax
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -24,6 +21,7 @@ from ae_jax import checkpoints
 from ae_jax import config_lib
 from ae_jax import devices
 from ae_jax import input_pipeline
+from ae_jax import interruptions
 from ae_jax import metric_writers
 from ae_jax import metrics
 from ae_jax import models
@@ -187,52 +185,6 @@ def make_update(config, image_shape, tx, mesh, train_images, placement) -> Updat
                 lambda numbers: jax.tree.map(first_copy, numbers))
 
 
-# --- interruptions ------------------------------------------------------------------------
-
-class Interrupted(Exception):
-  """Training stopped on SIGINT or SIGTERM after saving a checkpoint; args: (signum, message)."""
-
-
-@contextlib.contextmanager
-def signals_caught():
-  """Within: SIGINT and SIGTERM only append to the yielded list, for the loop to act on."""
-  received = []
-  if threading.current_thread() is not threading.main_thread():
-    yield received  # signal handlers can only be set from the main thread
-    return
-  handler = lambda signum, frame: received.append(signum)
-  previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-  try:
-    yield received
-  finally:
-    for s, h in previous.items():
-      signal.signal(s, h)
-
-
-@contextlib.contextmanager
-def signals_ignored():
-  """Within: SIGINT and SIGTERM do nothing, so that a run finishes saving and closing its
-  checkpoints whatever arrives meanwhile (signals_caught answers them within the loop)."""
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
-  previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-  try:
-    yield
-  finally:
-    for s, h in previous.items():
-      signal.signal(s, h)
-
-
-def agree(num_steps: int, stop: bool) -> tuple[int, bool]:
-  """What every process does next: all must run the same steps and stop together, or their
-  collectives would wait for each other forever."""
-  if jax.process_count() == 1:
-    return num_steps, stop
-  both = multihost_utils.process_allgather(np.array([num_steps, stop], np.int64))
-  return int(both[:, 0].min()), bool(both[:, 1].any())
-
-
 def _log(*args):
   if jax.process_index() == 0:
     tqdm.tqdm.write(' '.join(map(str, args)))
@@ -256,7 +208,7 @@ class Loop(NamedTuple):
   run_steps: Any  # update.run, compiled for calls of up to max_steps steps
   manager: Any  # the checkpoint manager
   run_log: metric_writers.RunLog
-  received: list  # the signals received (signals_caught)
+  received: list  # the signals received (interruptions.signals_caught)
   num_train: int
   steps_per_epoch: int
   max_steps: int
@@ -266,8 +218,8 @@ def train_epoch(loop: Loop, state, epoch: int, first: int, num_steps: int, numbe
   """Runs the steps first, first + 1, ... of `epoch` in compiled calls of about SECONDS_PER_CALL
   (`num_steps` steps to start with). Returns the state, the epoch's numbers per step ({'loss':
   [...], ...}, after `numbers`, those of its steps before `first`) and the call size reached.
-  On SIGINT / SIGTERM it saves a checkpoint of the current step and raises Interrupted; on a
-  non-finite loss, a UserError."""
+  On SIGINT / SIGTERM it saves a checkpoint of the current step and raises
+  interruptions.Interrupted; on a non-finite loss, a UserError."""
   config, update, manager = loop.config, loop.update, loop.manager
   steps_per_epoch = loop.steps_per_epoch
   order = epoch_permutation(config.seed, epoch, loop.num_train)
@@ -308,7 +260,7 @@ def train_epoch(loop: Loop, state, epoch: int, first: int, num_steps: int, numbe
     pending = None
     call_first = first
     while call_first < steps_per_epoch:
-      num_steps, stop = agree(num_steps, bool(loop.received))
+      num_steps, stop = interruptions.agree(num_steps, bool(loop.received))
       if stop:
         if pending:
           read(pending)
@@ -318,7 +270,7 @@ def train_epoch(loop: Loop, state, epoch: int, first: int, num_steps: int, numbe
         checkpoints.wait(manager)
         loop.run_log.save_partial_epoch(int(state.step), numbers)
         signum = loop.received[0] if loop.received else signal.SIGTERM
-        raise Interrupted(signum, (
+        raise interruptions.Interrupted(signum, (
             f'{signal.Signals(signum).name}: saved the checkpoint of step '
             f'{int(state.step)} (epoch {epoch + 1}, step {call_first} of {steps_per_epoch}) '
             f'in {manager.directory}; run the same command again to resume'))
@@ -443,7 +395,7 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
     generate = jax.jit(lambda variables, z: model.apply(variables, z, method='decode'),
                        compiler_options=models.compile_once_options(model))
 
-  with signals_ignored(), checkpoints.managed(workdir, image_shape) as manager:
+  with interruptions.signals_ignored(), checkpoints.managed(workdir, image_shape) as manager:
     # --- Load a checkpoint.
     restored = checkpoints.restore_latest(manager, state, replicated)
     if restored is not None:
@@ -458,7 +410,7 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
 
     # --- The loop: an epoch of compiled calls, then validation, a checkpoint and the logs.
     try:
-      with signals_caught() as received:
+      with interruptions.signals_caught() as received:
         loop = Loop(config, update, run_steps, manager, run_log, received, num_train,
                     steps_per_epoch, max_steps)
         state = update.to_run_state(state)

@@ -1,0 +1,54 @@
+"""Interruptions: SIGINT and SIGTERM answered by training's loop, between compiled calls, and
+every process of a run agreeing on when to stop."""
+
+import contextlib
+import signal
+import threading
+
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+
+class Interrupted(Exception):
+  """Training stopped on SIGINT or SIGTERM after saving a checkpoint; args: (signum, message)."""
+
+
+@contextlib.contextmanager
+def signals_caught():
+  """Within: SIGINT and SIGTERM only append to the yielded list, for the loop to act on."""
+  received = []
+  if threading.current_thread() is not threading.main_thread():
+    yield received  # signal handlers can only be set from the main thread
+    return
+  handler = lambda signum, frame: received.append(signum)
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield received
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def signals_ignored():
+  """Within: SIGINT and SIGTERM do nothing, so that a run finishes saving and closing its
+  checkpoints whatever arrives meanwhile (signals_caught answers them within the loop)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
+def agree(num_steps: int, stop: bool) -> tuple[int, bool]:
+  """What every process does next: all must run the same steps and stop together, or their
+  collectives would wait for each other forever."""
+  if jax.process_count() == 1:
+    return num_steps, stop
+  both = multihost_utils.process_allgather(np.array([num_steps, stop], np.int64))
+  return int(both[:, 0].min()), bool(both[:, 1].any())
