@@ -10,8 +10,8 @@ import pytest
 from ae_jax import UserError
 from ae_jax import checkpoints
 from ae_jax import config_lib
+from ae_jax import grid
 from ae_jax import metric_writers
-from ae_jax import study
 from ae_jax import train
 from conftest import MNIST_SMALL
 from conftest import assert_one_line_error
@@ -197,7 +197,7 @@ def test_a_misspelt_field_in_a_study_config_axis_is_refused(tmp_path):
   config_file.write_text(MISSPELT.replace('model.latnt_dim', 'noise.sdt'))
   with pytest.raises(UserError, match=r'config.noise.sdt is not a config field \(did you mean '
                      r'config.noise.std\?\): correct it in .*mine.py'):
-    study.parse_grid(small_config('ae'), [f'config=ae,{config_file}'])
+    grid.parse_grid(small_config('ae'), [f'config=ae,{config_file}'])
 
 
 def test_a_config_json_fills_missing_fields_and_refuses_unknown_ones(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 
 from ae_jax import UserError
 from ae_jax import config_lib
+from ae_jax import grid
 from ae_jax import study
 from ae_jax import train
 from conftest import ROOT
@@ -40,25 +41,25 @@ def _config():
 ])
 def test_a_bad_grid_is_one_clear_error(specs, message):
   with pytest.raises(UserError, match=message):
-    study.parse_grid(_config(), specs)
+    grid.parse_grid(_config(), specs)
 
 
 def test_members_are_the_product_of_the_axes_and_the_seeds():
-  axes = study.parse_grid(_config(), ['noise.std=0,0.1', 'model.latent_dim=8,16'])
-  found = study.members(_config(), axes, [0, 1])
+  axes = grid.parse_grid(_config(), ['noise.std=0,0.1', 'model.latent_dim=8,16'])
+  found = grid.members(_config(), axes, [0, 1])
   assert len(found) == 8
   name, settings, config = found[3]
   assert name == 'noise.std=0.0_model.latent_dim=16_seed=1'
   assert settings == {'noise.std': 0.0, 'model.latent_dim': 16}
   assert config.noise.std == 0.0 and config.model.latent_dim == 16 and config.seed == 1
   with pytest.raises(UserError, match='config.model.latent_dim=0 must be at least 1'):
-    study.members(_config(), study.parse_grid(_config(), ['model.latent_dim=0,8']), [0])
+    grid.members(_config(), grid.parse_grid(_config(), ['model.latent_dim=0,8']), [0])
 
 
 def test_a_study_trains_scores_tabulates_and_a_second_start_retrains_nothing(tmp_path,
                                                                              monkeypatch):
   workdir = str(tmp_path / 'study')
-  axes = study.parse_grid(_config(), ['noise.std=0,0.3'])
+  axes = grid.parse_grid(_config(), ['noise.std=0,0.3'])
   rows = study.run_study(_config(), workdir, axes, [0, 1], num_points=60)
   with open(os.path.join(workdir, 'results.csv')) as f:
     table = list(csv.DictReader(f))
@@ -85,7 +86,7 @@ def test_a_study_trains_scores_tabulates_and_a_second_start_retrains_nothing(tmp
   monkeypatch.setattr(train, 'train_and_evaluate', must_not_train)
   assert study.run_study(_config(), workdir, axes, [0, 1], num_points=60) == rows
   # a score stands only for the map it was scored with: other points, method, or a map asked for
-  _, _, config = study.members(_config(), axes, [1])[1]
+  _, _, config = grid.members(_config(), axes, [1])[1]
   assert study.score_of(member, config, study.scoring(60, 'tsne')) == rows[3]
   assert study.score_of(member, config, study.scoring(70, 'tsne')) is None
   assert study.score_of(member, config, study.scoring(60, 'umap')) is None
@@ -105,7 +106,7 @@ def test_a_study_trains_scores_tabulates_and_a_second_start_retrains_nothing(tmp
 def test_a_member_scored_with_other_settings_trains_on_and_is_scored_again(tmp_path, monkeypatch,
                                                                            capsys):
   workdir = str(tmp_path / 'study')
-  axes = study.parse_grid(_config(), ['model.latent_dim=8'])
+  axes = grid.parse_grid(_config(), ['model.latent_dim=8'])
   first = study.run_study(_config(), workdir, axes, [0], num_points=60)
   longer = _config()
   longer.num_epochs = 3
@@ -130,7 +131,7 @@ def test_a_member_scored_with_other_settings_trains_on_and_is_scored_again(tmp_p
 def test_a_full_disk_leaves_no_damaged_reconstructions_and_a_damaged_one_stops_nothing(
     tmp_path, monkeypatch, capsys):
   workdir = str(tmp_path / 'study')
-  axes = study.parse_grid(_config(), ['model.latent_dim=8'])
+  axes = grid.parse_grid(_config(), ['model.latent_dim=8'])
   member = os.path.join(workdir, 'model.latent_dim=8_seed=0')
 
   def disk_full(file, **arrays):
@@ -187,7 +188,7 @@ def test_a_study_killed_mid_member_finishes_with_the_same_command(tmp_path):
     assert len(list(csv.DictReader(f))) == 2
 
 
-@pytest.mark.parametrize('grid, message', [
+@pytest.mark.parametrize('spec, message', [
     ('batch_size=32,100000', 'member batch_size=100000_seed=0: config.batch_size=100000 is '
      'larger than the 128 training images'),
     ('batch_size=32,3', None),  # 3 is not divisible by the 2 devices of the check below
@@ -195,7 +196,7 @@ def test_a_study_killed_mid_member_finishes_with_the_same_command(tmp_path):
      'split has 5 images, too few to score its latent space'),
 ])
 def test_every_member_is_checked_against_its_data_before_the_first_trains(tmp_path, monkeypatch,
-                                                                          grid, message):
+                                                                          spec, message):
   def must_not_train(*args, **kwargs):
     raise AssertionError('a member trained before every member was checked')
   monkeypatch.setattr(train, 'train_and_evaluate', must_not_train)
@@ -204,7 +205,7 @@ def test_every_member_is_checked_against_its_data_before_the_first_trains(tmp_pa
     message = 'member batch_size=3_seed=0: config.batch_size=3 is not divisible by the 2 devices'
   workdir = tmp_path / 'study'
   with pytest.raises(UserError, match=message):
-    study.run_study(_config(), str(workdir), study.parse_grid(_config(), [grid]), [0])
+    study.run_study(_config(), str(workdir), grid.parse_grid(_config(), [spec]), [0])
   assert not workdir.exists()
 
 
@@ -216,8 +217,8 @@ def test_a_member_whose_workdir_holds_another_model_is_refused_before_the_first_
   monkeypatch.setattr(train, 'train_and_evaluate', lambda *a, **k: 1 / 0)
   with pytest.raises(UserError, match=r'member model.latent_dim=16_seed=0: .* holds another '
                      'run'):
-    study.run_study(_config(), str(workdir), study.parse_grid(_config(),
-                                                              ['model.latent_dim=8,16']), [0])
+    study.run_study(_config(), str(workdir), grid.parse_grid(_config(),
+                                                             ['model.latent_dim=8,16']), [0])
   assert os.listdir(workdir) == ['model.latent_dim=16_seed=0']
 
 
@@ -236,8 +237,8 @@ def test_a_member_trained_without_a_class_is_scored_as_its_detector(trained_ae):
   workdir, config = trained_ae
   member = config.copy_and_resolve_references()
   member.data.held_out_classes = '0'
-  axes = study.parse_grid(member, ['data.held_out_classes=0,1'])
-  assert [m[1] for m in study.members(member, axes, [0])] == [
+  axes = grid.parse_grid(member, ['data.held_out_classes=0,1'])
+  assert [m[1] for m in grid.members(member, axes, [0])] == [
       {'data.held_out_classes': '0'}, {'data.held_out_classes': '1'}]
   splits = input_pipeline.load_splits(member.data)
   numbers, _ = study.score(workdir, member, splits, num_points=50, draw_map=False)
