@@ -82,7 +82,7 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
   """
   if split is not None and split not in SPLITS:
     raise UserError(f'--split={split!r} is not one of: {", ".join(SPLITS)}')
-  saved = config_lib.load_config(workdir)  # a clear error if this is no training run
+  config_lib.load_config(workdir)  # a clear error if this is no training run
   config_lib.validate(config, 'the --config.* flags')  # the overrides, checked as training's are
   trained_shape = checkpoints.trained_image_shape(workdir)
   if not needs_data and trained_shape is not None:
@@ -90,10 +90,7 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
     mesh, step, variables = _restore(workdir, checkpoint, abstract)
     return TrainedRun(config, model, variables, step, split, None, None, None, {}, mesh)
   if splits is None:
-    data_config = config.data
-    if trained_shape is not None and names_other_data(config.data, saved.data):
-      data_config = as_trained(config.data, trained_shape)
-    splits = input_pipeline.load_splits(data_config)
+    splits = load_data(workdir, config)
   if split is None:
     split = 'test' if 'test' in splits else 'validation'
     print(f'split: {split} (' + ('' if split == 'test' else 'the data has no test split; ')
@@ -115,6 +112,17 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
   data = splits[split]
   return TrainedRun(config, model, variables, step, split, data.images, data.labels,
                     data.label_names, splits, mesh, data.files)
+
+
+def load_data(workdir: str, config):
+  """The splits of config.data, read as the model of `workdir` takes its images where they are
+  other data than its own."""
+  data_config = config.data
+  trained_shape = checkpoints.trained_image_shape(workdir)
+  if trained_shape is not None and names_other_data(config.data,
+                                                    config_lib.load_config(workdir).data):
+    data_config = as_trained(config.data, trained_shape)
+  return input_pipeline.load_splits(data_config)
 
 
 def check_input(workdir: str, config, split: str | None, input_path: str, out_dir: str,

@@ -225,8 +225,7 @@ def main(workdir, config, checkpoint, split, num_points, num_train_points, perpl
     maps.check_points(method, len(run.images), perplexity, n_neighbors,
                       f'--input={input_path} has {len(run.images)} images, which')
     if encode(run, run.images[:1]).shape[1] > PCA_DIMS:  # its PCA is fit on the train split
-      run = run._replace(splits=evaluate.load_run(workdir, config, checkpoint,
-                                                  'validation').splits)
+      run = run._replace(splits=evaluate.load_data(workdir, config))
   split = run.split
   if num_points > len(run.images):
     print(f'mapping all {len(run.images):,} images of '
