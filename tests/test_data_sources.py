@@ -191,6 +191,10 @@ def test_arrays_with_splits_and_a_plain_npy(tmp_path):
   np.save(tmp_path / 'images.npy', DIGITS[:30])
   splits = input_pipeline.load_splits(_config('arrays', str(tmp_path / 'images.npy')).data)
   assert splits['train'].labels is None and len(splits['train'].images) == 24
+  np.save(tmp_path / 'binarized.npy', DIGITS[:30] > 127)  # binarized images: black and white
+  images = input_pipeline.load_splits(_config('arrays', str(tmp_path / 'binarized.npy')).data)[
+      'train'].images
+  assert images.dtype == np.uint8 and set(np.unique(images)) == {0, 255}
 
 
 @pytest.mark.parametrize('arrays, message', [

@@ -22,6 +22,8 @@ def _check_images(images, where: str) -> np.ndarray:
                     '(N, H, W, C) with C = 1 or 3')
   if images.dtype == np.uint8:
     return images
+  if images.dtype == bool:  # binarized images (binarized MNIST): white where True
+    return images.astype(np.uint8) * np.uint8(255)
   if np.issubdtype(images.dtype, np.floating) and images.size and (
       images.min() >= 0 and images.max() <= 1):
     return np.round(images * 255).astype(np.uint8)
@@ -29,7 +31,7 @@ def _check_images(images, where: str) -> np.ndarray:
       images.min() >= 0 and images.max() <= 255):
     return images.astype(np.uint8)
   raise UserError(f'{where} holds {images.dtype} values in [{images.min()}, {images.max()}]: '
-                  'give uint8 (0-255) or floats in [0, 1]')
+                  'give uint8 (0-255), floats in [0, 1] or booleans')
 
 
 def _check_labels(labels, num_images: int, where: str) -> np.ndarray:
