@@ -88,17 +88,28 @@ def npy_writer(path: str, shape, dtype, name: str | None = None):
   `name`: the file that `path` becomes, named where it cannot be written.
 
   Its whole size is reserved on disk first: a memory map writes into a sparse file, where a
-  full disk is a SIGBUS that kills the interpreter, not an OSError."""
+  full disk is a SIGBUS that kills the interpreter, not an OSError. Where the filesystem reserves
+  nothing (posix_fallocate unsupported), zeros are written over it instead."""
   import errno  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   try:
     array = np.lib.format.open_memmap(path, mode='w+', dtype=dtype, shape=shape)
     with open(path, 'r+b') as f:
+      size = os.fstat(f.fileno()).st_size
       try:
-        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        try:
+          os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as e:
+          if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+          chunk = bytes(1 << 20)
+          f.seek(array.offset)
+          for start in range(array.offset, size, len(chunk)):
+            f.write(chunk[:size - start])
+          f.flush()
+          os.fsync(f.fileno())  # where the filesystem reports a full disk only now (NFS)
       except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # no reservation on this filesystem
-          raise OSError(e.errno, e.strerror, name or path) from None
+        raise OSError(e.errno, e.strerror, name or path) from None
   except BaseException:
     with contextlib.suppress(OSError):
       os.remove(path)

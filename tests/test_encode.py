@@ -1,11 +1,14 @@
+import errno
 import json
 import os
+import subprocess
 
 import numpy as np
 import pytest
 
 from ae_jax import UserError
 from ae_jax import encode
+from ae_jax import npy_writer
 from ae_jax import evaluate
 from ae_jax import tsne
 from conftest import assert_one_line_error
@@ -205,3 +208,27 @@ def test_a_full_disk_is_one_line_and_keeps_the_latents_written_before(tmp_path, 
     encode.main(workdir, config, 'latest', 'validation', out_dir=out)
   assert sorted(os.listdir(out)) == files  # no temporary file left
   np.testing.assert_array_equal(np.load(os.path.join(out, 'validation_latents.npy')), before)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='mounting a small tmpfs needs root')
+def test_a_disk_that_reserves_nothing_and_is_full_is_an_error_not_a_crash(tmp_path, monkeypatch):
+  # A filesystem without posix_fallocate (some network and FUSE filesystems) gets zeros written
+  # instead: a memory map onto a full disk would be a SIGBUS at the first row written.
+  disk = tmp_path / 'disk'
+  disk.mkdir()
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', str(disk)]).returncode:
+    pytest.skip('cannot mount a tmpfs here')
+  try:
+    def unsupported(fd, offset, length):
+      raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+    monkeypatch.setattr(os, 'posix_fallocate', unsupported)
+    small = npy_writer(str(disk / 'small.npy'), (100, 8), np.float32)
+    small[:] = np.arange(800).reshape(100, 8)
+    small.flush()
+    np.testing.assert_array_equal(np.load(disk / 'small.npy'), np.arange(800).reshape(100, 8))
+    with pytest.raises(OSError, match='No space left on device') as error:
+      npy_writer(str(disk / 'big.npy'), (1000, 1000), np.float32, name='latents.npy')
+    assert error.value.filename == 'latents.npy'
+    assert os.listdir(disk) == ['small.npy']
+  finally:
+    subprocess.run(['umount', str(disk)], check=False)
