@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 
 from absl import app
 from absl import flags
@@ -254,6 +255,11 @@ def run(main):
       for name in LIBRARY_LOGGERS:
         logging_lib.getLogger(name).addFilter(quiet)
       sys.unraisablehook = _quiet_unraisablehook(sys.unraisablehook)
+      # Warnings about what the commands handle: an image of 89M to 179M pixels is read and
+      # resized (PIL's decompression-bomb warning; a larger one is refused in one line), and a
+      # figure's title draws a character no installed font has as a box (a file's name).
+      warnings.filterwarnings('ignore', message=r'Image size \(\d+ pixels\) exceeds limit')
+      warnings.filterwarnings('ignore', message=r'Glyph \d+ .* missing from font')
     use_compilation_cache(flags.FLAGS.compilation_cache)
     from ae_jax import interruptions  # pylint: disable=g-import-not-at-top
     from ae_jax import train  # pylint: disable=g-import-not-at-top

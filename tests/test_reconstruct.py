@@ -38,17 +38,20 @@ def test_a_folder_comes_back_with_its_names_and_the_corrupt_file_named(trained_a
   from PIL import Image  # pylint: disable=g-import-not-at-top
   workdir, config = trained_ae
   write_huge_png(os.path.join(image_folder, 'huge.png'))  # more pixels than PIL opens
+  # more pixels than PIL opens without a warning, and a name that the figure's font lacks
+  Image.new('L', (10_000, 9_000)).save(os.path.join(image_folder, '0_顕微鏡.png'))
   out = str(tmp_path / 'out')
   result = run_script('reconstruct.sh', workdir, f'--input={image_folder}', f'--output={out}')
   assert result.returncode == 0, result.stderr[-2000:]
   skipped = [l for l in result.stderr.splitlines() if l.startswith('skipped: ')]
   assert len(skipped) == 2 and 'broken.png' in skipped[0]
   assert 'huge.png: it is too large' in skipped[1] and 'smaller copy' in skipped[1]
-  assert ('converted as training converts them: 5 colour images made grayscale, 1 images of '
+  assert result.stderr.splitlines() == skipped  # no library's warning besides
+  assert ('converted as training converts them: 5 colour images made grayscale, 2 images of '
           'another size resized to 28x28') in result.stdout
   written = sorted(os.path.relpath(os.path.join(r, f), out) for r, _, fs in os.walk(out)
                    for f in fs)
-  assert written == sorted([f'{i}.png' for i in range(10)] + ['sub/large.png',
+  assert written == sorted([f'{i}.png' for i in range(10)] + ['sub/large.png', '0_顕微鏡.png',
                                                                reconstruct.FIGURE])
   for name in ('0.png', '1.png', 'sub/large.png'):
     with Image.open(os.path.join(out, name)) as image:

@@ -133,9 +133,10 @@ def read(path: str, kind: str, names: list[str], shape):
   if not len(images):
     raise UserError(f'--input={path}: no image could be read (the files above)')
   if counts:
-    what = {'grayscale': 'colour images made grayscale',
-            'colour': 'grayscale images made colour',
-            'resized': f'images of another size resized to {shape[1]}x{shape[0]}'}
+    what = {'grayscale': ('colour image{} made grayscale'),
+            'colour': ('grayscale image{} made colour'),
+            'resized': f'image{{}} of another size resized to {shape[1]}x{shape[0]}'}
     print('converted as training converts them: '
-          + ', '.join(f'{n:,} {what[k]}' for k, n in sorted(counts.items())))
+          + ', '.join(f'{n:,} {what[k].format("" if n == 1 else "s")}'
+                      for k, n in sorted(counts.items())))
   return names, images, counts, skipped
