@@ -99,15 +99,7 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
     raise UserError(f'the data of this run has no {split} split (config.data.test_split is '
                     "empty): use --split=validation, or name a test split with "
                     '--config.data.test_split=...')
-  shape = tuple(splits['train'].images.shape[1:])
-  model, abstract = _abstract_model(config, shape)
-  shapes_of = lambda tree: jax.tree.map(lambda x: x.shape, tree)
-  if trained_shape is not None and shape != trained_shape and (
-      shapes_of(abstract) != shapes_of(_abstract_model(config, trained_shape)[1])):
-    # (a convolutional model takes other sizes with the same weights)
-    raise UserError(f'the images of config.data are {_shown(shape)} and the model of {workdir} '
-                    f'takes {_shown(trained_shape)}: '
-                    + _fit(shape, trained_shape, config.data.grayscale))
+  model, abstract = check_image_shape(workdir, config, splits)
   mesh, step, variables = _restore(workdir, checkpoint, abstract)
   data = splits[split]
   return TrainedRun(config, model, variables, step, split, data.images, data.labels,
@@ -123,6 +115,22 @@ def load_data(workdir: str, config):
                                                     config_lib.load_config(workdir).data):
     data_config = as_trained(config.data, trained_shape)
   return input_pipeline.load_splits(data_config)
+
+
+def check_image_shape(workdir: str, config, splits):
+  """(the model for the images of `splits`, the shapes of its variables); a UserError where
+  the model of `workdir` cannot take them (a dense model, images of another shape)."""
+  trained_shape = checkpoints.trained_image_shape(workdir)
+  shape = tuple(splits['train'].images.shape[1:])
+  model, abstract = _abstract_model(config, shape)
+  shapes_of = lambda tree: jax.tree.map(lambda x: x.shape, tree)
+  if trained_shape is not None and shape != trained_shape and (
+      shapes_of(abstract) != shapes_of(_abstract_model(config, trained_shape)[1])):
+    # (a convolutional model takes other sizes with the same weights)
+    raise UserError(f'the images of config.data are {_shown(shape)} and the model of {workdir} '
+                    f'takes {_shown(trained_shape)}: '
+                    + _fit(shape, trained_shape, config.data.grayscale))
+  return model, abstract
 
 
 def check_input(workdir: str, config, split: str | None, input_path: str, out_dir: str,

@@ -224,8 +224,11 @@ def main(workdir, config, checkpoint, split, num_points, num_train_points, perpl
                                                   needs_data=False), input_path)
     maps.check_points(method, len(run.images), perplexity, n_neighbors,
                       f'--input={input_path} has {len(run.images)} images, which')
-    if encode(run, run.images[:1]).shape[1] > PCA_DIMS:  # its PCA is fit on the train split
-      run = run._replace(splits=evaluate.load_data(workdir, config))
+    # its PCA is fit on the train split (read already where the checkpoints lack the shape)
+    if not run.splits and encode(run, run.images[:1]).shape[1] > PCA_DIMS:
+      splits = evaluate.load_data(workdir, config)
+      evaluate.check_image_shape(workdir, config, splits)
+      run = run._replace(splits=splits)
   split = run.split
   if num_points > len(run.images):
     print(f'mapping all {len(run.images):,} images of '

@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
+from ae_jax import UserError
 from ae_jax import tsne
 from conftest import MNIST_SMALL
 from conftest import assert_one_line_error
@@ -91,6 +92,20 @@ def test_large_latents_are_projected_to_50_dimensions_first(tmp_path):
   mine = tsne.main(workdir, config, 'latest', None, num_points=60, num_train_points=100,
                    perplexity=10.0, seed=0, input_path=str(tmp_path / 'mine.npy'))
   assert mine['pca_dims'] == 50 and mine['trustworthiness'] == report['trustworthiness']
+
+
+def test_images_of_ones_own_on_a_wide_latent_refuse_data_the_model_cannot_take(tmp_path):
+  # the PCA of a latent wider than 50 is fit on the run's train split, read with --config.data.*
+  config = small_config('ae', num_train=100)
+  config.model.latent_dim = 64
+  workdir = save_untrained(config, str(tmp_path / 'ae'))
+  np.save(tmp_path / 'mine.npy', np.zeros((60, 28, 28), np.uint8))
+  resized = config.copy_and_resolve_references()
+  resized.data.image_size = 32
+  with pytest.raises(UserError, match=r'the images of config.data are 32x32x1 and the model of '
+                     r'.* takes 28x28x1: use --config.data.image_size=28'):
+    tsne.main(workdir, resized, 'latest', None, num_points=60, num_train_points=100,
+              perplexity=10.0, seed=0, input_path=str(tmp_path / 'mine.npy'))
 
 
 def test_subsample_of_a_few_less_than_all_still_works():
