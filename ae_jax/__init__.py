@@ -94,22 +94,25 @@ def npy_writer(path: str, shape, dtype, name: str | None = None):
   import numpy as np  # pylint: disable=g-import-not-at-top
   try:
     array = np.lib.format.open_memmap(path, mode='w+', dtype=dtype, shape=shape)
-    with open(path, 'r+b') as f:
-      size = os.fstat(f.fileno()).st_size
+    try:
+      fd = os.open(path, os.O_WRONLY)
       try:
+        size = os.fstat(fd).st_size
         try:
-          os.posix_fallocate(f.fileno(), 0, size)
+          os.posix_fallocate(fd, 0, size)
         except OSError as e:
           if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
             raise
-          chunk = bytes(1 << 20)
-          f.seek(array.offset)
-          for start in range(array.offset, size, len(chunk)):
-            f.write(chunk[:size - start])
-          f.flush()
-          os.fsync(f.fileno())  # where the filesystem reports a full disk only now (NFS)
-      except OSError as e:
-        raise OSError(e.errno, e.strerror, name or path) from None
+          zeros = bytes(1 << 20)
+          for start in range(array.offset, size, len(zeros)):
+            end = min(start + len(zeros), size)
+            while start < end:  # os.pwrite may write less than it is given
+              start += os.pwrite(fd, zeros[:end - start], start)
+          os.fsync(fd)  # where the filesystem reports a full disk only now (NFS)
+      finally:
+        os.close(fd)
+    except OSError as e:
+      raise OSError(e.errno, e.strerror, name or path) from None
   except BaseException:
     with contextlib.suppress(OSError):
       os.remove(path)
