@@ -285,7 +285,7 @@ def run(main):
       _fail(f'out of host memory ({" ".join(str(e).split())[:200]}): ask for less (a smaller '
             'config.data.image_size, batch size or split), or config.data.placement=disk for '
             'data larger than memory')
-    except KeyboardInterrupt:  # outside training's loop, which saves first (interruptions.Interrupted)
+    except KeyboardInterrupt:  # outside training's loop, which saves first (Interrupted)
       print('SIGINT: stopped before the command finished: run it again', file=sys.stderr,
             flush=True)
       sys.stdout.flush()

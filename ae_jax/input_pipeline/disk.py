@@ -87,7 +87,8 @@ def _map(path: str):
     raise UserError(
         f'{path} holds {dtype} of shape {shape}: config.data.placement=disk reads uint8 images '
         '(N, H, W) or (N, H, W, C), stored in C order. Convert it once, e.g. np.save(path, '
-        'np.round(images * 255).astype(np.uint8)) for floats in [0, 1]')
+        'np.round(images * 255).astype(np.uint8)) for floats in [0, 1], or '
+        'images.astype(np.uint8) * 255 for booleans')
   check_not_empty(shape[0], path, shape)
   if len(shape) == 3:
     shape = (*shape, 1)

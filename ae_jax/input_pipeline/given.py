@@ -1,7 +1,7 @@
 """Images a user gives a trained model (reconstruct.sh, and --input of eval.sh, tsne.sh,
-generate.sh, encode.sh and anomaly.sh): a folder of image files (its subfolders too), one image file, or a
-.npy of images (N, H, W[, C]), uint8 or floats in [0, 1]; each converted as training converts
-images to the model's shape. They are read whole into memory, unlike a split that config.data
+generate.sh, encode.sh and anomaly.sh): a folder of image files (its subfolders too), one image
+file, or a .npy of images (N, H, W[, C]), uint8, floats in [0, 1] or booleans; each converted
+as training converts images to the model's shape. They are read whole into memory, unlike a split that config.data
 names."""
 
 from concurrent import futures

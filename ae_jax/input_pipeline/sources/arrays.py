@@ -23,7 +23,7 @@ def _check_images(images, where: str) -> np.ndarray:
   if images.dtype == np.uint8:
     return images
   if images.dtype == bool:  # binarized images (binarized MNIST): white where True
-    return images.astype(np.uint8) * np.uint8(255)
+    return np.multiply(images, np.uint8(255), dtype=np.uint8)
   if np.issubdtype(images.dtype, np.floating) and images.size and (
       images.min() >= 0 and images.max() <= 1):
     return np.round(images * 255).astype(np.uint8)
