@@ -83,12 +83,13 @@ def pytest_configure(config):
   folder of this run's, which starts empty as on CI and leaves the user's ~/.cache alone; the
   workers of `pytest -n 2` start after this and share it."""
   if not hasattr(config, 'workerinput'):
-    os.environ['XDG_CACHE_HOME'] = tempfile.mkdtemp(prefix='ae_jax_tests_cache_')
+    config.ae_jax_cache_home = os.environ['XDG_CACHE_HOME'] = tempfile.mkdtemp(
+        prefix='ae_jax_tests_cache_')
 
 
 def pytest_unconfigure(config):
-  if not hasattr(config, 'workerinput'):
-    shutil.rmtree(os.environ['XDG_CACHE_HOME'], ignore_errors=True)
+  if hasattr(config, 'ae_jax_cache_home'):
+    shutil.rmtree(config.ae_jax_cache_home, ignore_errors=True)
 
 
 @pytest.fixture(scope='session', autouse=True)
