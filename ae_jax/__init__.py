@@ -83,34 +83,39 @@ def read_npz(path: str) -> dict:
     raise ValueError(f'{type(e).__name__}: {e}') from None
 
 
+def _reserve(path: str, offset: int) -> None:
+  """Gives the file `path` its disk blocks from `offset` on: where the disk is full, this raises
+  the OSError, and not a memory map's write, whose SIGBUS would kill the interpreter. Where the
+  filesystem reserves nothing (posix_fallocate unsupported), zeros are written instead."""
+  import errno  # pylint: disable=g-import-not-at-top
+  fd = os.open(path, os.O_WRONLY)
+  try:
+    size = os.fstat(fd).st_size
+    try:
+      os.posix_fallocate(fd, 0, size)
+      return
+    except OSError as e:
+      if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+        raise
+    zeros = bytes(1 << 20)
+    for start in range(offset, size, len(zeros)):
+      end = min(start + len(zeros), size)
+      while start < end:  # os.pwrite may write less than it is given
+        start += os.pwrite(fd, zeros[:end - start], start)
+    os.fsync(fd)  # where the filesystem reports a full disk only now (NFS)
+  finally:
+    os.close(fd)
+
+
 def npy_writer(path: str, shape, dtype, name: str | None = None):
   """A .npy file filled row by row (a memory map: rows written leave the process's memory);
-  `name`: the file that `path` becomes, named where it cannot be written.
-
-  Its whole size is reserved on disk first: a memory map writes into a sparse file, where a
-  full disk is a SIGBUS that kills the interpreter, not an OSError. Where the filesystem reserves
-  nothing (posix_fallocate unsupported), zeros are written over it instead."""
-  import errno  # pylint: disable=g-import-not-at-top
+  `name`: the file that `path` becomes, named where it cannot be written. Its whole size is
+  reserved on disk first (_reserve)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   try:
     array = np.lib.format.open_memmap(path, mode='w+', dtype=dtype, shape=shape)
     try:
-      fd = os.open(path, os.O_WRONLY)
-      try:
-        size = os.fstat(fd).st_size
-        try:
-          os.posix_fallocate(fd, 0, size)
-        except OSError as e:
-          if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
-            raise
-          zeros = bytes(1 << 20)
-          for start in range(array.offset, size, len(zeros)):
-            end = min(start + len(zeros), size)
-            while start < end:  # os.pwrite may write less than it is given
-              start += os.pwrite(fd, zeros[:end - start], start)
-          os.fsync(fd)  # where the filesystem reports a full disk only now (NFS)
-      finally:
-        os.close(fd)
+      _reserve(path, array.offset)
     except OSError as e:
       raise OSError(e.errno, e.strerror, name or path) from None
   except BaseException:
