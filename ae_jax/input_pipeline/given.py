@@ -1,8 +1,8 @@
 """Images a user gives a trained model (reconstruct.sh, and --input of eval.sh, tsne.sh,
 generate.sh, encode.sh and anomaly.sh): a folder of image files (its subfolders too), one image
 file, or a .npy of images (N, H, W[, C]), uint8, floats in [0, 1] or booleans; each converted
-as training converts images to the model's shape. They are read whole into memory, unlike a split that config.data
-names."""
+as training converts images to the model's shape. They are read whole into memory, unlike a
+split that config.data names."""
 
 from concurrent import futures
 import os
@@ -133,9 +133,9 @@ def read(path: str, kind: str, names: list[str], shape):
   if not len(images):
     raise UserError(f'--input={path}: no image could be read (the files above)')
   if counts:
-    what = {'grayscale': ('colour image{} made grayscale'),
-            'colour': ('grayscale image{} made colour'),
-            'resized': f'image{{}} of another size resized to {shape[1]}x{shape[0]}'}
+    what = {'grayscale': 'colour image{} made grayscale',
+            'colour': 'grayscale image{} made colour',
+            'resized': 'image{} of another size resized to ' + f'{shape[1]}x{shape[0]}'}
     print('converted as training converts them: '
           + ', '.join(f'{n:,} {what[k].format("" if n == 1 else "s")}'
                       for k, n in sorted(counts.items())))
