@@ -1,5 +1,6 @@
 """Helpers shared by the tests: small real data and configs that train on it in seconds."""
 
+import contextlib
 import errno
 import importlib
 import os
@@ -148,6 +149,22 @@ def assert_script_refuses(script: str, workdir: str, flag: str, fragment: str):
   before = sorted(os.listdir(workdir))
   assert_one_line_error(run_script(script, workdir, flag), fragment)
   assert sorted(os.listdir(workdir)) == before
+
+
+@contextlib.contextmanager
+def small_disk(path, size: str):
+  """A tmpfs of `size` ('5m') mounted at the new folder `path`: a disk that fills up. The test
+  is skipped where no tmpfs can be mounted (not root, no mount program)."""
+  if os.geteuid() != 0 or not shutil.which('mount'):
+    pytest.skip('mounting a small tmpfs needs root and mount')
+  os.makedirs(path)
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(path)]).returncode:
+    pytest.skip('cannot mount a tmpfs here')
+  try:
+    yield path
+  finally:
+    # lazily: a file left open on it (a memory map) would keep it mounted
+    subprocess.run(['umount', '--lazy', str(path)], check=False)
 
 
 def write_huge_png(path, side=20_000):

@@ -20,6 +20,7 @@ from conftest import ROOT
 from conftest import assert_one_line_error
 from conftest import run_module
 from conftest import small_config
+from conftest import small_disk
 
 AS_ROOT = os.geteuid() == 0
 
@@ -231,13 +232,8 @@ def test_a_fresh_start_at_another_image_size_records_it(tmp_path):
   assert checkpoints.trained_image_shape(workdir) == (28, 28, 1)
 
 
-@pytest.mark.skipif(not AS_ROOT, reason='mounting a small tmpfs needs root')
 def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
-  disk = tmp_path / 'disk'
-  disk.mkdir()
-  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=5m', 'tmpfs', str(disk)]).returncode:
-    pytest.skip('cannot mount a tmpfs here')
-  try:
+  with small_disk(tmp_path / 'disk', '5m') as disk:
     workdir = str(disk / 'run')
     # 3.3 MB a checkpoint: the second does not fit beside the first
     flags = [f'--config={ROOT}/configs/quickstart.py', f'--workdir={workdir}',
@@ -250,8 +246,6 @@ def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
     report = evaluate.main(workdir, config_lib.load_config(workdir), 'latest', 'validation', 2,
                            out_dir=str(tmp_path / 'eval'))
     assert report['checkpoint_step'] == 22
-  finally:
-    subprocess.run(['umount', str(disk)], check=False)
 
 
 def test_a_save_without_a_validation_loss_logs_no_warning(tmp_path, caplog):

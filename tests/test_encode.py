@@ -1,8 +1,6 @@
 import errno
 import json
 import os
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ from conftest import assert_script_refuses
 from conftest import run_script
 from conftest import save_untrained
 from conftest import small_config
+from conftest import small_disk
 
 
 def test_latents_are_one_row_per_image_with_the_labels(trained_ae, tmp_path):
@@ -211,16 +210,10 @@ def test_a_full_disk_is_one_line_and_keeps_the_latents_written_before(tmp_path, 
   np.testing.assert_array_equal(np.load(os.path.join(out, 'validation_latents.npy')), before)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason='mounting a small tmpfs needs root')
 def test_a_disk_that_reserves_nothing_and_is_full_is_an_error_not_a_crash(tmp_path, monkeypatch):
   # A filesystem without posix_fallocate (some network and FUSE filesystems) gets zeros written
   # instead: a memory map onto a full disk would be a SIGBUS at the first row written.
-  disk = tmp_path / 'disk'
-  disk.mkdir()
-  if not shutil.which('mount') or subprocess.run(
-      ['mount', '-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', str(disk)]).returncode:
-    pytest.skip('cannot mount a tmpfs here')
-  try:
+  with small_disk(tmp_path / 'disk', '1m') as disk:
     def unsupported(fd, offset, length):
       raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
     monkeypatch.setattr(os, 'posix_fallocate', unsupported)
@@ -233,5 +226,3 @@ def test_a_disk_that_reserves_nothing_and_is_full_is_an_error_not_a_crash(tmp_pa
       npy_writer(str(disk / 'big.npy'), (1000, 1000), np.float32, name='latents.npy')
     assert error.value.filename == 'latents.npy'
     assert os.listdir(disk) == ['small.npy']
-  finally:
-    subprocess.run(['umount', '--lazy', str(disk)], check=False)
