@@ -127,8 +127,8 @@ def check_image_shape(workdir: str, config, splits):
   if trained_shape is not None and shape != trained_shape and (
       shapes_of(abstract) != shapes_of(_abstract_model(config, trained_shape)[1])):
     # (a convolutional model takes other sizes with the same weights)
-    raise UserError(f'the images of config.data are {_shown(shape)} and the model of {workdir} '
-                    f'takes {_shown(trained_shape)}: '
+    raise UserError(f'the images of config.data are {shown(shape)} and the model of {workdir} '
+                    f'takes {shown(trained_shape)}: '
                     + _fit(shape, trained_shape, config.data.grayscale))
   return model, abstract
 
@@ -205,7 +205,7 @@ def as_trained(data_config, image_shape):
   return data_config
 
 
-def _shown(shape) -> str:
+def shown(shape) -> str:
   return 'x'.join(map(str, shape))
 
 

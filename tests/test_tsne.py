@@ -92,6 +92,14 @@ def test_large_latents_are_projected_to_50_dimensions_first(tmp_path):
   mine = tsne.main(workdir, config, 'latest', None, num_points=60, num_train_points=100,
                    perplexity=10.0, seed=0, input_path=str(tmp_path / 'mine.npy'))
   assert mine['pca_dims'] == 50 and mine['trustworthiness'] == report['trustworthiness']
+  # the convolutional model takes 32x32 images too, but the PCA needs the input's size
+  resized = config.copy_and_resolve_references()
+  resized.data.image_size = 32
+  with pytest.raises(UserError, match=r"--input's images are read as the model takes them, "
+                     r'28x28x1, and the train split .* 32x32x1: leave out '
+                     r'--config.data.image_size'):
+    tsne.main(workdir, resized, 'latest', None, num_points=60, num_train_points=100,
+              perplexity=10.0, seed=0, input_path=str(tmp_path / 'mine.npy'))
 
 
 def test_images_of_ones_own_on_a_wide_latent_refuse_data_the_model_cannot_take(tmp_path):
