@@ -21,28 +21,41 @@ def signals_caught():
   if threading.current_thread() is not threading.main_thread():
     yield received  # signal handlers can only be set from the main thread
     return
-  handler = lambda signum, frame: received.append(signum)
-  previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-  try:
+  with _handled(received.append):
     yield received
-  finally:
-    for s, h in previous.items():
-      signal.signal(s, h)
+  _pass_on(received)
 
 
 @contextlib.contextmanager
-def signals_ignored():
-  """Within: SIGINT and SIGTERM do nothing, so that a run finishes saving and closing its
-  checkpoints whatever arrives meanwhile (signals_caught answers them within the loop)."""
+def signals_deferred():
+  """Within: SIGINT and SIGTERM wait, so that a run finishes saving and closing its checkpoints
+  whatever arrives meanwhile (signals_caught answers them within the loop)."""
   if threading.current_thread() is not threading.main_thread():
     yield
     return
-  previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+  received = []
+  with _handled(received.append):
+    yield
+  _pass_on(received)
+
+
+@contextlib.contextmanager
+def _handled(record):
+  handler = lambda signum, frame: record(signum)
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
   try:
     yield
   finally:
     for s, h in previous.items():
       signal.signal(s, h)
+
+
+def _pass_on(received: list) -> None:
+  """Raises again, to the handler outside, a signal that came after the block could act on it
+  (during a run's last checkpoint, say): a study stops before its next member rather than
+  forgetting a Ctrl-C. Not reached where an exception (Interrupted) is on its way out."""
+  if received:
+    signal.raise_signal(received[0])
 
 
 def agree(num_steps: int, stop: bool) -> tuple[int, bool]:

@@ -395,7 +395,7 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
     generate = jax.jit(lambda variables, z: model.apply(variables, z, method='decode'),
                        compiler_options=models.compile_once_options(model))
 
-  with interruptions.signals_ignored(), checkpoints.managed(workdir, image_shape) as manager:
+  with interruptions.signals_deferred(), checkpoints.managed(workdir, image_shape) as manager:
     # --- Load a checkpoint.
     restored = checkpoints.restore_latest(manager, state, replicated)
     if restored is not None:

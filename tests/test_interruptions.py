@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from ae_jax import checkpoints
+from ae_jax import interruptions
 from ae_jax import metric_writers
 from ae_jax import train
 from conftest import ROOT
@@ -220,3 +221,31 @@ def test_ctrl_c_outside_the_training_loop_is_one_line():
                           text=True, timeout=120)
   assert result.returncode == 128 + signal.SIGINT, result.stderr
   assert result.stderr.strip() == 'SIGINT: stopped before the command finished: run it again'
+
+
+@pytest.fixture
+def sigint_raises():
+  """SIGINT as Python's default handler answers it, whatever the test runner set."""
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, previous)
+
+
+def test_a_signal_too_late_for_the_loop_is_passed_on_not_forgotten(sigint_raises):
+  """Ctrl-C during a run's last checkpoint: the run finishes, then the command (a study about to
+  train its next member) stops."""
+  finished = []
+  with pytest.raises(KeyboardInterrupt):
+    with interruptions.signals_deferred():
+      with interruptions.signals_caught() as received:
+        signal.raise_signal(signal.SIGINT)  # after the loop's last look at `received`
+        assert received == [signal.SIGINT]
+      signal.raise_signal(signal.SIGINT)  # while the checkpoints close: waits too
+      finished.append(True)
+  assert finished
+  # an exception on its way out (the loop's Interrupted) is not replaced by the signal
+  with pytest.raises(interruptions.Interrupted):
+    with interruptions.signals_deferred():
+      with interruptions.signals_caught():
+        signal.raise_signal(signal.SIGINT)
+        raise interruptions.Interrupted(signal.SIGINT, 'saved')
