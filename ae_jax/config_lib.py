@@ -249,6 +249,10 @@ def check_workdir(config, workdir: str) -> None:
   """Refuses, without writing anything, a workdir that cannot be written or holds another model."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f'the workdir {workdir} is a file, not a folder: choose another --workdir')
+  if '[' in workdir:
+    # orbax gathers a checkpoint's parts with a glob of its folder, where '[' starts a pattern
+    raise UserError(f'the workdir {workdir} has a "[" in its path, under which orbax writes '
+                    'checkpoints that cannot be read: choose another --workdir')
   unwritable = unwritable_folder(workdir)
   if unwritable:
     raise UserError(f'cannot write to the workdir {workdir} ({unwritable} is not writable): '

@@ -83,6 +83,10 @@ def test_a_workdir_that_cannot_be_written(tmp_path):
     train.train_and_evaluate(small_config('ae'), str(tmp_path / 'a_file'))
   with pytest.raises(UserError, match=r'cannot write to the workdir .*choose another --workdir'):
     train.train_and_evaluate(small_config('ae'), str(tmp_path / 'a_file' / 'run'))
+  # orbax would write checkpoints there that it cannot read, and the run would end as if well
+  with pytest.raises(UserError, match=r'has a "\[" in its path.*choose another --workdir'):
+    train.train_and_evaluate(small_config('ae'), str(tmp_path / 'run[1]'))
+  assert not (tmp_path / 'run[1]').exists()
 
 
 # the loss changes the units of the validation loss that ranks the checkpoints; the batch size
