@@ -315,6 +315,28 @@ def check_data(config, splits) -> None:
                     "not fit there: use config.parallel='jit', which streams it from host memory")
 
 
+def check_memory(config, state) -> None:
+  """Refuses a model whose train state and gradients (`state`: their shapes) cannot fit in a
+  device's memory, before any is allocated: XLA's CPU client then waits for ever, deaf to
+  Ctrl-C."""
+  nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+  need = nbytes(state) + nbytes(state.params)
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
+  if stats and 'bytes_limit' in stats:
+    have, where = stats['bytes_limit'], f'one {device.platform.upper()}'
+  else:  # CPU devices share the host's memory, each holding the whole state
+    have = input_pipeline.feeds.host_memory() // len(jax.local_devices())
+    where = 'the host' + (f' shared by {len(jax.local_devices())} devices'
+                          if len(jax.local_devices()) > 1 else '')
+  if need > have:
+    gib = lambda n: f'{n / 2**30:,.1f} GiB'
+    raise UserError(f'the model {config_lib.display_name(config)} has '
+                    f'{models.count_params(state.params):,} parameters, which with their '
+                    f"gradients and the optimizer's state need {gib(need)}, more than the "
+                    f'{gib(have)} of {where}: choose a smaller model (config.model.*)')
+
+
 def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
   """Trains the model that `config` describes, checkpointing to `workdir` every epoch.
 
@@ -345,6 +367,8 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
   # --- The model and the train state; then where the data goes, with the state counted.
   model = models.create_model(config, image_shape)
   tx = create_optimizer(config)
+  check_memory(config, jax.eval_shape(functools.partial(create_train_state, model, tx,
+                                                        config.seed)))
   state = trace_cache.jit_compile(
       functools.partial(create_train_state, model, tx, config.seed), (), name='init',
       # no arguments: the image shape, which config.data need not name, is said here

@@ -89,6 +89,16 @@ def test_a_workdir_that_cannot_be_written(tmp_path):
   assert not (tmp_path / 'run[1]').exists()
 
 
+def test_a_model_larger_than_memory_is_refused_before_any_is_allocated(tmp_path):
+  config = small_config('ae')
+  config.model.latent_dim = 10**10  # terabytes of parameters: no machine holds them
+  with pytest.raises(UserError, match=r"the model AE has [\d,]+ parameters, which with their "
+                     r"gradients and the optimizer's state need [\d,.]+ GiB, more than the "
+                     r'[\d,.]+ GiB of the host.*: choose a smaller model \(config.model.\*\)'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
 # the loss changes the units of the validation loss that ranks the checkpoints; the batch size
 # and the training images the steps and epochs they count in; the seed the order of the data
 @pytest.mark.parametrize('overrides', [{'noise.std': 0.1}, {'model.latent_dim': 16},
