@@ -1,5 +1,8 @@
 """The checks that a config makes sense, and the config saved in a workdir."""
 
+import contextlib
+import errno
+import fcntl
 import json
 import math
 import os
@@ -265,6 +268,28 @@ def check_workdir(config, workdir: str) -> None:
     if differ:
       raise UserError(f'{workdir} holds another run ({"; ".join(differ)}), which cannot '
                       f'resume so: use a new --workdir, or delete {workdir} to start afresh')
+
+
+@contextlib.contextmanager
+def workdir_locked(workdir: str, enabled: bool = True):
+  """Within: this process alone trains into `workdir` (an flock on the folder, which the kernel
+  releases however the process ends); a second training there is refused in one line instead
+  of the two overwriting each other's checkpoints and metrics."""
+  if not enabled:
+    yield
+    return
+  fd = os.open(workdir, os.O_RDONLY)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+        raise UserError(f'another process is training in {workdir}: let it finish or stop it, '
+                        'or train elsewhere with --workdir') from None
+      # a filesystem without flock on folders (NFS, say): the run trains unguarded
+    yield
+  finally:
+    os.close(fd)
 
 
 def write_config(config, workdir: str) -> None:

@@ -419,7 +419,8 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
     generate = jax.jit(lambda variables, z: model.apply(variables, z, method='decode'),
                        compiler_options=models.compile_once_options(model))
 
-  with interruptions.signals_deferred(), checkpoints.managed(workdir, image_shape) as manager:
+  with (config_lib.workdir_locked(workdir, enabled=jax.process_index() == 0),
+        interruptions.signals_deferred(), checkpoints.managed(workdir, image_shape) as manager):
     # --- Load a checkpoint.
     restored = checkpoints.restore_latest(manager, state, replicated)
     if restored is not None:

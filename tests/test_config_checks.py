@@ -2,6 +2,7 @@
 and leave the workdir as it was; divergence stops a run and keeps the last good checkpoint;
 several processes train like one."""
 
+import fcntl
 import os
 import re
 
@@ -87,6 +88,22 @@ def test_a_workdir_that_cannot_be_written(tmp_path):
   with pytest.raises(UserError, match=r'has a "\[" in its path.*choose another --workdir'):
     train.train_and_evaluate(small_config('ae'), str(tmp_path / 'run[1]'))
   assert not (tmp_path / 'run[1]').exists()
+
+
+def test_a_second_training_of_the_same_workdir_is_refused(tmp_path):
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  fd = os.open(workdir, os.O_RDONLY)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as the first training holds it
+    with pytest.raises(UserError, match=r'another process is training in .*run: let it finish '
+                       'or stop it, or train elsewhere with --workdir'):
+      train.train_and_evaluate(small_config('ae', num_train=64, num_epochs=1), str(workdir))
+    assert not (workdir / 'checkpoints').exists() and not (workdir / 'metrics.jsonl').exists()
+  finally:
+    os.close(fd)
+  train.train_and_evaluate(small_config('ae', num_train=64, num_epochs=1), str(workdir))
+  assert (workdir / 'metrics.jsonl').exists()
 
 
 def test_a_model_larger_than_memory_is_refused_before_any_is_allocated(tmp_path):
