@@ -146,9 +146,16 @@ def check_known_fields(config, defaults, where: str = 'the config file') -> None
                   'fields and their defaults are in configs/default.py)')
 
 
-def validate(config: ml_collections.ConfigDict, where: str = 'the config file') -> None:
+# The fields naming files that each source reads (their defaults are None).
+SOURCE_FILES = {'tfds': ('data_dir', 'manual_dir'), 'idx': ('path',), 'folder': ('path',),
+                'arrays': ('path',), 'digits': ()}
+
+
+def validate(config: ml_collections.ConfigDict, where: str = 'the config file', *,
+             trains: bool = True) -> None:
   """Raises UserError for the first field whose value cannot work, or is set and unused, or is
-  no field at all (a misspelling in `where`)."""
+  no field at all (a misspelling in `where`). `trains` False: the config of a trained run with
+  a script's overrides, which may name other data and leave the run's files in place."""
   defaults = default_config()
   check_known_fields(config, defaults, where)
   _one_of(config.model.name, tuple(models.MODELS), 'config.model.name')
@@ -179,6 +186,15 @@ def validate(config: ml_collections.ConfigDict, where: str = 'the config file') 
     raise UserError(f'config.noise.mean={config.noise.mean} must be finite')
   _one_of(config.data.placement, ('auto', 'device', 'host', 'disk'), 'config.data.placement')
   _one_of(config.data.source, tuple(input_pipeline.READERS), 'config.data.source')
+  unread = [f for files in SOURCE_FILES.values() for f in files
+            if f not in SOURCE_FILES[config.data.source] and config.data.get(f) is not None]
+  if trains and unread:  # a config.data.source forgotten: training would read other images
+    readers = [s for s, files in SOURCE_FILES.items() if unread[0] in files]
+    raise UserError(f'config.data.{unread[0]}={config.data.get(unread[0])!r} is not read by '
+                    f"config.data.source='{config.data.source}': set config.data.source="
+                    + (f'{", ".join(readers[:-1])} or {readers[-1]}' if len(readers) > 1
+                       else readers[0])
+                    + f' too, or leave config.data.{unread[0]} out')
   if config.data.image_size is not None and config.data.image_size < 1:
     raise UserError(f'config.data.image_size={config.data.image_size} must be at least 1')
   input_pipeline.classes.asked(config.data)  # both fields set: refused before any data is read

@@ -83,7 +83,8 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
   if split is not None and split not in SPLITS:
     raise UserError(f'--split={split!r} is not one of: {", ".join(SPLITS)}')
   config_lib.load_config(workdir)  # a clear error if this is no training run
-  config_lib.validate(config, 'the --config.* flags')  # the overrides, checked as training's are
+  # the overrides, checked as training's are
+  config_lib.validate(config, 'the --config.* flags', trains=False)
   trained_shape = checkpoints.trained_image_shape(workdir)
   if not needs_data and trained_shape is not None:
     model, abstract = _abstract_model(config, trained_shape)

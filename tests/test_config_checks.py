@@ -60,6 +60,11 @@ BAD_VALUES = [
     ({'loss': 'l1'}, "config.loss='l1' is not one of: mse, bce"),
     ({'data.source': 'csv'}, "config.data.source='csv' is not one of: tfds, idx, folder"),
     ({'parallel': 'pjit'}, "config.parallel='pjit' is not one of: jit, pmap"),
+    # a forgotten config.data.source: the run would train on other images than those named
+    ({'data.source': 'digits'}, "config.data.path='" + MNIST_SMALL + "' is not read by "
+     "config.data.source='digits': set config.data.source=idx, folder or arrays too"),
+    ({'data.manual_dir': '/data'}, "config.data.manual_dir='/data' is not read by "
+     "config.data.source='idx': set config.data.source=tfds too, or leave"),
     ({'parallel': 'pmap', 'data.placement': 'host'},
      "config.parallel='pmap' keeps the data on the devices"),
 ]
