@@ -141,6 +141,15 @@ def test_big_endian_16_bit_and_exif_turned_images_read_as_viewers_show_them(tmp_
   wide.save(tmp_path / 'phone.jpg', exif=exif)
   assert decode(str(tmp_path / 'phone.jpg'), None).shape == (40, 20, 1)
   assert header(str(tmp_path / 'phone.jpg')) == ((20, 40), True)
+  # a float TIFF's NaN and infinite pixels read as 0; one of nothing else is no image
+  floats = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+  floats[0, :2] = np.nan, np.inf
+  Image.fromarray(floats, 'F').save(tmp_path / 'masked.tif')
+  decoded = decode(str(tmp_path / 'masked.tif'), None)[..., 0]
+  assert decoded[0, 0] == decoded[0, 1] == 0 and decoded[7, 7] == 255
+  Image.fromarray(np.full((8, 8), np.nan, np.float32), 'F').save(tmp_path / 'nan.tif')
+  with pytest.raises(UserError, match=r'nan.tif: it holds no finite pixel value'):
+    decode(str(tmp_path / 'nan.tif'), None)
 
 
 def test_bad_folders_name_the_file_and_the_fix(tmp_path):
@@ -200,6 +209,8 @@ def test_arrays_with_splits_and_a_plain_npy(tmp_path):
 @pytest.mark.parametrize('arrays, message', [
     (dict(images=np.zeros((4, 28), np.uint8)), r'has shape \(4, 28\): images must be'),
     (dict(images=np.zeros((4, 8, 8, 2), np.uint8)), r'images must be .*C = 1 or 3'),
+    (dict(images=np.zeros((4, 0, 0), np.uint8)), r'has shape \(4, 0, 0, 1\): its images have no '
+     'pixels'),
     (dict(images=np.full((4, 8, 8), 3.0)), r'float64 values in \[3.0, 3.0\]: give uint8'),
     (dict(images=np.zeros((4, 8, 8), np.complex64)), 'complex64'),
     (dict(images=np.zeros((4, 8, 8), np.uint8), labels=np.zeros(3, np.int64)),

@@ -20,6 +20,8 @@ def _check_images(images, where: str) -> np.ndarray:
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
     raise UserError(f'{where} has shape {images.shape}: images must be (N, H, W) or '
                     '(N, H, W, C) with C = 1 or 3')
+  if not images.shape[1] or not images.shape[2]:
+    raise UserError(f'{where} has shape {images.shape}: its images have no pixels')
   if images.dtype == np.uint8:
     return images
   if images.dtype == bool:  # binarized images (binarized MNIST): white where True

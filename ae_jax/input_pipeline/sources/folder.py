@@ -62,8 +62,12 @@ def _decode(path: str, size, grey: bool = False):
       image.load()  # a truncated file fails here, not later
       image = ImageOps.exif_transpose(image)
       grey = grey or _is_grey(image.mode)
-      if _high_bit(image.mode):  # 16-bit and float grayscale: to 8 bits
+      if _high_bit(image.mode):  # 16-bit and float grayscale: to 8 bits, NaN and inf as 0
         array = np.asarray(image, np.float32)
+        finite = np.isfinite(array)
+        if not finite.any():
+          raise ValueError('it holds no finite pixel value (NaN or infinite throughout)')
+        array = np.where(finite, array, 0)
         image = Image.fromarray(np.uint8(np.clip(array / max(array.max(), 1) * 255, 0, 255)))
       array = np.asarray(image.convert('L' if grey else 'RGB'))
   except _unreadable() as e:
