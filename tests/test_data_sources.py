@@ -228,8 +228,16 @@ def test_bad_arrays_say_what_is_wrong(tmp_path, arrays, message):
 
 def test_not_an_array_file(tmp_path):
   (tmp_path / 'x.npz').write_bytes(b'garbage')
-  with pytest.raises(UserError, match='cannot read .*x.npz as a NumPy'):
+  with pytest.raises(UserError, match=r'cannot read .*x.npz as a NumPy .npy or .npz file: it is '
+                     'neither$'):  # not numpy's offer to unpickle it
     input_pipeline.load_splits(_config('arrays', str(tmp_path / 'x.npz')).data)
+  # images of several sizes, saved as an object array: reading them would unpickle
+  ragged = np.array([np.zeros((8, 8)), np.zeros((4, 4))], dtype=object)
+  np.save(tmp_path / 'ragged.npy', ragged, allow_pickle=True)
+  np.savez(tmp_path / 'ragged.npz', images=ragged)
+  for name, where in [('ragged.npy', 'ragged.npy'), ('ragged.npz', r'ragged.npz\[images\]')]:
+    with pytest.raises(UserError, match=where + ' holds Python objects, not an array of numbers'):
+      input_pipeline.load_splits(_config('arrays', str(tmp_path / name)).data)
 
 
 def test_scikit_learn_digits(tmp_path):

@@ -84,10 +84,7 @@ def convert(image: np.ndarray, shape) -> tuple[np.ndarray, set[str]]:
 def read_inputs(path: str, kind: str, names: list[str], shape):
   """(names, uint8 images (N, *shape), {conversion: count}, [skipped files' messages])."""
   if kind == 'npy':
-    try:
-      data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-      raise UserError(f'cannot read {path} as a NumPy .npy file: {e}') from None
+    data = arrays.load(path)
     if not data.ndim or not len(data):
       raise UserError(f'--input={path} holds no images (an array of shape {data.shape})')
     if data.ndim == 2 or data.ndim == 3 and data.shape[-1] in (1, 3):  # not N rows of pixels

@@ -36,6 +36,32 @@ def _check_images(images, where: str) -> np.ndarray:
                   'give uint8 (0-255), floats in [0, 1] or booleans')
 
 
+def not_numbers(where: str) -> UserError:
+  """The error for an object array (of images of several sizes, say), which reading would
+  unpickle: code could run."""
+  return UserError(f'{where} holds Python objects, not an array of numbers: save images of one '
+                   'size as one array, e.g. np.stack(images).astype(np.uint8)')
+
+
+def load(path: str):
+  """np.load of a .npy or .npz without unpickling anything; a UserError where it cannot."""
+  try:
+    return np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError) as e:
+    if str(e).startswith('Object arrays'):
+      raise not_numbers(path) from None
+    # np.load takes what has no .npy or .npz header for a pickle, and offers to unpickle it
+    reason = 'it is neither' if 'pickled' in str(e) else e
+    raise UserError(f'cannot read {path} as a NumPy .npy or .npz file: {reason}') from None
+
+
+def _member(data, key: str, path: str) -> np.ndarray:
+  try:
+    return data[key]
+  except ValueError:  # an object array: np.load refuses to unpickle it
+    raise not_numbers(f'{path}[{key}]') from None
+
+
 def _check_labels(labels, num_images: int, where: str) -> np.ndarray:
   if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or (
       labels.size and labels.min() < 0):
@@ -60,14 +86,12 @@ def read_arrays(data_config, wanted) -> dict[str, Split]:
                       '(config.data.placement=disk): save the images as a .npy, e.g. '
                       "np.save('images.npy', np.load(path)['images'])")
     return choose({'train': Split(disk.Rows(path), None)}, wanted, path)
-  try:
-    data = np.load(path, allow_pickle=False)
-  except (OSError, ValueError, EOFError) as e:
-    raise UserError(f'cannot read {path} as a NumPy .npy or .npz file: {e}') from None
+  data = load(path)
   if isinstance(data, np.ndarray):
     return choose({'train': Split(_check_images(data, path), None)}, wanted, path)
   keys = set(data.files)
-  names = tuple(str(n) for n in data['label_names']) if 'label_names' in keys else None
+  names = (tuple(str(n) for n in _member(data, 'label_names', path)) if 'label_names' in keys
+           else None)
   prefixes = [''] if 'images' in keys else [f'{s}_' for s in FOLDER_SPLITS
                                             if f'{s}_images' in keys]
   if not prefixes:
@@ -75,9 +99,10 @@ def read_arrays(data_config, wanted) -> dict[str, Split]:
                     "'images' (and 'labels'), or 'train_images', 'test_images', ... ")
   splits = {}
   for prefix in prefixes:
-    images = _check_images(data[f'{prefix}images'], f'{path}[{prefix}images]')
+    images = _check_images(_member(data, f'{prefix}images', path), f'{path}[{prefix}images]')
     labels = None
     if f'{prefix}labels' in keys:
-      labels = _check_labels(data[f'{prefix}labels'], len(images), f'{path}[{prefix}labels]')
+      labels = _check_labels(_member(data, f'{prefix}labels', path), len(images),
+                             f'{path}[{prefix}labels]')
     splits[prefix.rstrip('_') or 'train'] = Split(images, labels, names)
   return choose(splits, wanted, path)
