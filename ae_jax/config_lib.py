@@ -345,6 +345,13 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def _fill(config, saved: dict, path: str, prefix: str = '') -> None:
   """config's fields set to `saved`'s (config.json's), recursively; the rest stay defaults."""
   for key, value in saved.items():
+    # null where the default is a value (not a placeholder's None) would fail later, or read
+    # as false, far from the file
+    if value is None and key in config and config[key] is not None:
+      what = ('section (its fields and defaults are in configs/default.py)'
+              if isinstance(config[key], ml_collections.ConfigDict) else
+              f'value (the default, in configs/default.py, is {config[key]!r})')
+      raise UserError(f'{path}: config.{prefix}{key} is null: put back its {what}')
     if isinstance(value, dict):
       if key not in config or not isinstance(config[key], ml_collections.ConfigDict):
         config[key] = ml_collections.ConfigDict()

@@ -251,6 +251,26 @@ def test_a_config_json_fills_missing_fields_and_refuses_unknown_ones(tmp_path):
     config_lib.load_config(str(tmp_path))
 
 
+@pytest.mark.parametrize('field, default', [
+    ('model.latent_dim', '32'), ('seed', '0'), ('learning_rate', '0.001'),
+    ('data.train_split', "'train'"), ('data.grayscale', 'False'), ('data', None)])
+def test_a_config_json_with_null_for_a_value_is_refused(tmp_path, field, default):
+  import json  # pylint: disable=g-import-not-at-top
+  config = small_config('ae').to_dict()
+  assert config['data']['image_size'] is None  # a placeholder's null reads as its default
+  *sections, key = field.split('.')
+  node = config
+  for section in sections:
+    node = node[section]
+  node[key] = None
+  (tmp_path / 'config.json').write_text(json.dumps(config))
+  fix = (f'put back its value (the default, in configs/default.py, is {default})' if default
+         else 'put back its section (its fields and defaults are in configs/default.py)')
+  with pytest.raises(UserError, match=re.escape(f'{tmp_path}/config.json: config.{field} is '
+                                                f'null: {fix}')):
+    config_lib.load_config(str(tmp_path))
+
+
 @pytest.mark.parametrize('script', ['eval.sh', 'tsne.sh', 'generate.sh'])
 def test_the_commands_that_read_a_run_refuse_an_unknown_field_of_its_config_json(tmp_path,
                                                                                  script):
