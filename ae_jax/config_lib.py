@@ -146,6 +146,13 @@ def check_known_fields(config, defaults, where: str = 'the config file') -> None
                   'fields and their defaults are in configs/default.py)')
 
 
+def check_seed(seed, name: str) -> None:
+  """Refuses a seed that one of its readers cannot take: compiled code reads it as an int32
+  (evaluation), scikit-learn's t-SNE as a uint32, numpy not below 0."""
+  if not 0 <= seed < 2**31:
+    raise UserError(f'{name}={seed} must be a whole number from 0 to 2**31 - 1')
+
+
 # The fields naming files that each source reads (their defaults are None).
 SOURCE_FILES = {'tfds': ('data_dir', 'manual_dir'), 'idx': ('path',), 'folder': ('path',),
                 'arrays': ('path',), 'digits': ()}
@@ -165,8 +172,7 @@ def validate(config: ml_collections.ConfigDict, where: str = 'the config file', 
   for path in model_fields(config):
     MODEL_FIELD_CHECKS[path](_get(config, path), f'config.{path}')
   check_unused_fields(config, defaults)
-  if not 0 <= config.seed < 2**31:  # evaluation passes it to compiled code as an int32
-    raise UserError(f'config.seed={config.seed} must be a whole number from 0 to 2**31 - 1')
+  check_seed(config.seed, 'config.seed')
   if config.num_summary_images < 0:
     raise UserError(f'config.num_summary_images={config.num_summary_images} must be 0 (none) '
                     'or more')

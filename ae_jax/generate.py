@@ -168,6 +168,7 @@ def main(workdir, config, checkpoint, split, num_samples, walk, walk_images, ste
     raise UserError(f'--num_samples={num_samples} must be 0 (none) or more')
   if grid_size < 2:
     raise UserError(f'--grid_size={grid_size}: the grid needs at least 2 points a side')
+  config_lib.check_seed(seed, '--seed')
   out_dir = evaluate.output_dir(workdir, out_dir, 'generate')
   if input_path is None:
     run = evaluate.load_run(workdir, config, checkpoint, split)

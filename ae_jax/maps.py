@@ -12,6 +12,7 @@ with scikit-learn's chunked neighbour search.
 """
 
 import functools
+import math
 import os
 import sys
 import warnings
@@ -43,8 +44,9 @@ def check_settings(method: str, perplexity: float, n_neighbors: int) -> None:
   """A UserError naming the value and what works, for a method or setting out of range."""
   if method not in METHODS:
     raise UserError(f'--method={method!r} is not a map method: use one of {", ".join(METHODS)}')
-  if not perplexity > 0:
-    raise UserError(f'--perplexity={perplexity} must be positive (30 is the usual value)')
+  if not 0 < perplexity < math.inf:
+    raise UserError(f'--perplexity={perplexity} must be positive and finite (30 is the usual '
+                    'value)')
   if n_neighbors < 2:
     raise UserError(f'--n_neighbors={n_neighbors} is too few: UMAP needs 2 or more '
                     f'({UMAP_NEIGHBORS} is the usual value)')

@@ -131,8 +131,7 @@ def check_flags(num_points, num_train_points, perplexity, seed, angle, method='t
   maps.check_settings(method, perplexity, n_neighbors)
   if not 0 <= angle <= 1:
     raise UserError(f'--angle={angle} must be between 0 and 1 ({ANGLE} is the default)')
-  if seed < 0:
-    raise UserError(f'--seed={seed} must not be negative')
+  config_lib.check_seed(seed, '--seed')
   maps.check_points(method, num_points, perplexity, n_neighbors, f'--num_points={num_points}')
   if num_train_points < KNN_NEIGHBOURS + 1:
     raise UserError(f'--num_train_points={num_train_points} is too few for a '

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 from sklearn import manifold
@@ -48,6 +50,8 @@ def test_knn_accuracy_is_scikit_learns_and_leaves_a_point_out_of_its_own_vote():
 @pytest.mark.parametrize('args, message', [
     (('tsen', 30.0, 15), "--method='tsen' is not a map method: use one of tsne, umap"),
     (('tsne', -1.0, 15), '--perplexity=-1.0 must be positive'),
+    (('tsne', math.inf, 15), '--perplexity=inf must be positive and finite'),
+    (('tsne', math.nan, 15), '--perplexity=nan must be positive and finite'),
     (('umap', 30.0, 1), '--n_neighbors=1 is too few: UMAP needs 2 or more'),
 ])
 def test_settings_out_of_range_are_refused(args, message):

@@ -136,7 +136,8 @@ def test_bad_flags_are_one_line_and_write_nothing(trained_ae, flag, fragment):
     (dict(num_points=0), '--num_points=0 is too few'),
     (dict(num_points=40, perplexity=40.0), 'use 41 or more, or a lower --perplexity'),
     (dict(perplexity=0.0), '--perplexity=0.0 must be positive'),
-    (dict(seed=-1), '--seed=-1 must not be negative'),
+    (dict(seed=-1), r'--seed=-1 must be a whole number from 0 to 2\*\*31 - 1'),
+    (dict(seed=2**32), '--seed=4294967296 must be a whole number from 0'),
     (dict(num_train_points=2), '--num_train_points=2 is too few'),
 ])
 def test_which_flag_values_work(flags, message):

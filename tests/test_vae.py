@@ -259,6 +259,14 @@ def test_bad_walks_are_one_line_and_write_nothing(trained_vae, flags, message):
   assert sorted(os.listdir(workdir)) == before
 
 
+@pytest.mark.parametrize('seed', [-1, 2**31])
+def test_a_seed_out_of_range_is_refused_before_the_run_is_read(tmp_path, seed):
+  with pytest.raises(UserError, match=f'--seed={seed} must be a whole number from 0 to '
+                     r'2\*\*31 - 1'):
+    generate.main(str(tmp_path), None, 'best', None, None, None, None, 10, 15, seed)
+  assert os.listdir(tmp_path) == []
+
+
 def test_a_walk_between_classes_of_unlabelled_data_asks_for_two_images(trained_vae, tmp_path):
   workdir, config = trained_vae
   run = evaluate.load_run(workdir, config, 'best', 'test')
