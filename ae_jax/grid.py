@@ -123,14 +123,28 @@ def _value_name(value) -> str:
   return str(value).replace('/', '_').replace(' ', '')
 
 
+def _one_folder(first: dict, second: dict, folder: str) -> UserError:
+  """The refusal of two grid points whose settings name one member folder (a/b and a_b)."""
+  differ = [path for path in first if first[path] != second[path]]
+  shown = lambda settings: ', '.join(f'{path}={settings[path]}' for path in differ)
+  return UserError(f"--grid: {shown(first)} and {shown(second)} name one member folder, {folder} "
+                   "(a folder's name has '_' for '/' and no spaces): write one of them otherwise "
+                   '(a path as ./PATH, say)')
+
+
 def members(config, axes, seeds, overrides=()) -> list[tuple[str, dict,
                                                              ml_collections.ConfigDict]]:
   """(name, settings, config) of every member: each grid point with each seed. `overrides`:
   the command line's --config.FIELD=VALUE, for the configs that a 'config' axis names."""
-  found = []
+  found, folders = [], {}
   for values in itertools.product(*[v for _, v in axes]):
     for seed in seeds:
       settings = dict(zip([path for path, _ in axes], values))
+      folder = '_'.join(f'{path}={_value_name(v)}' for path, v in settings.items())
+      folder = (folder + '_' if folder else '') + f'seed={seed}'
+      if folder in folders:  # two members would train, and resume, in one folder
+        raise _one_folder(folders[folder], settings, folder)
+      folders[folder] = settings
       if CONFIG_AXIS in settings:
         member = load_config_file(settings[CONFIG_AXIS], overrides)
       else:
@@ -145,6 +159,5 @@ def members(config, axes, seeds, overrides=()) -> list[tuple[str, dict,
           raise UserError(f'--grid: config.{path}={value!r}: {e}') from None
       member.seed = seed
       config_lib.validate(member)  # the same checks as training, before any member trains
-      name = '_'.join(f'{path}={_value_name(v)}' for path, v in settings.items())
-      found.append(((name + '_' if name else '') + f'seed={seed}', settings, member))
+      found.append((folder, settings, member))
   return found

@@ -5,6 +5,7 @@ import csv
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -54,6 +55,19 @@ def test_members_are_the_product_of_the_axes_and_the_seeds():
   assert config.noise.std == 0.0 and config.model.latent_dim == 16 and config.seed == 1
   with pytest.raises(UserError, match='config.model.latent_dim=0 must be at least 1'):
     grid.members(_config(), grid.parse_grid(_config(), ['model.latent_dim=0,8']), [0])
+
+
+@pytest.mark.parametrize('spec, first, second, folder', [
+    ('data.path=a/b,a_b', 'a/b', 'a_b', 'a_b'),
+    ('data.name=mn ist,mnist', 'mn ist', 'mnist', 'mnist'),
+])
+def test_grid_values_that_name_one_member_folder_are_refused(spec, first, second, folder):
+  field = spec.partition('=')[0]
+  axes = grid.parse_grid(_config(), ['noise.std=0,0.1', spec])
+  with pytest.raises(UserError, match=re.escape(
+      f'--grid: {field}={first} and {field}={second} name one member folder, '
+      f'noise.std=0.0_{field}={folder}_seed=1')):
+    grid.members(_config(), axes, [1])
 
 
 def test_a_study_trains_scores_tabulates_and_a_second_start_retrains_nothing(tmp_path,
