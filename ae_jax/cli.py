@@ -374,10 +374,12 @@ def define_run_flags(argv) -> None:
 
 
 def run_workdir(workdir: str | None) -> str:
-  """The --workdir of eval and t-SNE, or a UserError where there is none."""
+  """The --workdir of eval and t-SNE, or a UserError where there is none, or it is a file."""
+  from ae_jax import config_lib  # pylint: disable=g-import-not-at-top
   if workdir == '':
     raise UserError('--workdir is empty: name the folder of a training run')
   if workdir is None:
     raise UserError(f'no training run under {RUNS}/: train one first (python -m ae_jax.main '
                     '--config=configs/quickstart.py), or name its folder: scripts/eval.sh WORKDIR')
+  config_lib.check_run_folder(workdir)  # before the commands' checks of where they write
   return workdir

@@ -325,9 +325,23 @@ def write_config(config, workdir: str) -> None:
     raise cannot_write(e, 'the config to', path) from None
 
 
+def check_run_folder(workdir: str) -> None:
+  """Refuses a file given as a run's folder (its config.json, say), which the commands would
+  otherwise report as a folder they cannot write."""
+  if not os.path.isfile(workdir):
+    return
+  parent = os.path.dirname(workdir) or '.'
+  if os.path.isfile(os.path.join(parent, 'config.json')):
+    fix = f'give the folder that holds it, {parent}'
+  else:
+    fix = 'give the --workdir of a training run'
+  raise UserError(f"{workdir} is a file, not a run's folder: {fix}")
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config that trained the run in `workdir` (its config.json), with the fields that an
   older run's config.json lacks at their defaults; a UserError for a field that nothing reads."""
+  check_run_folder(workdir)
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise UserError(f'{path} does not exist: is {workdir!r} the --workdir of a training run?')

@@ -251,6 +251,13 @@ def test_a_config_json_fills_missing_fields_and_refuses_unknown_ones(tmp_path):
     config_lib.load_config(str(tmp_path))
 
 
+def test_a_file_given_as_a_run_is_refused_as_no_run_folder(tmp_path):
+  (tmp_path / 'config.json').write_text(small_config('ae').to_json())
+  with pytest.raises(UserError, match=f"config.json is a file, not a run's folder: give the "
+                     f'folder that holds it, {tmp_path}$'):
+    config_lib.load_config(str(tmp_path / 'config.json'))
+
+
 @pytest.mark.parametrize('field, default', [
     ('model.latent_dim', '32'), ('seed', '0'), ('learning_rate', '0.001'),
     ('data.train_split', "'train'"), ('data.grayscale', 'False'), ('data', None)])

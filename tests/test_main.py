@@ -368,6 +368,20 @@ def test_the_run_that_trained_last_is_one_with_a_checkpoint(tmp_path):
   assert cli.latest_run(str(tmp_path / 'runs')) == str(tmp_path / 'runs' / 'trained')
 
 
+def test_a_file_given_as_a_run_is_named_a_file_with_the_run_that_holds_it(tmp_path):
+  from ae_jax import UserError  # pylint: disable=g-import-not-at-top
+  from ae_jax import cli  # pylint: disable=g-import-not-at-top
+  _fake_run(tmp_path / 'run')
+  config_json = str(tmp_path / 'run' / 'config.json')
+  with pytest.raises(UserError, match=f"^{config_json} is a file, not a run's folder: give the "
+                     f'folder that holds it, {tmp_path}/run$'):
+    cli.run_workdir(config_json)
+  (tmp_path / 'notes.txt').write_text('')
+  with pytest.raises(UserError, match="notes.txt is a file, not a run's folder: give the "
+                     '--workdir of a training run'):
+    cli.run_workdir(str(tmp_path / 'notes.txt'))
+
+
 @pytest.mark.parametrize('script', ['eval.sh', 'tsne.sh', 'generate.sh'])
 def test_help_names_no_run(tmp_path, script):
   _fake_run(tmp_path / 'runs' / 'trained', step=4)
