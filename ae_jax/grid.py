@@ -120,7 +120,9 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def _value_name(value) -> str:
-  return str(value).replace('/', '_').replace(' ', '')
+  # brackets too: orbax cannot read checkpoints under a path with '[' (config_lib.check_workdir)
+  return (str(value).replace('/', '_').replace(' ', '').replace('[', '(')
+          .replace(']', ')'))
 
 
 def _one_folder(first: dict, second: dict, folder: str) -> UserError:

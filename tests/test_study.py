@@ -55,6 +55,10 @@ def test_members_are_the_product_of_the_axes_and_the_seeds():
   assert config.noise.std == 0.0 and config.model.latent_dim == 16 and config.seed == 1
   with pytest.raises(UserError, match='config.model.latent_dim=0 must be at least 1'):
     grid.members(_config(), grid.parse_grid(_config(), ['model.latent_dim=0,8']), [0])
+  # split slices name folders without '[', under which orbax's checkpoints cannot be read
+  slices = grid.parse_grid(_config(), ['data.train_split=train[:50%],train[:100%]'])
+  assert [name for name, _, _ in grid.members(_config(), slices, [0])] == [
+      'data.train_split=train(:50%)_seed=0', 'data.train_split=train(:100%)_seed=0']
 
 
 @pytest.mark.parametrize('spec, first, second, folder', [
