@@ -41,6 +41,11 @@ def test_validation_split_is_deterministic_and_disjoint():
   flat = lambda s: {x.tobytes() for x in s.images}
   assert not flat(train) & flat(validation)  # (the 1,000 digits are all different)
   assert len(flat(train) | flat(validation)) == len(raw.images)
+  with pytest.raises(UserError, match=r'config.data.validation_fraction=0.0001 of 1000 training '
+                     'images leaves no validation image: change it'):
+    input_pipeline.split_validation(raw, 0.0001)
+  with pytest.raises(UserError, match='leaves no training image'):
+    input_pipeline.split_validation(raw, 0.9999)
 
 
 def test_split_slicing_like_tfds():

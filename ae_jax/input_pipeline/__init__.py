@@ -108,8 +108,9 @@ def split_validation(split: Split, fraction: float) -> tuple[Split, Split]:
   n = len(split.images)
   num_validation = int(round(n * fraction))
   if num_validation < 1 or num_validation >= n:
-    raise UserError(f'{n} training images leave no room for a validation fraction of '
-                    f'{fraction}: change config.data.validation_fraction or use more data')
+    left = 'no validation image' if num_validation < 1 else 'no training image'
+    raise UserError(f'config.data.validation_fraction={fraction} of {n} training images leaves '
+                    f'{left}: change it or use more data')
   order = np.random.default_rng(VALIDATION_SEED).permutation(n)
   validation_idx, train_idx = np.sort(order[:num_validation]), np.sort(order[num_validation:])
   return select(split, train_idx), select(split, validation_idx)
