@@ -99,6 +99,9 @@ def parse_grid(config, specs) -> list[tuple[str, list]]:
       continue
     node, name = _field(config, path.strip())
     kind = node.get_type(name)
+    if kind in (tuple, list):  # its own commas would split its values
+      raise UserError(f'--grid cannot vary config.{path.strip()}, a {kind.__name__}: write a '
+                      'config file per value, and give them with --grid=config=NAME,NAME')
     parsed = [_parse(v, kind, path) for v in values.split(',')]
     if len(set(map(repr, parsed))) != len(parsed):
       raise UserError(f'--grid={spec!r} names a value twice')

@@ -39,6 +39,7 @@ def _config():
     (['config=ae,'], 'has an empty value'),
     (['noise.std=0,0'], 'names a value twice'),
     (['seed=0,1'], '--seeds=0,1,2'),
+    (['model.features=8,16'], 'cannot vary config.model.features, a tuple: write a config file'),
 ])
 def test_a_bad_grid_is_one_clear_error(specs, message):
   with pytest.raises(UserError, match=message):
