@@ -158,16 +158,21 @@ def prior_grid(run, size: int) -> tuple[np.ndarray, np.ndarray]:
   return images.reshape(size, size, *images.shape[1:]), values
 
 
+MAX_STEPS = 100  # images in a row of a figure
+
+
 def main(workdir, config, checkpoint, split, num_samples, walk, walk_images, steps, grid_size,
          seed, out_dir=None, input_path=None) -> dict:
   if walk is not None and walk_images is not None:
     raise UserError('give --walk (two classes) or --walk_images (two images), not both')
-  if steps < 2:
-    raise UserError(f'--steps={steps}: a walk needs at least 2 points')
+  if not 2 <= steps <= MAX_STEPS:
+    raise UserError(f'--steps={steps}: a walk needs at least 2 points, and a row of more than '
+                    f'{MAX_STEPS} images is too fine to see (matplotlib draws 2,000 in minutes)')
   if num_samples is not None and num_samples < 0:
     raise UserError(f'--num_samples={num_samples} must be 0 (none) or more')
-  if grid_size < 2:
-    raise UserError(f'--grid_size={grid_size}: the grid needs at least 2 points a side')
+  if not 2 <= grid_size <= MAX_STEPS:
+    raise UserError(f'--grid_size={grid_size}: the grid needs from 2 to {MAX_STEPS} points a '
+                    'side')
   config_lib.check_seed(seed, '--seed')
   out_dir = evaluate.output_dir(workdir, out_dir, 'generate')
   if input_path is None:

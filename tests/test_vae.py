@@ -267,6 +267,17 @@ def test_a_seed_out_of_range_is_refused_before_the_run_is_read(tmp_path, seed):
   assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize('steps, grid_size, message', [
+    (101, 15, r'--steps=101: a walk needs at least 2 points, and a row of more than 100 images'),
+    (10, 101, '--grid_size=101: the grid needs from 2 to 100 points a side'),
+])
+def test_figures_too_fine_to_see_are_refused_before_the_run_is_read(tmp_path, steps, grid_size,
+                                                                   message):
+  with pytest.raises(UserError, match=message):
+    generate.main(str(tmp_path), None, 'best', None, None, None, None, steps, grid_size, 0)
+  assert os.listdir(tmp_path) == []
+
+
 def test_a_walk_between_classes_of_unlabelled_data_asks_for_two_images(trained_vae, tmp_path):
   workdir, config = trained_vae
   run = evaluate.load_run(workdir, config, 'best', 'test')
