@@ -133,8 +133,8 @@ def _one_folder(first: dict, second: dict, folder: str) -> UserError:
   differ = [path for path in first if first[path] != second[path]]
   shown = lambda settings: ', '.join(f'{path}={settings[path]}' for path in differ)
   return UserError(f"--grid: {shown(first)} and {shown(second)} name one member folder, {folder} "
-                   "(a folder's name has '_' for '/' and no spaces): write one of them otherwise "
-                   '(a path as ./PATH, say)')
+                   "(a folder's name has '_' for '/', '(' and ')' for '[' and ']', and no "
+                   'spaces): write one of them otherwise (a path as ./PATH, say)')
 
 
 def members(config, axes, seeds, overrides=()) -> list[tuple[str, dict,
