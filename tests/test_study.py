@@ -211,7 +211,7 @@ def test_a_study_killed_mid_member_finishes_with_the_same_command(tmp_path):
     ('batch_size=32,100000', 'member batch_size=100000_seed=0: config.batch_size=100000 is '
      'larger than the 128 training images'),
     ('batch_size=32,3', None),  # 3 is not divisible by the 2 devices of the check below
-    ('data.test_split=test,test[:5]', r'member data.test_split=test\[:5\]_seed=0: its test '
+    ('data.test_split=test,test[:5]', r'member data.test_split=test\(:5\)_seed=0: its test '
      'split has 5 images, too few to score its latent space'),
 ])
 def test_every_member_is_checked_against_its_data_before_the_first_trains(tmp_path, monkeypatch,
