@@ -317,8 +317,8 @@ def check_data(config, splits) -> None:
 
 def check_memory(config, state) -> None:
   """Refuses a model whose train state and gradients (`state`: their shapes) cannot fit in a
-  device's memory, before any is allocated: XLA's CPU client then waits for ever, deaf to
-  Ctrl-C."""
+  device's memory, before any is allocated: where an allocation fails, XLA's CPU client waits
+  for ever, deaf to Ctrl-C."""
   nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
   need = nbytes(state) + nbytes(state.params)
   device = jax.local_devices()[0]
