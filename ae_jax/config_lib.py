@@ -192,7 +192,7 @@ def validate(config: ml_collections.ConfigDict, where: str = 'the config file', 
     raise UserError(f'config.noise.mean={config.noise.mean} must be finite')
   _one_of(config.data.placement, ('auto', 'device', 'host', 'disk'), 'config.data.placement')
   _one_of(config.data.source, tuple(input_pipeline.READERS), 'config.data.source')
-  unread = [f for files in SOURCE_FILES.values() for f in files
+  unread = [f for f in ('path', 'data_dir', 'manual_dir')
             if f not in SOURCE_FILES[config.data.source] and config.data.get(f) is not None]
   if trains and unread:  # a config.data.source forgotten: training would read other images
     readers = [s for s, files in SOURCE_FILES.items() if unread[0] in files]

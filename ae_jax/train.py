@@ -321,14 +321,13 @@ def check_memory(config, state) -> None:
   for ever, deaf to Ctrl-C."""
   nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
   need = nbytes(state) + nbytes(state.params)
-  device = jax.local_devices()[0]
+  device, num_devices = jax.local_devices()[0], jax.local_device_count()
   stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
   if stats and 'bytes_limit' in stats:
     have, where = stats['bytes_limit'], f'one {device.platform.upper()}'
   else:  # CPU devices share the host's memory, each holding the whole state
-    have = input_pipeline.feeds.host_memory() // len(jax.local_devices())
-    where = 'the host' + (f' shared by {len(jax.local_devices())} devices'
-                          if len(jax.local_devices()) > 1 else '')
+    have = input_pipeline.feeds.host_memory() // num_devices
+    where = 'the host' + (f' shared by {num_devices} devices' if num_devices > 1 else '')
   if need > have:
     gib = lambda n: f'{n / 2**30:,.1f} GiB'
     raise UserError(f'the model {config_lib.display_name(config)} has '

@@ -227,15 +227,15 @@ def main(workdir, config, checkpoint, split, num_points, num_train_points, perpl
     if not run.splits and encode(run, run.images[:1]).shape[1] > PCA_DIMS:
       splits = evaluate.load_data(workdir, config)
       evaluate.check_image_shape(workdir, config, splits)
+      train_shape = splits['train'].images.shape[1:]
+      if train_shape != run.images.shape[1:]:
+        # (a convolutional model takes both sizes, but their latents differ in size)
+        raise UserError(
+            f"--input's images are read as the model takes them, "
+            f'{evaluate.shown(run.images.shape[1:])}, and the train split that fits their PCA '
+            f'as config.data says, {evaluate.shown(train_shape)}: leave out '
+            '--config.data.image_size and --config.data.grayscale')
       run = run._replace(splits=splits)
-    train_shape = run.splits['train'].images.shape[1:] if run.splits else run.images.shape[1:]
-    if train_shape != run.images.shape[1:]:
-      # (a convolutional model takes both sizes, but their latents differ in size)
-      raise UserError(
-          f"--input's images are read as the model takes them, "
-          f'{evaluate.shown(run.images.shape[1:])}, and the train split that fits their PCA as '
-          f'config.data says, {evaluate.shown(train_shape)}: leave out '
-          '--config.data.image_size and --config.data.grayscale')
   split = run.split
   if num_points > len(run.images):
     print(f'mapping all {len(run.images):,} images of '
