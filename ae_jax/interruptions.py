@@ -3,6 +3,7 @@ every process of a run agreeing on when to stop."""
 
 import contextlib
 import signal
+import sys
 import threading
 
 import jax
@@ -54,8 +55,13 @@ def _pass_on(received: list) -> None:
   """Raises again, to the handler outside, a signal that came after the block could act on it
   (during a run's last checkpoint, say): a study stops before its next member rather than
   forgetting a Ctrl-C. Not reached where an exception (Interrupted) is on its way out."""
-  if received:
-    signal.raise_signal(received[0])
+  if not received:
+    return
+  signum = received[0]
+  if signal.getsignal(signum) == signal.SIG_DFL:  # SIGTERM's: the process ends without a word
+    print(f'{signal.Signals(signum).name}: stopped after the run finished saving: run the '
+          'command again to go on', file=sys.stderr, flush=True)
+  signal.raise_signal(signum)
 
 
 def agree(num_steps: int, stop: bool) -> tuple[int, bool]:

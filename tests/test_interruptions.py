@@ -249,3 +249,20 @@ def test_a_signal_too_late_for_the_loop_is_passed_on_not_forgotten(sigint_raises
       with interruptions.signals_caught():
         signal.raise_signal(signal.SIGINT)
         raise interruptions.Interrupted(signal.SIGINT, 'saved')
+
+
+def test_a_sigterm_too_late_for_the_loop_ends_the_process_in_one_line():
+  """SIGTERM during a study member's last checkpoint: the process ends as SIGTERM asks, saying so
+  and what to do, not silently."""
+  program = ('import signal\n'
+             'from ae_jax import interruptions\n'
+             'with interruptions.signals_deferred():\n'
+             '  signal.raise_signal(signal.SIGTERM)\n'
+             '  print("saved", flush=True)\n'
+             'print("the next member")\n')
+  result = subprocess.run([sys.executable, '-c', program], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == -signal.SIGTERM, result.stderr
+  assert result.stdout == 'saved\n'
+  assert result.stderr.strip() == ('SIGTERM: stopped after the run finished saving: run the '
+                                   'command again to go on')
