@@ -178,6 +178,24 @@ def study_number(summary: list[dict], axes, name: str, path: str) -> None:
   _save(fig, path)
 
 
+def study_seeds(seeds: list, values: list, name: str, path: str) -> None:
+  """A study without a grid: each seed's number, their mean as a line, one standard deviation
+  either side shaded."""
+  fig = _figure(figsize=(4.5, 3.6), dpi=100)
+  ax = fig.subplots()
+  mean = float(np.mean(values))
+  std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+  ax.axhspan(mean - std, mean + std, color='C0', alpha=0.15)
+  ax.axhline(mean, color='C0', linewidth=1)
+  ax.plot(range(len(values)), values, 'o', color='C0')
+  ax.set_xticks(range(len(seeds)), [str(s) for s in seeds])
+  ax.set_xlabel('seed')
+  ax.set_ylabel(name)
+  ax.grid(True, alpha=0.3)
+  fig.suptitle(f'{name}: {len(values)} seed(s), their mean ± one standard deviation', fontsize=11)
+  _save(fig, path)
+
+
 def study_reconstructions(by_point: dict, path: str) -> None:
   """The same images reconstructed at every grid point of a study: one row per point."""
   first = next(iter(by_point.values()))

@@ -22,7 +22,7 @@ ROC-AUC and average precision of its anomaly scores as a detector of them (anoma
 The study writes to its workdir:
   results.csv    a row per member: its settings, seed, every number, its workdir;
   results.md     a row per grid point: mean and standard deviation over the seeds, best in bold;
-  <number>.png   ... against each grid axis, with error bars over the seeds;
+  <number>.png   ... against each grid axis, with error bars over the seeds (no grid: each seed);
   reconstructions.png  the same test images reconstructed at every grid point (seed of the first);
 and TensorBoard's HParams view shows the members' settings against their numbers
 (tensorboard --logdir studies/noise).
@@ -276,8 +276,12 @@ def write_results(workdir: str, axes, rows, reconstructions) -> None:
     with replaced_atomically(os.path.join(workdir, 'results.md')) as tmp, open(tmp, 'w') as f:
       f.write(markdown_table(summary, fields, names))
     for name in names:
-      plots.study_number([e for e in summary if name in e], axes, name,
-                         os.path.join(workdir, f'{name}.png'))
+      path = os.path.join(workdir, f'{name}.png')
+      if axes:
+        plots.study_number([e for e in summary if name in e], axes, name, path)
+      else:  # seeds alone: one point, so each seed's number
+        seeds = [(r['seed'], r[name]) for r in rows if name in r]
+        plots.study_seeds([s for s, _ in seeds], [v for _, v in seeds], name, path)
     if reconstructions:
       plots.study_reconstructions(reconstructions, os.path.join(workdir, 'reconstructions.png'))
   except OSError as e:
@@ -285,11 +289,13 @@ def write_results(workdir: str, axes, rows, reconstructions) -> None:
 
 
 def markdown_table(summary, fields, names) -> str:
-  """Mean ± std over seeds per grid point; the best mean of each column in bold."""
+  """Mean ± std over seeds per grid point; the best mean of each column in bold, where points
+  compare."""
   best = {}
   for name in names:
     means = [entry[name][0] for entry in summary if name in entry]
-    best[name] = None if _better(name) is None else min(means) if _better(name) else max(means)
+    best[name] = (None if _better(name) is None or len(means) < 2 else
+                  min(means) if _better(name) else max(means))
   header = ' | '.join([f.removeprefix('config.') for f in fields] + ['seeds'] + names)
   lines = [f'| {header} |', '|' + ' --- |' * (len(fields) + 1 + len(names))]
   for entry in summary:

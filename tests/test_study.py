@@ -267,3 +267,27 @@ def test_a_member_trained_without_a_class_is_scored_as_its_detector(trained_ae):
   assert numbers['average_precision'] == pytest.approx(report['average_precision'])
   plain, _ = study.score(workdir, config, input_pipeline.load_splits(config.data), 50, False)
   assert 'roc_auc' not in plain
+
+
+def test_a_study_over_seeds_alone_draws_each_seed_and_bolds_nothing(tmp_path, monkeypatch):
+  """No grid axis: one point, so nothing to be best among, and figures of each seed's number."""
+  from ae_jax import plots  # pylint: disable=g-import-not-at-top
+  drawn = {}
+  monkeypatch.setattr(plots, '_save', lambda fig, path, tight=True: drawn.update({
+      os.path.basename(path): fig}))
+  rows = [{'seed': seed, 'split': 'test', 'checkpoint_step': 4, 'clean_mse': mse,
+           'knn_accuracy': knn, 'workdir': f'seed={seed}'}
+          for seed, mse, knn in [(0, 0.02, 0.93), (1, 0.03, 0.92), (2, 0.04, 0.91)]]
+  study.write_results(str(tmp_path), [], rows, {})
+  with open(tmp_path / 'results.md') as f:
+    markdown = f.read()
+  assert '**' not in markdown and '0.03000 ± 0.01000' in markdown
+  points = drawn['knn_accuracy.png'].axes[0].lines[-1]
+  assert list(points.get_ydata()) == [0.93, 0.92, 0.91]
+  # with a grid, the best mean of each column is bold
+  axes = [('noise.std', [0.0, 0.3])]
+  study.write_results(str(tmp_path), axes, [{**r, 'config.noise.std': 0.3 * (r['seed'] == 2)}
+                                            for r in rows], {})
+  with open(tmp_path / 'results.md') as f:
+    lines = f.read().splitlines()
+  assert lines[2].count('**') == 4 and '**' not in lines[3]  # seeds 0 and 1: better in both
