@@ -223,7 +223,7 @@ def image_grid_figure(images: np.ndarray, path: str, title: str) -> None:
 def latent_grid(images: np.ndarray, values: np.ndarray, path: str, title: str) -> None:
   """A 2-D latent space decoded (Keras's VAE figure): images (n, n, H, W, C), row 0 at the top
   with the largest z2; `values`: the latent values of each axis, ascending."""
-  n, height, width = images.shape[:3]
+  n, _, height, width = images.shape[:4]
   grid = image_grid(list(images))
   fig = _figure(figsize=(8.5, 8), dpi=100)
   ax = fig.add_subplot()
