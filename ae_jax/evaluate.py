@@ -249,10 +249,19 @@ def _evaluate_split(run: TrainedRun, eval_fn, images=None, **kwargs) -> dict[str
       streamed_bytes=0 if placement == 'device' else int(np.prod(images.shape[1:])), **kwargs)
 
 
+# The images of a split that get the importance-weighted estimate, where it gets fewer than all.
+IW_SUBSET_SEED = 0
+
+
 def importance_weighted_nll(run: TrainedRun, num_samples: int, num_images: int) -> dict:
   """Burda et al.'s estimate of -log p(x) in nats, with `num_samples` samples of q(z|x) per
-  image, averaged over the first `num_images` images of the split (clean inputs)."""
-  images = input_pipeline.splits.rows(run.images, slice(0, min(num_images, len(run.images))))
+  image, averaged over `num_images` images of the split drawn at random (IW_SUBSET_SEED), all
+  where it has no more (clean inputs). At random, not the first: a split read from class
+  folders lists its images class by class, and its first 1,000 would be the first classes."""
+  num_images = min(num_images, len(run.images))
+  chosen = slice(0, num_images) if num_images == len(run.images) else np.sort(
+      np.random.default_rng(IW_SUBSET_SEED).choice(len(run.images), num_images, replace=False))
+  images = input_pipeline.splits.rows(run.images, chosen)
   eval_fn = metrics.make_eval_fn(run.model, run.config, run.mesh,
                                  step=metrics.importance_weighted_step, num_samples=num_samples)
   start = time.time()
