@@ -192,11 +192,30 @@ def knn_accuracy(train_latents, train_labels, latents, labels, same=None) -> flo
   return float(np.mean(counts.argmax(1) == labels))
 
 
-def linear_probe_accuracy(train_latents, train_labels, latents, labels) -> float:
-  """Logistic regression on the standardized train latents, scored on `latents`."""
+PROBE_FOLDS = 5  # where the scored points are among the probe's train latents
+
+
+def linear_probe_accuracy(train_latents, train_labels, latents, labels, same=None) -> float:
+  """Logistic regression on the standardized train latents, scored on `latents`. `same[i]`: the
+  index among the train latents of point i itself (-1 where it is none), as knn_accuracy takes
+  it: where some point is there, the points are scored in PROBE_FOLDS folds, each by a probe
+  fit without that fold's own train entries, as a probe is scored on points it never saw."""
   from sklearn import linear_model  # pylint: disable=g-import-not-at-top
   from sklearn import pipeline  # pylint: disable=g-import-not-at-top
   from sklearn import preprocessing  # pylint: disable=g-import-not-at-top
-  probe = pipeline.make_pipeline(preprocessing.StandardScaler(),
-                                 linear_model.LogisticRegression(max_iter=1000))
-  return float(probe.fit(train_latents, train_labels).score(latents, labels))
+  probe = lambda: pipeline.make_pipeline(preprocessing.StandardScaler(),
+                                         linear_model.LogisticRegression(max_iter=1000))
+  train_latents, train_labels = np.asarray(train_latents), np.asarray(train_labels)
+  latents, labels = np.asarray(latents), np.asarray(labels)
+  same = np.full(len(latents), -1) if same is None else np.asarray(same)
+  if not (same >= 0).any():
+    return float(probe().fit(train_latents, train_labels).score(latents, labels))
+  correct = 0
+  fold_of = np.arange(len(latents)) % PROBE_FOLDS
+  for fold in range(min(PROBE_FOLDS, len(latents))):
+    scored = fold_of == fold
+    fit = np.ones(len(train_latents), bool)
+    fit[same[scored & (same >= 0)]] = False
+    fitted = probe().fit(train_latents[fit], train_labels[fit])
+    correct += int((fitted.predict(latents[scored]) == labels[scored]).sum())
+  return correct / len(latents)

@@ -16,7 +16,8 @@ Writes to workdir/tsne/:
   <split>.json the numbers, also printed:
     knn_accuracy           a 5-nearest-neighbour classifier fit on latents of the train split,
                            scored on the points of the evaluated split;
-    linear_probe_accuracy  logistic regression on the standardized latents, likewise;
+    linear_probe_accuracy  logistic regression on the standardized latents, likewise (on the
+                           train split, each point scored by a probe fit without it);
     trustworthiness        sklearn.manifold.trustworthiness of the 2-D map (5 neighbours),
                            computed in blocks (maps.trustworthiness): 1.0 when the map's
                            neighbours are neighbours in the latent space;
@@ -197,7 +198,7 @@ def latent_space(run: evaluate.TrainedRun, num_points: int, num_train_points: in
     numbers['knn_accuracy'] = maps.knn_accuracy(train_latents, train_labels, latents, labels,
                                                 same)
     numbers['linear_probe_accuracy'] = maps.linear_probe_accuracy(
-        train_latents, train_labels, latents, labels)
+        train_latents, train_labels, latents, labels, same)
   numbers['trustworthiness'] = maps.trustworthiness(latents, embedding, KNN_NEIGHBOURS)
   return LatentSpace(numbers, embedding, chosen, images, labels, latent_size, tsne_seconds,
                      np.asarray(latents, np.float32))

@@ -91,3 +91,23 @@ def test_umap_on_exact_neighbours_keeps_neighbourhoods():
   embedding = maps.umap(digits, n_neighbors=15, seed=0)
   assert embedding.shape == (len(digits), 2) and np.isfinite(embedding).all()
   assert maps.trustworthiness(digits, embedding) > 0.95
+
+
+def test_the_linear_probe_scores_train_points_with_probes_fit_without_them():
+  # labels that the latents do not predict: a probe scored on points it never saw is at chance,
+  # one scored on its own training points far above it
+  rng = np.random.default_rng(0)
+  train, train_labels = rng.normal(size=(200, 60)), rng.integers(0, 2, 200)
+  scored = np.arange(0, 200, 2)
+  accuracy = maps.linear_probe_accuracy(train, train_labels, train[scored], train_labels[scored],
+                                        same=scored)
+  assert accuracy < 0.65, accuracy
+  # without points of its own among them, one probe fit on every train latent, as before
+  test, labels = rng.normal(size=(50, 60)), rng.integers(0, 2, 50)
+  from sklearn import linear_model, pipeline, preprocessing  # pylint: disable=g-import-not-at-top
+  probe = pipeline.make_pipeline(preprocessing.StandardScaler(),
+                                 linear_model.LogisticRegression(max_iter=1000))
+  expected = probe.fit(train, train_labels).score(test, labels)
+  assert maps.linear_probe_accuracy(train, train_labels, test, labels) == expected
+  assert maps.linear_probe_accuracy(train, train_labels, test, labels,
+                                    same=np.full(50, -1)) == expected
