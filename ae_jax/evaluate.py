@@ -10,7 +10,7 @@ Without a workdir: the run under runs/ that trained last. Without --split: the t
 the run's data has one, else validation. --input evaluates on images of the user's own instead
 (given_images), and <split> is then the input's name. Writes workdir/eval/<split>.json and
 workdir/eval/<split>_reconstructions.png. Denoising models are measured twice: on noisy inputs
-(noise from a fixed seed, so two runs agree) and on clean ones; the target is always the clean
+(noise from the run's seed, so two evaluations agree) and on clean ones; the target is always the clean
 image.
 """
 
@@ -269,8 +269,12 @@ def importance_weighted_nll(run: TrainedRun, num_samples: int, num_images: int) 
   batch_size = min(metrics.eval_batch_size(run.config, run.model, len(images), run.mesh.size),
                    max(run.model.IW_DECODES // run.mesh.size, 1) * run.mesh.size)
   nll = _evaluate_split(run, eval_fn, images, batch_size=batch_size)['iw_nll']
-  return {'iw_nll': nll, 'iw_num_samples': num_samples, 'iw_num_images': len(images),
-          'iw_seconds': time.time() - start}
+  result = {'iw_nll': nll, 'iw_num_samples': num_samples, 'iw_num_images': len(images),
+            'iw_seconds': time.time() - start}
+  if len(images) < len(run.images):  # the bound compares with the -ELBO of the same images
+    result['iw_images_nelbo'] = _evaluate_split(
+        run, metrics.make_eval_fn(run.model, run.config, run.mesh), images)['nelbo']
+  return result
 
 
 def reconstruction_rows(run: TrainedRun, num_examples: int, seed: int = 0) -> dict:
@@ -317,7 +321,7 @@ def main(workdir: str, config, checkpoint: str, split: str | None, num_examples:
          out_dir: str | None = None, num_samples: int | None = None,
          iw_images: int | None = None, input_path: str | None = None) -> dict:
   """Evaluates the run in `workdir`; for a model with a prior also the importance-weighted
-  -log p(x), with `num_samples` samples on the first `iw_images` images of the split (None: the
+  -log p(x), with `num_samples` samples on `iw_images` images of the split (None: the
   model's defaults, IW_SAMPLES and IW_IMAGES; 0 samples: none)."""
   if num_examples < 1:
     raise UserError(f'--num_examples={num_examples}: the figure needs at least 1 image')
@@ -370,8 +374,10 @@ def main(workdir: str, config, checkpoint: str, split: str | None, num_examples:
         for c, w in zip(columns, widths)))
   if 'iw_nll' in results['clean']:
     clean = results['clean']
+    subset = (f' drawn at random (their -elbo: {clean["iw_images_nelbo"]:.2f})'
+              if 'iw_images_nelbo' in clean else '')
     print(f'-log p(x): importance-weighted with {clean["iw_num_samples"]:,} samples (Burda et al.) '
-          f'on {clean["iw_num_images"]:,} images in {clean["iw_seconds"]:.1f} s; the other '
+          f'on {clean["iw_num_images"]:,} images{subset} in {clean["iw_seconds"]:.1f} s; the other '
           'numbers on all of them, in nats per image where they are a VAE\'s')
   print(f'wrote {os.path.join(out_dir, split + ".json")} and {figure}')
   return report

@@ -124,6 +124,32 @@ def test_the_importance_weighted_bound_is_below_the_elbo_and_falls_with_k(traine
   # k=1 is the single-sample negative ELBO, an estimate of its expectation
   assert nll[1] == pytest.approx(nelbo, rel=0.02)
   assert nll[100] < nll[10] < nll[1] and nll[10] < nelbo
+  # on fewer images than the split's, beside the -ELBO of the same images
+  subset = evaluate.importance_weighted_nll(run, 10, 50)
+  assert subset['iw_num_images'] == 50 and subset['iw_nll'] < subset['iw_images_nelbo']
+  assert 'iw_images_nelbo' not in evaluate.importance_weighted_nll(run, 10, len(run.images))
+
+
+def test_the_bound_of_fewer_images_takes_them_at_random_from_a_class_ordered_split(monkeypatch):
+  """A split read from class folders lists its images class by class: the first 100 would be
+  one class."""
+  images = np.concatenate([np.zeros((500, 4, 4, 1), np.uint8),
+                           np.full((500, 4, 4, 1), 255, np.uint8)])
+  config = small_config('vae')
+  run = evaluate.TrainedRun(config, models.create_model(config, images.shape[1:]), None, 0,
+                            'test', images, None, None, {}, train.create_mesh())
+
+  def chosen(num_images):
+    seen = []
+    monkeypatch.setattr(evaluate, '_evaluate_split', lambda run, eval_fn, images=None, **kwargs: (
+        seen.append(np.asarray(images)) or {'iw_nll': 0.0, 'nelbo': 0.0}))
+    assert evaluate.importance_weighted_nll(run, 10, num_images)['iw_num_images'] == len(seen[0])
+    return seen[0]
+
+  share = (chosen(100)[:, 0, 0, 0] == 255).mean()
+  assert 0.3 < share < 0.7, share
+  np.testing.assert_array_equal(chosen(100), chosen(100))  # the same images every time
+  np.testing.assert_array_equal(chosen(5000), images)  # all where the split has no more
 
 
 def _reconstruction_mse(beta, tmp_path):
