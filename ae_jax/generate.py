@@ -200,8 +200,10 @@ def main(workdir, config, checkpoint, split, num_samples, walk, walk_images, ste
         f'{name}: {num_samples} samples from the prior, step {run.step}')
   rows = walk_rows(run, walk, walk_images, steps, seed)
   walk_name = 'walk' if input_path is None else f'{run.split}_walk'  # not the split's walk
+  # each column's place on the line between the two ends (0 and 1: the ends, decoded)
+  fractions = [f'{t:.2g}' for t in np.linspace(0, 1, steps)]
   figures[walk_name] = lambda path: plots.reconstructions(
-      rows, None, path, f'{name}: walks through the latent space, {evaluate.source(run)}, '
+      rows, fractions, path, f'{name}: walks through the latent space, {evaluate.source(run)}, '
       f'step {run.step}')
   if prior and run.model.latent_dim == 2 and input_path is None:
     grid, values = prior_grid(run, grid_size)

@@ -60,16 +60,18 @@ def reconstructions(rows: dict[str, np.ndarray], column_titles, path: str, title
   """One row of images per entry of `rows` ('input', 'noisy input', 'reconstruction'), one
   column per example: the original codebase's autoencoder_result.png."""
   num_rows, num_columns = len(rows), len(next(iter(rows.values())))
-  fig = _figure(figsize=(1.2 * num_columns + 1.2, 1.3 * num_rows + 0.4), dpi=100)
+  # constrained: the title clears column titles of two lines
+  fig = _figure(figsize=(1.2 * num_columns + 1.2, 1.3 * num_rows + 0.4), dpi=100,
+                layout='constrained')
   axes = fig.subplots(num_rows, num_columns, squeeze=False)
   for r, (row_title, images) in enumerate(rows.items()):
     for c, image in enumerate(images):
       ax = axes[r, c]
       _show(ax, image)
-      if c == 0:
-        ax.set_ylabel(row_title, fontsize=8 if '\n' in row_title else 11)
+      if c == 0:  # across, beside the row: labels of two lines upright ran into each other
+        ax.set_ylabel(row_title, fontsize=9, rotation=0, ha='right', va='center')
       if r == 0 and column_titles is not None:
-        ax.set_title(str(column_titles[c]), fontsize=10)
+        ax.set_title(str(column_titles[c]), fontsize=8 if '\n' in str(column_titles[c]) else 10)
   fig.suptitle(title, fontsize=11)
   _save(fig, path)
 
@@ -197,13 +199,16 @@ def study_seeds(seeds: list, values: list, name: str, path: str) -> None:
 
 
 def study_reconstructions(by_point: dict, path: str) -> None:
-  """The same images reconstructed at every grid point of a study: one row per point."""
+  """The same images reconstructed at every grid point of a study: one row per point, after
+  a row of the noisy inputs where the point's member trains on noise."""
   first = next(iter(by_point.values()))
   rows = {'input': first['input']}
   for point, images in by_point.items():
-    rows[_point_label(point)] = images['reconstruction']
-  reconstructions(rows, None, path, 'reconstructions at each grid point (inputs noisy where '
-                  'the member trains on noise)')
+    label = '\n'.join(f'{path}={value}' for path, value in point) or 'all'
+    if 'noisy input' in images:
+      rows[f'{label}\nnoisy input'] = images['noisy input']
+    rows[label] = images['reconstruction']
+  reconstructions(rows, None, path, 'reconstructions at each grid point')
 
 
 def image_grid_figure(images: np.ndarray, path: str, title: str) -> None:

@@ -40,7 +40,7 @@ def get_config():
   config.noise.std = 0.0
 
   config.data = ml_collections.ConfigDict()
-  # Where the images come from (README, "Your own data"):
+  # Where the images come from (docs/data.md):
   #   'tfds'    the tensorflow-datasets image dataset `name` (mnist, fashion_mnist, cifar10, ...);
   #   'idx'     MNIST-format IDX files (train-images-idx3-ubyte[.gz] and friends) in `path`;
   #   'folder'  image files in `path`: flat, one subfolder per class, and/or train/ test/ ...;

@@ -25,3 +25,16 @@ def test_the_latent_grids_ticks_sit_on_the_centres_of_their_rows_and_columns(
   # row 0 is the top, the largest z[1]
   assert [t.get_text() for t in ax.get_yticklabels()] == [
       f'{values[::-1][k]:.2f}' for k in ticks]
+
+
+def test_a_studys_reconstructions_show_the_noisy_inputs_a_denoising_point_was_given(monkeypatch):
+  drawn = {}
+  monkeypatch.setattr(plots, '_save', lambda fig, path, tight=True: drawn.update(fig=fig))
+  clean, noisy, out = (np.full((3, 4, 4, 1), v, np.float32) for v in (0.2, 0.5, 0.8))
+  plots.study_reconstructions({
+      (('noise.std', 0.0),): {'input': clean, 'reconstruction': out},
+      (('noise.std', 0.3),): {'input': clean, 'noisy input': noisy, 'reconstruction': out},
+  }, 'unused.png')
+  rows = [ax.get_ylabel() for ax in drawn['fig'].axes[::3]]
+  assert rows == ['input', 'noise.std=0.0', 'noise.std=0.3\nnoisy input', 'noise.std=0.3']
+  assert drawn['fig'].axes[6].get_images()[0].get_array().mean() == 0.5
