@@ -3,6 +3,8 @@ import http.server
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -13,6 +15,8 @@ from ae_jax import UserError
 from ae_jax import input_pipeline
 from ae_jax.input_pipeline.sources import tfds as tfds_source
 from conftest import MNIST_SMALL
+from conftest import ROOT
+from conftest import environment
 from configs import default
 
 SHARED_MNIST = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'mnist')
@@ -132,3 +136,44 @@ def test_can_reach_answers_quickly_on_loopback():
     assert tfds_source._can_reach(f'http://127.0.0.1:{server.server_port}/', timeout=3)
   finally:
     server.server_close()
+
+
+# Compiles training's and evaluation's loops over 8 simulated devices with the batches streamed
+# from host memory, and prints the collectives that move images (uint8) or batch indices (int32
+# arrays; the evaluation's count of examples is an int32 scalar).
+_STREAMED_COLLECTIVES = '''
+import functools, re
+import jax, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from ae_jax import input_pipeline, metrics, models, train
+from configs import quickstart
+config = quickstart.get_config()
+images = np.random.default_rng(0).integers(0, 256, (512, 8, 8, 1), np.uint8)
+mesh = train.create_mesh()
+model, tx = models.create_model(config, images.shape[1:]), train.create_optimizer(config)
+state = jax.jit(functools.partial(train.create_train_state, model, tx, 0),
+                out_shardings=NamedSharding(mesh, P()))()
+feed = input_pipeline.make_feed(images, mesh, 'host')
+rows = np.arange(4 * 64, dtype=np.int32).reshape(4, 64)
+update = jax.jit(functools.partial(
+    train.train_loop, batch_sharding=NamedSharding(mesh, P('data')),
+    step_fn=functools.partial(train.train_step, model=model, tx=tx, noise_mean=0., noise_std=0.)))
+evaluate = metrics.make_eval_fn(model, config, mesh)
+mask = input_pipeline.to_device(np.ones(rows.shape, bool), NamedSharding(mesh, P(None, 'data')))
+variables = {'params': state.params, 'batch_stats': state.batch_stats}
+for name, lowered in (('update', update.lower(state, *feed(rows), 4)),
+                      ('evaluation', evaluate.lower(variables, *feed(rows), mask, 0, 0))):
+  for line in lowered.compile().as_text().splitlines():
+    if re.search(r' (all-gather|all-reduce|all-to-all|collective-permute)(-start)?\\(', line) and (
+        'u8[' in line or re.search(r's32\[\d', line)):
+      print(name, line.strip()[:160])
+'''
+
+
+def test_streamed_batches_reach_each_device_without_collectives(tmp_path):
+  """Each device reads its own part of every streamed batch: no collective sends it images
+  (the whole batch, or the whole call, to every device) or the batch's indices."""
+  result = subprocess.run([sys.executable, '-c', _STREAMED_COLLECTIVES], cwd=ROOT,
+                          env=environment(8, None), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout == '', result.stdout

@@ -14,8 +14,9 @@ from ae_jax.input_pipeline.disk import OnDisk
 
 # A compiled loop takes (images, indices) and reads batch i as images[indices[i]]. A feed turns
 # the rows of a few batches, (num_batches, batch_size) indices into a split, into those two
-# arrays: from a copy of the split on every device, or gathered in host memory and sent over.
-# Either way every device reads its own part of every batch locally.
+# arrays: a copy of the split on every device and the rows, or the batches themselves gathered
+# in host memory and sent over, with indices 0, 1, ... Either way every device reads its own
+# part of every batch locally.
 
 def to_device(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
   """A global array with `sharding` from a host array that every process can index in full.
@@ -61,34 +62,28 @@ def host_feed(images: np.ndarray, mesh):
   """Gathers each call's batches in host memory (or reads them from disk) and sends them over,
   device by device. Rows of -1 are batches the call will not run: nothing is read for them.
 
-  The gathered images are laid out device-major: device d holds its slice of every batch, so
-  that batch i, indices[i], is read without communication, and each process gathers only the
-  images of its own devices.
+  The gathered images are laid out (num_batches, batch_size, ...) with the batch axis sharded:
+  device d holds its slice of every batch, so that batch i, images[i] (the indices are
+  0, 1, ...), is a slice along an axis that no device splits, read without communication, and
+  each process gathers only the images of its own devices. (A flat array indexed by a gather
+  cannot say that each device reads its own rows: XLA then sends every device the whole batch,
+  or the whole call, every step.)
   """
-  data_sharding = NamedSharding(mesh, P('data'))
-  index_sharding = NamedSharding(mesh, P(None, 'data'))
-  num_devices = mesh.size
+  data_sharding = NamedSharding(mesh, P(None, 'data'))
+  replicated = NamedSharding(mesh, P())
 
   def feed(rows):
-    num_batches, batch_size = rows.shape
-    per_device = batch_size // num_devices
-    device_major = rows.reshape(num_batches, num_devices, per_device).transpose(1, 0, 2)
-    flat = device_major.reshape(-1)
     def gather(index):  # this device's part; rows of -1 (steps a short call skips) stay zero
-      wanted = flat[index[0]]
-      part = np.zeros((len(wanted), *images.shape[1:]), images.dtype)
+      wanted = rows[index[:2]]
+      part = np.zeros((*wanted.shape, *images.shape[1:]), images.dtype)
       real = wanted >= 0
       if real.any():
         part[real] = images[wanted[real]]
       return part
 
-    gathered = jax.make_array_from_callback((len(flat), *images.shape[1:]), data_sharding, gather)
-    # where batch i's part on device d lies in the device-major layout
-    positions = (np.arange(num_devices)[:, None, None] * num_batches * per_device
-                 + np.arange(num_batches)[None, :, None] * per_device
-                 + np.arange(per_device)[None, None, :])
-    indices = positions.transpose(1, 0, 2).reshape(num_batches, batch_size).astype(np.int32)
-    return gathered, to_device(indices, index_sharding)
+    gathered = jax.make_array_from_callback((*rows.shape, *images.shape[1:]), data_sharding,
+                                            gather)
+    return gathered, to_device(np.arange(len(rows), dtype=np.int32), replicated)
 
   return feed
 
