@@ -50,9 +50,18 @@ def _embedder(run):
                                                        method='embed'),
                   compiler_options=models.compiler_options(run.model))
   batch = metrics.eval_batch_size(run.config, run.model, 1_000, 1)
-  return lambda images: np.concatenate([
-      np.asarray(embed(run.variables, images[i:i + batch]))
-      for i in range(0, len(images), batch)])
+
+  def latents(images):
+    # every call takes `batch` images, padded with zeros: one compilation, where batches of the
+    # sizes that two classes and a pair of images leave took four
+    out = []
+    for i in range(0, len(images), batch):
+      part = images[i:i + batch]
+      padded = np.zeros((batch, *part.shape[1:]), part.dtype)
+      padded[:len(part)] = part
+      out.append(np.asarray(embed(run.variables, padded))[:len(part)])
+    return np.concatenate(out)
+  return latents
 
 
 def parse_pair(text: str, flag: str) -> tuple[str, str]:

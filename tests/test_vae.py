@@ -244,6 +244,26 @@ def test_walks_work_for_the_ae_and_refuse_samples(trained_ae, tmp_path):
     generate.main(workdir, config, 'best', 'test', 16, None, None, 4, 5, 0, str(tmp_path))
 
 
+def test_a_walk_between_classes_compiles_the_encoder_once(trained_ae):
+  """The class means and the pairs of a walk are embedded in batches of one size, padded: a
+  class's last batch and a pair are batches of other sizes, each compiled again."""
+  workdir, config = trained_ae
+  run = evaluate.load_run(workdir, config, 'best', 'test')
+  embed = generate._embedder(run)  # pylint: disable=protected-access
+  compiled = []
+  count = lambda event, _, **kwargs: compiled.append(event) if (
+      event == '/jax/core/compile/backend_compile_duration') else None
+  jax.monitoring.register_event_duration_secs_listener(count)
+  try:
+    latents = [embed(run.images[:n]) for n in (len(run.images), 7, 2)]
+  finally:
+    jax.monitoring.unregister_event_duration_listener(count)
+  assert len(compiled) == 1
+  direct = run.model.apply(run.variables, metrics.to_float(run.images), method='embed')
+  for got in latents:
+    np.testing.assert_allclose(got, direct[:len(got)], atol=1e-6)
+
+
 def test_a_walk_between_images_of_ones_own_named_by_their_files(trained_ae, tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   workdir, config = trained_ae
