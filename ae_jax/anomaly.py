@@ -109,7 +109,8 @@ def anomaly_scores(run: evaluate.TrainedRun, percentile: float) -> dict:
   """The threshold from the validation split, the split's scores and the flagged images, and
   where the run held classes out, how well the scores detect them."""
   validation = run.splits['validation'].images
-  # one batch size for both splits: one compilation
+  # one batch size for both splits: streamed, they make one program (the second compilation is
+  # the compilation cache's)
   batch_size = metrics.eval_batch_size(run.config, run.model,
                                        max(len(validation), len(run.images)), run.mesh.size)
   validation_scores, _ = scores(run, validation, batch_size)

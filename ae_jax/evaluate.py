@@ -166,8 +166,9 @@ def given_images(run: TrainedRun, input_path: str) -> TrainedRun:
 def _abstract_model(config, image_shape):
   """(the model for images of `image_shape`, the shapes and dtypes of its variables)."""
   model = models.create_model(config, image_shape)
+  # the key's shape alone: PRNGKey(0) made eagerly compiles two small programs every command
   return model, jax.eval_shape(functools.partial(models.init_variables, model),
-                               jax.random.PRNGKey(0))
+                               jax.ShapeDtypeStruct((2,), np.uint32))
 
 
 def _restore(workdir: str, checkpoint: str, abstract):
