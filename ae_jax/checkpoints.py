@@ -38,12 +38,13 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')  # orbax needs an absolute path
 
 
-def create_manager(workdir: str, *, read_only: bool = False,
-                   image_shape=None) -> ocp.CheckpointManager:
+def create_manager(workdir: str, *, read_only: bool = False, image_shape=None,
+                   background: float | None = None) -> ocp.CheckpointManager:
   """The manager of workdir/checkpoints. `read_only`: for a reader (evaluation), which must not
   create the folder nor clean up temporary folders, one of which may be a save in progress.
   `image_shape`: the model's (H, W, C), kept in the folder's metadata (orbax writes it when the
-  manager starts, where there is none)."""
+  manager starts, where there is none), with `background`, the brightness of the training
+  images' borders (given.background)."""
   if not read_only:
     set_aside_damaged_metrics(checkpoint_dir(workdir))  # or orbax's manager cannot start
   if image_shape is not None and trained_image_shape(workdir) not in (None, tuple(image_shape)):
@@ -65,7 +66,9 @@ def create_manager(workdir: str, *, read_only: bool = False,
   )
   return ocp.CheckpointManager(
       checkpoint_dir(workdir), options=options,
-      metadata=None if image_shape is None else {'image_shape': [int(d) for d in image_shape]},
+      metadata=None if image_shape is None else {
+          'image_shape': [int(d) for d in image_shape],
+          **({} if background is None else {'background': float(background)})},
       item_handlers={name: ocp.StandardCheckpointHandler() for name in ITEMS})
 
 
@@ -74,14 +77,26 @@ def trained_image_shape(workdir: str) -> tuple[int, ...] | None:
   not say (a run trained before they did, or none)."""
   # orbax's root metadata file, read as it is: a manager, even a read-only one, reads every
   # checkpoint's metrics on opening and fails on a damaged one, which evaluation passes over
-  try:
-    with open(_root_metadata_path(workdir)) as f:
-      shape = json.load(f)['custom_metadata']['image_shape']
-  except (OSError, ValueError, KeyError, TypeError):  # a missing shape only costs the conversion
-    return None
+  shape = _custom_metadata(workdir).get('image_shape')
   if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) for d in shape)):
     return None
   return tuple(shape)
+
+
+def trained_background(workdir: str) -> float | None:
+  """How bright the borders of the run's training images are, 0 to 1 (given.background); None
+  where the checkpoints do not say."""
+  background = _custom_metadata(workdir).get('background')
+  return float(background) if isinstance(background, (int, float)) else None
+
+
+def _custom_metadata(workdir: str) -> dict:
+  try:
+    with open(_root_metadata_path(workdir)) as f:
+      metadata = json.load(f)['custom_metadata']
+  except (OSError, ValueError, KeyError, TypeError):  # missing, it only costs the data's reading
+    return {}
+  return metadata if isinstance(metadata, dict) else {}
 
 
 def _root_metadata_path(workdir: str) -> str:
@@ -143,12 +158,12 @@ def close(manager: ocp.CheckpointManager) -> None:
 
 
 @contextlib.contextmanager
-def managed(workdir: str, image_shape=None):
-  """create_manager(workdir, image_shape=...), closed on the way out; where an error is already
-  on its way out, a second one from closing does not hide it. A failed write says where the
-  same command resumes."""
+def managed(workdir: str, image_shape=None, background=None):
+  """create_manager(workdir, ...), closed on the way out; where an error is already on its way
+  out, a second one from closing does not hide it. A failed write says where the same command
+  resumes."""
   try:
-    manager = create_manager(workdir, image_shape=image_shape)
+    manager = create_manager(workdir, image_shape=image_shape, background=background)
   except OSError as e:  # the folder, or orbax's metadata in it
     raise cannot_write(e, 'the checkpoints to') from None
   try:

@@ -59,6 +59,7 @@ class TrainedRun(NamedTuple):
   mesh: Any
   files: tuple[str, ...] | None = None  # the file of each image, for data read from files
   input: str | None = None  # --input, where the images are the user's own (given_images)
+  background: float | None = None  # of the training images (checkpoints.trained_background)
 
 
 def source(run: TrainedRun) -> str:
@@ -89,7 +90,8 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
   if not needs_data and trained_shape is not None:
     model, abstract = _abstract_model(config, trained_shape)
     mesh, step, variables = _restore(workdir, checkpoint, abstract)
-    return TrainedRun(config, model, variables, step, split, None, None, None, {}, mesh)
+    return TrainedRun(config, model, variables, step, split, None, None, None, {}, mesh,
+                      background=checkpoints.trained_background(workdir))
   if splits is None:
     splits = load_data(workdir, config)
   if split is None:
@@ -104,7 +106,8 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
   mesh, step, variables = _restore(workdir, checkpoint, abstract)
   data = splits[split]
   return TrainedRun(config, model, variables, step, split, data.images, data.labels,
-                    data.label_names, splits, mesh, data.files)
+                    data.label_names, splits, mesh, data.files,
+                    background=checkpoints.trained_background(workdir))
 
 
 def load_data(workdir: str, config):
@@ -155,7 +158,8 @@ def given_images(run: TrainedRun, input_path: str) -> TrainedRun:
   """The run with --input's images (a folder, an image file or a .npy) in place of its split's,
   converted as training converts them, without labels; the split is named after the input."""
   kind, names = given.list_inputs(input_path)
-  names, images, _, _ = given.read(input_path, kind, names, run.model.image_shape)
+  names, images, _, _ = given.read(input_path, kind, names, run.model.image_shape,
+                                   run.background)
   files = None if kind == 'npy' else tuple(
       os.path.abspath(os.path.join(input_path, n) if kind == 'folder' else input_path)
       for n in names)

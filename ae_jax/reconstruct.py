@@ -83,7 +83,7 @@ def main(workdir, config, checkpoint, input_path, output, add_noise=False, overw
   # the run's own data only where its checkpoints do not record the model's image shape
   run = evaluate.load_run(workdir, config, checkpoint, 'validation', needs_data=False)
   shape = run.model.image_shape
-  names, images, counts, skipped = given.read(input_path, kind, names, shape)
+  names, images, counts, skipped = given.read(input_path, kind, names, shape, run.background)
   launch.start_up_done()
 
   map_fn = metrics.make_map_fn(run.model, run.mesh, metrics.reconstruction_step,

@@ -361,6 +361,8 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
   train_images, val_images = splits['train'].images, splits['validation'].images
   image_shape = train_images.shape[1:]
   num_train = len(train_images)
+  # for a note where images given the trained model later differ (input_pipeline.given)
+  background = float(np.median(input_pipeline.given.background(np.asarray(train_images[:256]))))
   steps_per_epoch = num_train // config.batch_size
 
   # --- The model and the train state; then where the data goes, with the state counted.
@@ -419,7 +421,8 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
                        compiler_options=models.compile_once_options(model))
 
   with (config_lib.workdir_locked(workdir, enabled=jax.process_index() == 0),
-        interruptions.signals_deferred(), checkpoints.managed(workdir, image_shape) as manager):
+        interruptions.signals_deferred(),
+        checkpoints.managed(workdir, image_shape, background) as manager):
     # --- Load a checkpoint.
     restored = checkpoints.restore_latest(manager, state, replicated)
     if restored is not None:

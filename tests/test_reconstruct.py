@@ -132,3 +132,23 @@ def test_an_npy_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path,
     reconstruct.main(workdir, config, 'latest', str(tmp_path / 'digits.npy'), out,
                      num_examples=0)
   assert os.listdir(out) == []
+
+
+def test_images_on_a_light_background_get_a_note_that_says_to_invert_them(trained_ae, tmp_path,
+                                                                          capsys):
+  """Dark digits on white, given a model of light digits on black: every number about them
+  says only that they are unlike its data, so the command says why and what to do."""
+  from ae_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  workdir, config = trained_ae
+  assert checkpoints.trained_background(workdir) < 0.1  # MNIST's black
+  np.save(tmp_path / 'inverted.npy', np.concatenate([255 - _digits(4), _digits(2)]))
+  reconstruct.main(workdir, config, 'best', str(tmp_path / 'inverted.npy'),
+                   str(tmp_path / 'out'), num_examples=0)
+  assert ('note: 4 of 6 images have a light background and the training images a dark one'
+          in capsys.readouterr().out)
+  run = evaluate.load_run(workdir, config, 'best', None, needs_data=False)
+  evaluate.given_images(run, str(tmp_path / 'inverted.npy'))  # eval.sh, tsne.sh, ... --input
+  assert 'invert them first (255 - each pixel' in capsys.readouterr().out
+  np.save(tmp_path / 'digits.npy', _digits(6))
+  evaluate.given_images(run, str(tmp_path / 'digits.npy'))
+  assert 'note:' not in capsys.readouterr().out

@@ -34,6 +34,7 @@ from ae_jax.input_pipeline.splits import select
 from ae_jax.input_pipeline.splits import to_grayscale
 from ae_jax.input_pipeline import classes
 from ae_jax.input_pipeline import disk
+from ae_jax.input_pipeline import given
 
 # The validation set must not change with config.seed, so it has a seed of its own.
 VALIDATION_SEED = 0

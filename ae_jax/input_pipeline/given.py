@@ -121,8 +121,33 @@ def read_inputs(path: str, kind: str, names: list[str], shape):
   return names, stacked, counts, skipped
 
 
-def read(path: str, kind: str, names: list[str], shape):
-  """read_inputs, saying on stderr which files it skipped and on stdout what it converted;
+def background(images: np.ndarray) -> np.ndarray:
+  """How bright each image's border is, 0 (black) to 1 (white): its background, where the
+  subject sits inside it (MNIST's digits light on black: 0)."""
+  borders = np.concatenate([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], 1)
+  return borders.reshape(len(images), -1).mean(1) / 255.0
+
+
+def differ_in_background(images: np.ndarray, trained: float | None) -> str | None:
+  """A note where images have a background unlike the training images' (`trained`,
+  median of background()): a dark subject on white, given a model of light digits on black,
+  is encoded as nothing it has seen, and every number about it says only that."""
+  if trained is None:
+    return None
+  light = background(images) > 0.5
+  other = int((light != (trained > 0.5)).sum())
+  if not other:
+    return None
+  shade = lambda is_light: 'light' if is_light else 'dark'
+  return (f'note: {other:,} of {len(images):,} images have a {shade(trained <= 0.5)} background '
+          f'and the training images a {shade(trained > 0.5)} one, so the model takes them as '
+          'unlike its data: where the subject should look like the training images\', invert '
+          'them first (255 - each pixel; docs/using.md)')
+
+
+def read(path: str, kind: str, names: list[str], shape, trained_background=None):
+  """read_inputs, saying on stderr which files it skipped and on stdout what it converted,
+  and where the images' background is unlike the training images' (`trained_background`);
   a UserError where no image could be read."""
   names, images, counts, skipped = read_inputs(path, kind, names, shape)
   for message in skipped:
@@ -136,4 +161,7 @@ def read(path: str, kind: str, names: list[str], shape):
     print('converted as training converts them: '
           + ', '.join(f'{n:,} {what[k].format("" if n == 1 else "s")}'
                       for k, n in sorted(counts.items())))
+  note = differ_in_background(images, trained_background)
+  if note:
+    print(note)
   return names, images, counts, skipped
