@@ -60,9 +60,11 @@ def get_config():
   config.data.grayscale = False  # colour images to one channel
   config.data.image_size = config_dict.placeholder(int)  # resize every image to N x N
   # Train on some classes only (anomaly detection: scripts/anomaly.sh): the labels kept, or the
-  # labels left out, by number or name, separated by commas ('0,1,2'; 'Sneaker'). The train and
-  # validation splits keep only those classes; the test split keeps every class, so that the
-  # held-out ones can be scored against the rest. At most one of the two is set.
+  # labels left out, by number or name, separated by commas ('0,1,2'; 'Sneaker': names where the
+  # data has them, as tfds, class folders and an .npz with label_names do; IDX files only number
+  # them). The train and validation splits keep only those classes; the test split keeps every
+  # class, so that the held-out ones can be scored against the rest. At most one of the two is
+  # set.
   config.data.classes = config_dict.placeholder(str)
   config.data.held_out_classes = config_dict.placeholder(str)
   # Where the training data lives: 'device' (a copy on every device, batches gathered there),
