@@ -33,8 +33,8 @@ def get_config():
   # pixels) or 'gaussian' (unit variance: half the squared error, summed, plus its constant).
   config.model.likelihood = 'bernoulli'
 
-  # Gaussian noise added to the inputs; std > 0 makes a denoising autoencoder.
-  # The target is always the clean image.
+  # Gaussian noise added to the inputs; std > 0 makes a denoising autoencoder (and without it
+  # no noise is added, whatever the mean). The target is always the clean image.
   config.noise = ml_collections.ConfigDict()
   config.noise.mean = 0.0
   config.noise.std = 0.0
