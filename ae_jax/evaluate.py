@@ -10,8 +10,8 @@ Without a workdir: the run under runs/ that trained last. Without --split: the t
 the run's data has one, else validation. --input evaluates on images of the user's own instead
 (given_images), and <split> is then the input's name. Writes workdir/eval/<split>.json and
 workdir/eval/<split>_reconstructions.png. Denoising models are measured twice: on noisy inputs
-(noise from the run's seed, so two evaluations agree) and on clean ones; the target is always the clean
-image.
+(noise from the run's seed, so two evaluations agree) and on clean ones; the target is always
+the clean image.
 """
 
 if __name__ == '__main__':  # a command: prepare the process before JAX is imported
