@@ -172,7 +172,7 @@ def _abstract_model(config, image_shape):
   model = models.create_model(config, image_shape)
   # the key's shape alone: PRNGKey(0) made eagerly compiles two small programs every command
   return model, jax.eval_shape(functools.partial(models.init_variables, model),
-                               jax.ShapeDtypeStruct((2,), np.uint32))
+                               jax.eval_shape(jax.random.PRNGKey, 0))
 
 
 def _restore(workdir: str, checkpoint: str, abstract):

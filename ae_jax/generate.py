@@ -52,8 +52,8 @@ def _embedder(run):
   batch = metrics.eval_batch_size(run.config, run.model, 1_000, 1)
 
   def latents(images):
-    # every call takes `batch` images, padded with zeros: one compilation, where batches of the
-    # sizes that two classes and a pair of images leave took four
+    # every call takes `batch` images, padded with zeros: one shape, so the encoder compiles
+    # once, whatever sizes two classes and a pair of images leave
     out = []
     for i in range(0, len(images), batch):
       part = images[i:i + batch]

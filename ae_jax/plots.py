@@ -68,7 +68,7 @@ def reconstructions(rows: dict[str, np.ndarray], column_titles, path: str, title
     for c, image in enumerate(images):
       ax = axes[r, c]
       _show(ax, image)
-      if c == 0:  # across, beside the row: labels of two lines upright ran into each other
+      if c == 0:  # across, beside the row, so that labels of two lines keep to their row
         ax.set_ylabel(row_title, fontsize=9, rotation=0, ha='right', va='center')
       if r == 0 and column_titles is not None:
         ax.set_title(str(column_titles[c]), fontsize=8 if '\n' in str(column_titles[c]) else 10)

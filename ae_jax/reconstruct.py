@@ -6,7 +6,7 @@ Without a workdir: the run under runs/ that trained last. Every image file under
 subfolders too) goes through the model and is written under --output with the same name and
 path; an .npy of images (N, H, W[, C]), uint8 or floats in [0, 1], comes back as an .npy of the
 same name. A denoising model denoises what it is given; --add_noise first adds the noise it
-trained against (from a fixed seed), to show what it does. --output also gets
+trained against (drawn from the run's seed), to show what it does. --output also gets
 _side_by_side.png, the first --num_examples images beside their reconstructions. The run's
 training data is not read: its checkpoints record the shape of the images its model takes (a
 run trained before they did reads its data once, to learn it).

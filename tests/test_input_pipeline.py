@@ -165,7 +165,7 @@ for name, lowered in (('update', update.lower(state, *feed(rows), 4)),
                       ('evaluation', evaluate.lower(variables, *feed(rows), mask, 0, 0))):
   for line in lowered.compile().as_text().splitlines():
     if re.search(r' (all-gather|all-reduce|all-to-all|collective-permute)(-start)?\\(', line) and (
-        'u8[' in line or re.search(r's32\[\d', line)):
+        'u8[' in line or re.search(r's32\\[\\d', line)):
       print(name, line.strip()[:160])
 '''
 

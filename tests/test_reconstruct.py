@@ -152,3 +152,14 @@ def test_images_on_a_light_background_get_a_note_that_says_to_invert_them(traine
   np.save(tmp_path / 'digits.npy', _digits(6))
   evaluate.given_images(run, str(tmp_path / 'digits.npy'))
   assert 'note:' not in capsys.readouterr().out
+
+
+def test_only_training_images_of_one_background_are_a_measure_for_others():
+  """Photos' backgrounds vary: half of any set of them would read as unlike the other half."""
+  from ae_jax.input_pipeline import given  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  photos = rng.integers(0, 256, (256, 1, 1, 3)).repeat(8, 1).repeat(8, 2).astype(np.uint8)
+  assert given.shared_background(photos) is None
+  digits = _digits(256)[..., None]
+  assert given.shared_background(digits) == 0.0
+  assert given.shared_background(255 - digits) == 1.0

@@ -128,9 +128,17 @@ def background(images: np.ndarray) -> np.ndarray:
   return borders.reshape(len(images), -1).mean(1) / 255.0
 
 
+def shared_background(images: np.ndarray) -> float | None:
+  """The median of background() where at least 95% of `images` are on one side of 0.5 (MNIST's
+  black, a scan's white); None where backgrounds vary (photos), which no note could judge."""
+  brightness = background(images)
+  light = (brightness > 0.5).mean()
+  return float(np.median(brightness)) if max(light, 1 - light) >= 0.95 else None
+
+
 def differ_in_background(images: np.ndarray, trained: float | None) -> str | None:
   """A note where images have a background unlike the training images' (`trained`,
-  median of background()): a dark subject on white, given a model of light digits on black,
+  shared_background()): a dark subject on white, given a model of light digits on black,
   is encoded as nothing it has seen, and every number about it says only that."""
   if trained is None:
     return None
