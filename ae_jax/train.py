@@ -361,13 +361,9 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
   train_images, val_images = splits['train'].images, splits['validation'].images
   image_shape = train_images.shape[1:]
   num_train = len(train_images)
-  # for a note where images given the trained model later differ (input_pipeline.given), from
-  # images spread over the split (a folder's lists them class by class), where the checkpoints'
-  # metadata is to be written (checkpoints.create_manager)
-  background = None
-  if checkpoints.trained_image_shape(workdir) != tuple(image_shape):
-    sample = np.linspace(0, num_train - 1, min(num_train, 256)).astype(int)
-    background = input_pipeline.given.shared_background(np.asarray(train_images[sample]))
+  # for the checkpoints' metadata, where it is to be written: a note on images given the model
+  background = (input_pipeline.given.training_background(train_images)
+                if checkpoints.trained_image_shape(workdir) != tuple(image_shape) else None)
   steps_per_epoch = num_train // config.batch_size
 
   # --- The model and the train state; then where the data goes, with the state counted.

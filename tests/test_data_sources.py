@@ -150,6 +150,20 @@ def test_big_endian_16_bit_and_exif_turned_images_read_as_viewers_show_them(tmp_
   Image.fromarray(np.full((8, 8), np.nan, np.float32), 'F').save(tmp_path / 'nan.tif')
   with pytest.raises(UserError, match=r'nan.tif: it holds no finite pixel value'):
     decode(str(tmp_path / 'nan.tif'), None)
+  # black strokes on a transparent canvas (a drawing program's export) show on white, as in a
+  # viewer, not as one flat black; an image whose colours draw it loses its transparency only
+  stroke = np.zeros((8, 8, 4), np.uint8)
+  stroke[2:6, 3, 3] = 255
+  Image.fromarray(stroke, 'RGBA').save(tmp_path / 'drawn.png')
+  drawn = decode(str(tmp_path / 'drawn.png'), None)
+  assert drawn.shape == (8, 8, 3) and (drawn[2:6, 3] == 0).all() and (drawn[0] == 255).all()
+  Image.fromarray(stroke[..., 2:], 'LA').save(tmp_path / 'drawn_grey.png')
+  drawn = decode(str(tmp_path / 'drawn_grey.png'), None)
+  assert drawn.shape == (8, 8, 1) and drawn[3, 3, 0] == 0 and drawn[0, 0, 0] == 255
+  photo = np.dstack([np.tile(np.arange(8, dtype=np.uint8) * 30, (8, 1))] * 3
+                    + [np.full((8, 8), 128, np.uint8)])
+  Image.fromarray(photo, 'RGBA').save(tmp_path / 'photo.png')
+  np.testing.assert_array_equal(decode(str(tmp_path / 'photo.png'), None), photo[..., :3])
 
 
 def test_bad_folders_name_the_file_and_the_fix(tmp_path):

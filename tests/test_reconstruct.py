@@ -159,7 +159,7 @@ def test_only_training_images_of_one_background_are_a_measure_for_others():
   from ae_jax.input_pipeline import given  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   photos = rng.integers(0, 256, (256, 1, 1, 3)).repeat(8, 1).repeat(8, 2).astype(np.uint8)
-  assert given.shared_background(photos) is None
+  assert given.shared_background(given.background(photos)) is None
   digits = _digits(256)[..., None]
-  assert given.shared_background(digits) == 0.0
-  assert given.shared_background(255 - digits) == 1.0
+  assert given.shared_background(given.background(digits)) == 0.0
+  assert given.shared_background(given.background(255 - digits)) == 1.0

@@ -128,10 +128,17 @@ def background(images: np.ndarray) -> np.ndarray:
   return borders.reshape(len(images), -1).mean(1) / 255.0
 
 
-def shared_background(images: np.ndarray) -> float | None:
-  """The median of background() where at least 95% of `images` are on one side of 0.5 (MNIST's
+def training_background(images) -> float | None:
+  """shared_background() of 64 images spread over a split (a folder lists its images class by
+  class), read 8 at a time (the split may be on disk)."""
+  sample = np.linspace(0, len(images) - 1, min(len(images), 64)).astype(int)
+  return shared_background(np.concatenate([background(np.asarray(images[sample[i:i + 8]]))
+                                           for i in range(0, len(sample), 8)]))
+
+
+def shared_background(brightness: np.ndarray) -> float | None:
+  """The median of images' background() where at least 95% are on one side of 0.5 (MNIST's
   black, a scan's white); None where backgrounds vary (photos), which no note could judge."""
-  brightness = background(images)
   light = (brightness > 0.5).mean()
   return float(np.median(brightness)) if max(light, 1 - light) >= 0.95 else None
 

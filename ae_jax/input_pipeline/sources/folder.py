@@ -52,6 +52,20 @@ def _is_grey(mode: str) -> bool:
 _QUARTER_TURNS = (5, 6, 7, 8)
 
 
+def _drawn_in_transparency_on_white(image):
+  """An image of one flat colour whose picture lies in its transparency (black strokes on a
+  transparent canvas, as drawing programs export them), composited onto white as viewers show
+  it; any other image as it is, its transparency dropped where it is read."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  grey = _is_grey(image.mode)
+  array = np.asarray(image.convert('LA' if grey else 'RGBA'))
+  colour, alpha = array[..., :-1].astype(np.float32), array[..., -1:].astype(np.float32) / 255
+  if alpha.min() == alpha.max() or (colour != colour[:1, :1]).any():
+    return image
+  on_white = np.uint8(np.round(colour * alpha + 255 * (1 - alpha)))
+  return Image.fromarray(on_white[..., 0] if grey else on_white)
+
+
 def _decode(path: str, size, grey: bool = False):
   """One image file -> uint8 (H, W, 1 or 3), upright as its EXIF orientation says (as viewers
   show it); `grey`: grayscale whatever the file is."""
@@ -61,6 +75,8 @@ def _decode(path: str, size, grey: bool = False):
     with Image.open(path) as image:
       image.load()  # a truncated file fails here, not later
       image = ImageOps.exif_transpose(image)
+      if 'A' in image.mode or 'transparency' in image.info:
+        image = _drawn_in_transparency_on_white(image)
       grey = grey or _is_grey(image.mode)
       if _high_bit(image.mode):  # 16-bit and float grayscale: to 8 bits, NaN and inf as 0
         array = np.asarray(image, np.float32)
