@@ -362,7 +362,8 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
   image_shape = train_images.shape[1:]
   num_train = len(train_images)
   # for the checkpoints' metadata, where it is to be written: a note on images given the model
-  background = (input_pipeline.given.training_background(train_images)
+  # (from the validation split: the training images are read only as training batches)
+  background = (input_pipeline.given.training_background(val_images)
                 if checkpoints.trained_image_shape(workdir) != tuple(image_shape) else None)
   steps_per_epoch = num_train // config.batch_size
 

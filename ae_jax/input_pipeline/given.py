@@ -129,8 +129,8 @@ def background(images: np.ndarray) -> np.ndarray:
 
 
 def training_background(images) -> float | None:
-  """shared_background() of 64 images spread over a split (a folder lists its images class by
-  class), read 8 at a time (the split may be on disk)."""
+  """shared_background() of 64 images spread over a split of the training data (a folder lists
+  its images class by class), read 8 at a time (the split may be on disk)."""
   sample = np.linspace(0, len(images) - 1, min(len(images), 64)).astype(int)
   return shared_background(np.concatenate([background(np.asarray(images[sample[i:i + 8]]))
                                            for i in range(0, len(sample), 8)]))
