@@ -187,14 +187,16 @@ def main(workdir, config, checkpoint, split, percentile=PERCENTILE, num_worst=16
                           f'{name}, step {run.step}: anomaly scores, threshold at the '
                           f'{percentile:g}th percentile of validation', report['score'])
     if len(worst):
-      shown = ('label' if run.labels is not None else 'file' if run.files is not None else '')
-      titles = [f'{split_scores[i]:.3g}' + (f'\n{_label_name(run, run.labels[i])[:10]}'
-                                            if shown == 'label' else
-                                            f'\n{os.path.basename(run.files[i])[:12]}'
-                                            if shown == 'file' else '') for i in worst]
+      if run.labels is not None:
+        shown, caption = ' (score, then label)', lambda i: _label_name(run, run.labels[i])[:10]
+      elif run.files is not None:
+        shown, caption = ' (score, then file)', lambda i: os.path.basename(run.files[i])[:12]
+      else:
+        shown, caption = '', None
+      titles = [f'{split_scores[i]:.3g}' + (f'\n{caption(i)}' if caption else '') for i in worst]
       plots.reconstructions(_worst_rows(run, worst), titles, stem + '_worst.png',
                             f'{name}, {evaluate.source(run)}: the {len(worst)} highest scores'
-                            + (f' (score, then {shown})' if shown else ''))
+                            + shown)
     elif os.path.exists(stem + '_worst.png'):  # of an earlier command, not of these scores
       os.remove(stem + '_worst.png')
     with replaced_atomically(stem + '.json') as tmp, open(tmp, 'w') as f:

@@ -87,11 +87,12 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
   # the overrides, checked as training's are
   config_lib.validate(config, 'the --config.* flags', trains=False)
   trained_shape = checkpoints.trained_image_shape(workdir)
+  background = checkpoints.trained_background(workdir)
   if not needs_data and trained_shape is not None:
     model, abstract = _abstract_model(config, trained_shape)
     mesh, step, variables = _restore(workdir, checkpoint, abstract)
     return TrainedRun(config, model, variables, step, split, None, None, None, {}, mesh,
-                      background=checkpoints.trained_background(workdir))
+                      background=background)
   if splits is None:
     splits = load_data(workdir, config)
   if split is None:
@@ -106,8 +107,7 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
   mesh, step, variables = _restore(workdir, checkpoint, abstract)
   data = splits[split]
   return TrainedRun(config, model, variables, step, split, data.images, data.labels,
-                    data.label_names, splits, mesh, data.files,
-                    background=checkpoints.trained_background(workdir))
+                    data.label_names, splits, mesh, data.files, background=background)
 
 
 def load_data(workdir: str, config):
@@ -277,8 +277,7 @@ def importance_weighted_nll(run: TrainedRun, num_samples: int, num_images: int) 
   result = {'iw_nll': nll, 'iw_num_samples': num_samples, 'iw_num_images': len(images),
             'iw_seconds': time.time() - start}
   if len(images) < len(run.images):  # the bound compares with the -ELBO of the same images
-    result['iw_images_nelbo'] = _evaluate_split(
-        run, metrics.make_eval_fn(run.model, run.config, run.mesh), images)['nelbo']
+    result['iw_images_nelbo'] = evaluate(run._replace(images=images), noisy=False)['nelbo']
   return result
 
 

@@ -146,9 +146,9 @@ def tsne_map(embedding, images, labels, label_names, path: str, title: str) -> N
   _save(fig, path)
 
 
-def _point_label(point) -> str:
+def _point_label(point, sep: str = ', ') -> str:
   """((path, value), ...) -> 'noise.std=0.1, model.latent_dim=16'."""
-  return ', '.join(f'{path}={value}' for path, value in point) or 'all'
+  return sep.join(f'{path}={value}' for path, value in point) or 'all'
 
 
 def study_number(summary: list[dict], axes, name: str, path: str) -> None:
@@ -180,13 +180,13 @@ def study_number(summary: list[dict], axes, name: str, path: str) -> None:
   _save(fig, path)
 
 
-def study_seeds(seeds: list, values: list, name: str, path: str) -> None:
-  """A study without a grid: each seed's number, their mean as a line, one standard deviation
-  either side shaded."""
+def study_seeds(seeds: list, values: list, mean_std: tuple[float, float], name: str,
+                path: str) -> None:
+  """A study without a grid: each seed's number, their mean (`mean_std`, as the study's
+  summary has it) as a line, one standard deviation either side shaded."""
   fig = _figure(figsize=(4.5, 3.6), dpi=100)
   ax = fig.subplots()
-  mean = float(np.mean(values))
-  std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+  mean, std = mean_std
   ax.axhspan(mean - std, mean + std, color='C0', alpha=0.15)
   ax.axhline(mean, color='C0', linewidth=1)
   ax.plot(range(len(values)), values, 'o', color='C0')
@@ -204,7 +204,7 @@ def study_reconstructions(by_point: dict, path: str) -> None:
   first = next(iter(by_point.values()))
   rows = {'input': first['input']}
   for point, images in by_point.items():
-    label = '\n'.join(f'{path}={value}' for path, value in point) or 'all'
+    label = _point_label(point, sep='\n')
     if 'noisy input' in images:
       rows[f'{label}\nnoisy input'] = images['noisy input']
     rows[label] = images['reconstruction']

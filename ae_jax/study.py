@@ -281,7 +281,8 @@ def write_results(workdir: str, axes, rows, reconstructions) -> None:
         plots.study_number([e for e in summary if name in e], axes, name, path)
       else:  # seeds alone: one point, so each seed's number
         seeds = [(r['seed'], r[name]) for r in rows if name in r]
-        plots.study_seeds([s for s, _ in seeds], [v for _, v in seeds], name, path)
+        plots.study_seeds([s for s, _ in seeds], [v for _, v in seeds], summary[0][name], name,
+                          path)
     if reconstructions:
       plots.study_reconstructions(reconstructions, os.path.join(workdir, 'reconstructions.png'))
   except OSError as e:
