@@ -110,6 +110,16 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
                     data.label_names, splits, mesh, data.files, background=background)
 
 
+def load_model(workdir: str, checkpoint: str | int = 'best') -> TrainedRun:
+  """For Python: the trained model of `workdir` at `checkpoint` ('best', 'latest' or a step),
+  with its variables and the config that trained it, and no data. Its methods take float32
+  images of the trained shape, (N, H, W, C) in [0, 1]:
+  `run.model.apply(run.variables, images, method='embed')`; 'reconstruct', 'encode' and
+  'decode' likewise."""
+  return load_run(workdir, config_lib.load_config(workdir), str(checkpoint), None,
+                  needs_data=False)
+
+
 def load_data(workdir: str, config):
   """The splits of config.data, read as the model of `workdir` takes its images where they are
   other data than its own."""

@@ -5,6 +5,7 @@ import glob
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -30,6 +31,16 @@ def commands(page: str) -> list[str]:
       line = re.sub(r'\s+#.*$', '', line).strip()
       if COMMAND.match(line):
         found.append(re.sub(r'\s+', ' ', line))
+  return found
+
+
+def offline_python(pages) -> list[str]:
+  """The ```python blocks that need no download: those on the quickstart's run."""
+  found = []
+  for page in pages:
+    with open(os.path.join(ROOT, page)) as f:
+      found += [b for b in re.findall(r'```python\n(.*?)```', f.read(), re.S)
+                if 'runs/quickstart' in b]
   return found
 
 
@@ -107,3 +118,9 @@ def test_offline_commands_run_as_written(tmp_path):
                             text=True, timeout=600)
     assert result.returncode == 0, (command, result.stderr[-2000:])
     assert 'error:' not in result.stderr, (command, result.stderr[-2000:])
+  blocks = offline_python(PAGES)
+  assert blocks  # using.md's From Python
+  for block in blocks:
+    result = subprocess.run([sys.executable, '-c', block], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (block, result.stderr[-2000:])

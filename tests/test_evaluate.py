@@ -36,6 +36,22 @@ def test_mse_is_the_validation_loss_that_training_logged(trained_ae):
   assert report['clean']['mse'] == pytest.approx(last['val_loss'], rel=1e-5)
 
 
+def test_a_model_loaded_in_python_gives_the_scripts_numbers(trained_ae, tmp_path, capsys):
+  workdir, config = trained_ae
+  run = evaluate.load_model(workdir)  # the best checkpoint, as the scripts
+  scripts_run = evaluate.load_run(workdir, config, 'best', 'test')
+  assert run.step == scripts_run.step and run.images is None
+  assert capsys.readouterr().out == ''  # a notebook's cell prints nothing of its own
+  images = scripts_run.images.astype(np.float32) / 255
+  reconstructions = run.model.apply(run.variables, images, method='reconstruct')
+  assert float(np.mean((reconstructions - images) ** 2)) == pytest.approx(
+      evaluate.evaluate(scripts_run, noisy=False)['mse'], rel=1e-5)
+  latest = evaluate.load_model(workdir, 'latest')
+  assert evaluate.load_model(workdir, latest.step).step == latest.step
+  with pytest.raises(UserError, match='is .* the --workdir of a training run'):
+    evaluate.load_model(str(tmp_path))
+
+
 def test_images_of_ones_own_get_the_numbers_of_the_split_they_come_from(trained_ae, tmp_path):
   workdir, config = trained_ae
   run = evaluate.load_run(workdir, config, 'best', 'validation')
