@@ -379,13 +379,17 @@ def main(workdir: str, config, checkpoint: str, split: str | None, num_examples:
 
   print(f'{config_lib.display_name(config)} in {workdir}, checkpoint of step {run.step} '
         f'({checkpoint}), {source(run)}: {len(run.images):,} images')
-  columns = [c for c in COLUMNS if any(c in values for values in results.values())]
-  widths = [max(10, len(COLUMNS[c][0])) for c in columns]
-  print(f'{"inputs":<8} ' + ' '.join(f'{COLUMNS[c][0]:>{w}}' for c, w in zip(columns, widths)))
+  # then the numbers of a model's own objective ('loss' is COLUMNS' or their sum)
+  found = {c for values in results.values() for c in values}
+  own = sorted(c for c in found - set(COLUMNS) - {'loss'} if not c.startswith('iw_'))
+  columns = {c: COLUMNS[c] for c in COLUMNS if c in found} | {c: (c, '.5g') for c in own}
+  widths = [max(10, len(heading)) for heading, _ in columns.values()]
+  print(f'{"inputs":<8} ' + ' '.join(f'{heading:>{w}}'
+                                     for (heading, _), w in zip(columns.values(), widths)))
   for name, values in results.items():
     print(f'{name:<8} ' + ' '.join(
-        f'{values[c]:>{w}{COLUMNS[c][1]}}' if c in values else ' ' * w
-        for c, w in zip(columns, widths)))
+        f'{values[c]:>{w}{spec}}' if c in values else ' ' * w
+        for (c, (_, spec)), w in zip(columns.items(), widths)))
   if 'iw_nll' in results['clean']:
     clean = results['clean']
     subset = (f' drawn at random (their -elbo: {clean["iw_images_nelbo"]:.2f})'

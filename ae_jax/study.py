@@ -226,19 +226,22 @@ def _write_json(path, value):
 
 
 def _numbers(rows) -> list[str]:
-  """The numbers that any row has (noisy_* only denoising members), in a fixed order."""
+  """The numbers that any row has (noisy_* only denoising members), in a fixed order: those
+  of LOWER_IS_BETTER, then the evaluated numbers of a model's own objective (a new model's
+  penalty), by name. 'loss' is left out: it is one of the named numbers, or their sum."""
   names = []
   for prefix in ('clean_', 'noisy_', ''):
     for metric in LOWER_IS_BETTER:
       name = prefix + metric
       if (prefix or metric not in EVALUATED) and any(name in r for r in rows):
         names.append(name)
-  return names
+  own = {k for r in rows for k in r if k.startswith(('clean_', 'noisy_'))} - set(names)
+  return names + sorted(own - {'clean_loss', 'noisy_loss'})
 
 
 def _better(name: str) -> bool | None:
-  """Whether a lower value of the number `name` is better (None: neither)."""
-  return LOWER_IS_BETTER[name.removeprefix('noisy_').removeprefix('clean_')]
+  """Whether a lower value of the number `name` is better (None: neither, or not known)."""
+  return LOWER_IS_BETTER.get(name.removeprefix('noisy_').removeprefix('clean_'))
 
 
 def summarize(axes, rows) -> list[dict]:

@@ -84,6 +84,17 @@ def test_two_evaluations_print_identical_figures(trained_ae, capsys):
   assert first['noisy']['mse'] > first['clean']['mse']
 
 
+def test_the_numbers_of_a_models_own_objective_are_printed(trained_ae, capsys, monkeypatch):
+  workdir, config = trained_ae
+  evaluate_split = evaluate.evaluate
+  monkeypatch.setattr(evaluate, 'evaluate',  # as a model whose objective reports a penalty
+                      lambda run, noisy: {**evaluate_split(run, noisy), 'l1': 0.0123456})
+  evaluate.main(workdir, config, 'best', 'test', num_examples=1)
+  header, clean = capsys.readouterr().out.splitlines()[1:3]
+  assert header.split() == ['inputs', 'mse', 'bce', 'psnr', '(dB)', 'l1']
+  assert clean.split()[0] == 'clean' and clean.split()[-1] == '0.012346'
+
+
 def test_reconstruction_rows_show_noisy_inputs_for_denoising_models(trained_ae):
   workdir, config = trained_ae
   config = config.copy_and_resolve_references()

@@ -37,6 +37,39 @@ def test_mnist_models_have_the_original_sizes(name, config, num_params, latent_s
     assert latent.min() >= 0  # ReLU latent, as in the original
 
 
+@pytest.mark.parametrize('name', list(models.MODELS))
+def test_every_model_keeps_the_contract_that_training_evaluation_and_studies_rely_on(name):
+  """What models/__init__.py asks of a model, checked for each in MODELS (a new one too): its
+  fields have a default and a check; its objective gives a loss per image and its PARTS in
+  training, besides MSE, BCE and PSNR in evaluation; and an image's numbers do not depend on
+  the other images of its batch, as evaluation pads its last batch with copies."""
+  from ae_jax import config_lib  # pylint: disable=g-import-not-at-top
+  defaults = config_lib.default_config()
+  for path in models.MODELS[name].FIELDS:
+    assert config_lib._get(defaults, path) is not None, f'configs/default.py lacks {path}'
+    assert path in config_lib.MODEL_FIELD_CHECKS, f'config_lib.MODEL_FIELD_CHECKS lacks {path}'
+  config = config_lib.default_config()
+  config.model.name = name
+  config.model.features = (4, 8, 8, 8)
+  model, variables = _init(config, (8, 8, 1))
+  images = jax.random.uniform(jax.random.PRNGKey(1), (4, 8, 8, 1))
+  others = images.at[1:].set(jax.random.uniform(jax.random.PRNGKey(2), (3, 8, 8, 1)))
+  objective = jax.jit(functools.partial(model.apply, method='objective'),
+                      static_argnames=('train', 'mutable'))
+  rngs = {'dropout': jax.random.PRNGKey(3), 'latent': jax.random.PRNGKey(4)}
+  (loss, numbers), _ = objective(variables, images, images, train=True, rngs=rngs,
+                                 mutable=('batch_stats',))
+  assert loss.shape == (4,) and set(numbers) == set(models.objective_parts(model))
+  loss, numbers = objective(variables, images, images, train=False, rngs=rngs)
+  expected = set(models.objective_parts(model)) | {'mse', 'bce', 'psnr'}
+  assert loss.shape == (4,) and set(numbers) == expected
+  assert all(value.shape == (4,) for value in numbers.values())
+  other_loss, other_numbers = objective(variables, others, others, train=False, rngs=rngs)
+  assert float(other_loss[0]) == pytest.approx(float(loss[0]), rel=1e-5)
+  for key, value in numbers.items():
+    assert float(other_numbers[key][0]) == pytest.approx(float(value[0]), rel=1e-5), key
+
+
 @pytest.mark.parametrize('config', [ae.get_config(), cae.get_config()])
 @pytest.mark.parametrize('image_shape', [(32, 32, 3), (30, 30, 1), (8, 8, 1)])
 def test_models_follow_the_image_shape(config, image_shape):

@@ -7,11 +7,23 @@
                    convolution layers, which cpu_convs.py replaces on CPUs
 
 Every model takes images in [0, 1] of shape (batch, height, width, channels) and has
-  objective(inputs, targets, train) -> (per-example loss, {name: per-example number})
+  objective(inputs, targets, train) -> (per-example loss, {name: per-example number}): in
+    training the numbers named by PARTS, in evaluation those and MSE, BCE and PSNR
   reconstruct(inputs) -> images;  embed(inputs) -> latents;  encode;  decode(latents) -> images
-and a model with a prior (the VAEs) `latent_dim`, whose latents decode from N(0, I). Training,
-evaluation, the maps and the study call these, and know no model by name. A new model is a class
-with them, a `from_config` and the config fields it reads (FIELDS), added to MODELS.
+  image_shape, PARTS, loss_name (what the loss is, in titles and logs)
+and a model with a prior (the VAEs: `log_weights`, the importance-weighted bound's weights)
+also `latent_dim`, latents that decode from N(0, I) draws, an encode that gives the
+posterior's (mean, logvar), IW_SAMPLES, IW_IMAGES and IW_DECODES. Training, evaluation, the
+maps and the study call these, and know no model by name.
+
+A new model is a class with them, a `from_config(config, image_shape, **kwargs)` that passes
+on `axis_name` and `dtype`, and the config fields it reads (FIELDS), added to MODELS; a field
+of its own needs a default in configs/default.py and a check in
+config_lib.MODEL_FIELD_CHECKS. tests/test_models.py checks each model in MODELS for this. An
+image's numbers are its own: evaluation pads its last batch with copies of an image and
+averages under a mask, so a term over the whole batch (an MMD) would change with the padding
+and the device count. Random draws take the 'latent' rng through layers.draw_for_global_batch,
+so that they do not depend on the device layout.
 """
 
 import functools
@@ -63,7 +75,8 @@ def conv_layers(model_config) -> layers.Convs:
 
 
 def has_prior(model: nn.Module) -> bool:
-  """Whether the model's latents decode from N(0, I) draws (the VAEs)."""
+  """Whether the model has a prior (the VAEs): latents that decode from N(0, I) draws, a
+  posterior to encode to, and the importance-weighted bound (log_weights)."""
   return hasattr(model, 'log_weights')
 
 
