@@ -177,3 +177,18 @@ def test_streamed_batches_reach_each_device_without_collectives(tmp_path):
                           env=environment(8, None), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout == '', result.stdout
+
+
+def test_grayscale_is_pils_luma_and_resizing_keeps_rows_and_columns_apart():
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  colour = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), np.uint8)
+  pil = np.stack([np.asarray(Image.fromarray(c).convert('L')) for c in colour])[..., None]
+  gray = input_pipeline.to_grayscale(colour)
+  np.testing.assert_array_equal(gray, pil)
+  primaries = np.array([[[[255, 0, 0], [0, 255, 0], [0, 0, 255]]]], np.uint8)
+  assert input_pipeline.to_grayscale(primaries).ravel().tolist() == [76, 150, 29]
+  half = np.zeros((4, 6, 1), np.uint8)
+  half[:, 3:] = 255  # the right half white
+  resized = input_pipeline.resize_image(half, (8, 12))
+  assert resized.shape == (8, 12, 1)
+  assert (resized[:, :5] == 0).all() and (resized[:, 7:] == 255).all()

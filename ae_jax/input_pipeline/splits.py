@@ -43,9 +43,11 @@ def resize_image(image: np.ndarray, size) -> np.ndarray:
 
 
 def to_grayscale(images: np.ndarray) -> np.ndarray:
-  """ITU-R 601-2 luma, as PIL's convert('L') (the original's convert2grayscale)."""
-  luma = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-  return np.round(luma).astype(np.uint8)[..., None]
+  """ITU-R 601-2 luma, as PIL's convert('L') (the original's convert2grayscale) computes it:
+  in 16-bit fixed point, so that both give the same pixels."""
+  rgb = images.astype(np.uint32)
+  luma = rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000
+  return (luma >> 16).astype(np.uint8)[..., None]
 
 
 def rows(images, which):
