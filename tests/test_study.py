@@ -312,3 +312,20 @@ def test_the_numbers_of_a_models_own_objective_are_tabulated_and_never_bolded(tm
   assert lines[0].split(' | ')[2:] == ['clean_mse', 'clean_l1 |']
   assert '**0.02000 ± 0.00000**' in lines[2] and '| 0.2000 ± 0.0000 |' in lines[3]
   assert sorted(drawn) == ['clean_l1.png', 'clean_mse.png']
+
+
+def test_the_best_psnr_is_the_highest_and_the_best_mse_the_lowest():
+  summary = [{'config.noise.std': std, 'seeds': 1, 'clean_mse': (mse, 0.0),
+              'clean_psnr': (psnr, 0.0)} for std, mse, psnr in [(0.0, 0.01, 20.0), (0.3, 0.03, 15.0)]]
+  lines = study.markdown_table(summary, ['config.noise.std'], ['clean_mse', 'clean_psnr']
+                               ).splitlines()
+  assert lines[2].count('**') == 4 and '**' not in lines[3]
+
+
+def test_each_grid_point_is_the_mean_and_std_of_its_own_seeds():
+  rows = [{'config.noise.std': std, 'seed': seed, 'clean_mse': mse}
+          for std, seed, mse in [(0.0, 0, 0.02), (0.0, 1, 0.03), (0.3, 0, 0.05), (0.3, 1, 0.07)]]
+  summary = study.summarize([('noise.std', [0.0, 0.3])], rows)
+  assert [(e['config.noise.std'], e['seeds']) for e in summary] == [(0.0, 2), (0.3, 2)]
+  assert summary[0]['clean_mse'] == pytest.approx((0.025, 0.01 / 2 ** 0.5))
+  assert summary[1]['clean_mse'] == pytest.approx((0.06, 0.02 / 2 ** 0.5))

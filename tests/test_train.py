@@ -232,3 +232,68 @@ def test_two_epochs_log_the_losses_recorded_before_models_owned_their_objective(
   losses = [[r['train_loss'], r['val_loss']] for r in rows]
   assert np.ravel(losses).tolist() == pytest.approx(np.ravel(REGRESSION['two_epochs'][key]).tolist(),
                                                     rel=REGRESSION_REL[name])
+
+
+def test_each_seed_and_epoch_has_its_own_order_of_the_training_images():
+  orders = {(seed, epoch): train.epoch_permutation(seed, epoch, 100)
+            for seed in (0, 1) for epoch in (0, 1)}
+  assert all(sorted(order.tolist()) == list(range(100)) for order in orders.values())
+  assert len({order.tobytes() for order in orders.values()}) == 4
+  np.testing.assert_array_equal(train.epoch_permutation(1, 1, 100), orders[1, 1])
+
+
+def test_the_noise_has_the_configured_mean_and_std():
+  noisy = np.asarray(metrics.add_noise(jax.random.PRNGKey(0), np.zeros((100, 1000), np.float32),
+                                       0.5, 0.1))
+  assert noisy.mean() == pytest.approx(0.5, abs=1e-3) and noisy.std() == pytest.approx(0.1, rel=0.01)
+
+
+def test_a_padded_last_batch_counts_each_example_once():
+  config = small_config('ae')
+  model = models.create_model(config, IMAGES.shape[1:])
+  state, _ = _setup(config)
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  mesh = train.create_mesh()
+  eval_fn = metrics.make_eval_fn(model, config, mesh)
+  images = IMAGES[:10]
+  evaluate = lambda batch_size: metrics.evaluate_split(
+      eval_fn, variables, input_pipeline.device_feed(images, mesh), len(images), config, mesh,
+      model=model, batch_size=batch_size)
+  assert evaluate(4) == pytest.approx(evaluate(10), rel=1e-6)  # 3 batches, 2 of them padding
+
+
+def test_streamed_validation_draws_the_noise_of_validation_on_the_devices():
+  config = small_config('dae')  # steps_per_call=4: streamed, 4 batches a call
+  model = models.create_model(config, IMAGES.shape[1:])
+  state, _ = _setup(config)
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  mesh = train.create_mesh()
+  eval_fn = metrics.make_eval_fn(model, config, mesh, noisy=True)
+  images = IMAGES[:100]
+  on_devices, streamed = (metrics.evaluate_split(
+      eval_fn, variables, feed(images, mesh), len(images), config, mesh, model=model,
+      batch_size=10, streamed_bytes=streamed_bytes)
+      for feed, streamed_bytes in ((input_pipeline.device_feed, 0),
+                                   (input_pipeline.host_feed, 784)))
+  assert streamed == pytest.approx(on_devices, rel=1e-6)
+
+
+def test_a_run_stopped_mid_epoch_resumes_to_the_parameters_of_an_uninterrupted_one(
+    tmp_path, monkeypatch):
+  from ae_jax import interruptions  # pylint: disable=g-import-not-at-top
+  config = lambda: small_config('dae', num_train=128, batch_size=32, num_epochs=2,
+                                steps_per_call=1)
+  straight = train.train_and_evaluate(config(), str(tmp_path / 'straight'))
+  calls = []
+  monkeypatch.setattr(interruptions, 'agree', lambda num_steps, stop: (
+      num_steps, stop or calls.append(num_steps) or len(calls) == 3))  # after step 2 of 4
+  with pytest.raises(interruptions.Interrupted, match='checkpoint of step 2 '):
+    train.train_and_evaluate(config(), str(tmp_path / 'resumed'))
+  monkeypatch.undo()
+  resumed = train.train_and_evaluate(config(), str(tmp_path / 'resumed'))
+  assert int(resumed.step) == int(straight.step) == 8
+  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):
+    np.testing.assert_array_equal(a, b)
+  losses = lambda d: [(r['train_loss'], r['val_loss'])
+                      for r in metric_writers.read_metrics(str(tmp_path / d / 'metrics.jsonl'))]
+  assert losses('resumed') == losses('straight')

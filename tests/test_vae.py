@@ -368,3 +368,41 @@ def test_the_negative_elbo_falls_within_a_few_steps(name):
   assert np.isfinite(nelbo).all() and nelbo[-3:].mean() < 0.9 * nelbo[0], nelbo
   np.testing.assert_allclose(numbers['nelbo'], numbers['reconstruction'] + numbers['kl'],
                              rtol=1e-5)
+
+
+def test_the_gaussian_likelihood_is_the_unit_variance_normal_in_nats():
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  logits = rng.normal(0, 2, (5, 6, 7, 3))
+  targets = rng.uniform(0, 1, (5, 6, 7, 3))
+  expected = -stats.norm.logpdf(targets, 1 / (1 + np.exp(-logits))).sum(axis=(1, 2, 3))
+  nll = models.objectives.gaussian_nll(jnp.asarray(logits, jnp.float32),
+                                       jnp.asarray(targets, jnp.float32))
+  np.testing.assert_allclose(nll, expected, rtol=1e-5)
+
+
+def test_the_elbo_is_reported_unweighted_whatever_beta_trains():
+  model = models.create_model(small_config('vae', **{'model.beta': 4.0}), (28, 28, 1))
+  variables = jax.jit(functools.partial(models.init_variables, model))(jax.random.PRNGKey(0))
+  images = metrics.to_float(jnp.asarray(IMAGES[:8]))
+  loss, numbers = model.apply(variables, images, images, rngs={'latent': jax.random.PRNGKey(1)},
+                              method='objective')
+  assert model.loss_name == 'reconstruction + 4 kl' and (numbers['kl'] > 0.1).all()
+  np.testing.assert_allclose(numbers['nelbo'], numbers['reconstruction'] + numbers['kl'],
+                             rtol=1e-6)
+  np.testing.assert_allclose(loss, numbers['reconstruction'] + 4 * numbers['kl'], rtol=1e-6)
+
+
+@pytest.mark.parametrize('num_samples', [1, 10, 37])
+def test_the_bound_is_exact_where_every_importance_weight_is_p_x(num_samples):
+  # zero weights: q(z|x) is the prior N(0, I), and every pixel's logit is 0 whatever z, so
+  # every weight p(x, z) / q(z|x) is p(x) = 2 ** -pixels; 1,000 images: chunks of 8 samples,
+  # the last one part-filled
+  model = models.create_model(small_config('vae'), (4, 4, 1))
+  variables = jax.tree.map(jnp.zeros_like, jax.jit(functools.partial(
+      models.init_variables, model))(jax.random.PRNGKey(0)))
+  images = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (1000, 4, 4, 1)), jnp.float32)
+  nll = jax.jit(functools.partial(models.importance_weighted_nll, model,
+                                  num_samples=num_samples))(
+      variables, images, images, jax.random.PRNGKey(0))
+  np.testing.assert_allclose(nll, 16 * np.log(2), rtol=1e-5)
