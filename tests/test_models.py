@@ -55,7 +55,8 @@ def test_every_model_keeps_the_contract_that_training_evaluation_and_studies_rel
   images = jax.random.uniform(jax.random.PRNGKey(1), (4, 8, 8, 1))
   others = images.at[1:].set(jax.random.uniform(jax.random.PRNGKey(2), (3, 8, 8, 1)))
   objective = jax.jit(functools.partial(model.apply, method='objective'),
-                      static_argnames=('train', 'mutable'))
+                      static_argnames=('train', 'mutable'),
+                      compiler_options=models.compile_once_options(model))
   rngs = {'dropout': jax.random.PRNGKey(3), 'latent': jax.random.PRNGKey(4)}
   (loss, numbers), _ = objective(variables, images, images, train=True, rngs=rngs,
                                  mutable=('batch_stats',))
