@@ -112,11 +112,12 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
 
 def load_model(workdir: str, checkpoint: str | int = 'best') -> TrainedRun:
   """For Python: the trained model of `workdir` at `checkpoint` ('best', 'latest' or a step),
-  with its variables and the config that trained it, and no data. Its methods take float32
-  images of the trained shape, (N, H, W, C) in [0, 1]:
+  with its variables and the config that trained it. Its methods take images of the trained
+  shape, (N, H, W, C), uint8 or floats in [0, 1]:
   `run.model.apply(run.variables, images, method='embed')`; 'reconstruct', 'encode' and
-  'decode' likewise."""
-  return load_run(workdir, config_lib.load_config(workdir), str(checkpoint), None,
+  'decode' likewise. The data is read only where the checkpoints do not record the images'
+  shape (a run from before they did)."""
+  return load_run(workdir, config_lib.load_config(workdir), str(checkpoint), 'validation',
                   needs_data=False)
 
 

@@ -71,6 +71,28 @@ def test_every_model_keeps_the_contract_that_training_evaluation_and_studies_rel
     assert float(other_numbers[key][0]) == pytest.approx(float(value[0]), rel=1e-5), key
 
 
+@pytest.mark.parametrize('name', list(models.MODELS))
+def test_a_model_takes_uint8_images_and_names_the_fix_for_what_it_cannot_take(name):
+  """From Python (using.md): uint8 images are what the data holds, and are read as training
+  reads them; what would give a wrong answer or a flax traceback is one UserError."""
+  from ae_jax import config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.default_config()
+  config.model.name = name
+  config.model.features = (4, 8, 8, 8)
+  model, variables = _init(config, (8, 8, 1))
+  images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 1), np.uint8)
+  embed = functools.partial(model.apply, variables, method='embed')
+  np.testing.assert_array_equal(embed(images), embed(images.astype(np.float32) / 255))
+  for bad, fix in [(images[0], r'add the batch axis: images\[None\]'),
+                   (images[..., 0], r'add the channel axis'),
+                   (np.zeros((3, 16, 16, 1), np.float32), 'resize them to 8x8'),
+                   (np.zeros((3, 4, 16, 1), np.float32), 'resize them to 8x8'),
+                   (images.astype(np.int32), r'dtype int32: .* floats in \[0, 1\]'),
+                   (images[:0], 'no images')]:
+    with pytest.raises(UserError, match=fix):
+      embed(bad)
+
+
 @pytest.mark.parametrize('config', [ae.get_config(), cae.get_config()])
 @pytest.mark.parametrize('image_shape', [(32, 32, 3), (30, 30, 1), (8, 8, 1)])
 def test_models_follow_the_image_shape(config, image_shape):

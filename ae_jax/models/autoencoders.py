@@ -69,6 +69,7 @@ class AE(Autoencoder):
     self.dropout = layers.Dropout(self.dropout_rate, axis_name=self.axis_name)
 
   def encode(self, images, train: bool = False):
+    images = layers.model_input(images, self.image_shape)
     x = images.reshape(images.shape[0], -1).astype(self.dtype)
     x = self.dropout(nn.relu(self.encoder_hidden(x)), train=train)
     return nn.relu(self.encoder_latent(x))
@@ -107,7 +108,7 @@ class ConvStack(nn.Module):
 
   def encode(self, images, train: bool = False):
     layout = self.convs.layout
-    x = layout.enter(images.astype(self.dtype))
+    x = layout.enter(layers.model_input(images, self.image_shape).astype(self.dtype))
     for i, (conv, norm) in enumerate(zip(self.encoder_convs, self.encoder_norms)):
       subsample = i >= 2  # after the third and the fourth convolution
       if subsample and not train:

@@ -8,6 +8,34 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ae_jax import UserError
+
+
+def model_input(images, image_shape):
+  """`images` as a model computes on them: a batch of `image_shape` images, floats in [0, 1]
+  (uint8 images are divided by 255, as training reads them). Checked when traced, so it costs
+  a compiled function nothing; a UserError for what would otherwise give a wrong answer
+  silently (0-255 integers, a dense model's pixels in another layout) or a flax traceback."""
+  image_shape = tuple(image_shape)
+  shown = 'x'.join(map(str, image_shape))
+  if images.ndim != 4 or tuple(images.shape[1:]) != image_shape:
+    fix = ('add the batch axis: images[None]' if tuple(images.shape) == image_shape else
+           'add the channel axis: images[..., None]' if images.shape[1:] == image_shape[:2]
+           else f'resize them to {image_shape[0]}x{image_shape[1]}' if images.ndim == 4
+           and images.shape[-1] == image_shape[-1] else
+           'convert them as the scripts do (see docs/using.md)')
+    raise UserError(f'images of shape {tuple(images.shape)}: the model takes a batch (N, '
+                    f'{", ".join(map(str, image_shape))}) of the {shown} images it trained on; '
+                    + fix)
+  if images.shape[0] == 0:
+    raise UserError('no images: the model takes a batch of at least one')
+  if images.dtype == jnp.uint8:
+    return images.astype(jnp.float32) / 255
+  if not jnp.issubdtype(images.dtype, jnp.floating):
+    raise UserError(f'images of dtype {images.dtype}: the model takes floats in [0, 1] '
+                    '(or uint8, which it divides by 255)')
+  return images
+
 
 def draw_for_global_batch(key, sampler, local_shape, axis_name):
   """Draws `sampler(key, shape)` for the whole global batch and returns this device's part.

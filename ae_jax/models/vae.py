@@ -111,6 +111,7 @@ class VAE(VariationalAutoencoder):
   def encode(self, images, train: bool = False):
     """(mean, logvar) of q(z|x), in float32."""
     del train  # no dropout, no BatchNorm
+    images = layers.model_input(images, self.image_shape)
     x = nn.relu(self.encoder_hidden(images.reshape(images.shape[0], -1).astype(self.dtype)))
     return (self.encoder_mean(x).astype(jnp.float32),
             self.encoder_logvar(x).astype(jnp.float32))
