@@ -87,6 +87,7 @@ def test_a_model_takes_uint8_images_and_names_the_fix_for_what_it_cannot_take(na
                    (images[..., 0], r'add the channel axis'),
                    (np.zeros((3, 16, 16, 1), np.float32), 'resize them to 8x8'),
                    (np.zeros((3, 4, 16, 1), np.float32), 'resize them to 8x8'),
+                   (np.zeros((3, 8, 8, 3), np.float32), 'make them grayscale'),
                    (images.astype(np.int32), r'dtype int32: .* floats in \[0, 1\]'),
                    (images[:0], 'no images')]:
     with pytest.raises(UserError, match=fix):

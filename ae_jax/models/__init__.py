@@ -6,7 +6,8 @@
   layers.py        dropout and random draws that do not depend on the device layout; flax's
                    convolution layers, which cpu_convs.py replaces on CPUs
 
-Every model takes images in [0, 1] of shape (batch, height, width, channels) and has
+Every model takes images of shape (batch, height, width, channels), floats in [0, 1] or uint8
+(layers.model_input), and has
   objective(inputs, targets, train) -> (per-example loss, {name: per-example number}): in
     training the numbers named by PARTS, in evaluation those and MSE, BCE and PSNR
   reconstruct(inputs) -> images;  embed(inputs) -> latents;  encode;  decode(latents) -> images

@@ -21,9 +21,9 @@ def model_input(images, image_shape):
   if images.ndim != 4 or tuple(images.shape[1:]) != image_shape:
     fix = ('add the batch axis: images[None]' if tuple(images.shape) == image_shape else
            'add the channel axis: images[..., None]' if images.shape[1:] == image_shape[:2]
-           else f'resize them to {image_shape[0]}x{image_shape[1]}' if images.ndim == 4
-           and images.shape[-1] == image_shape[-1] else
-           'convert them as the scripts do (see docs/using.md)')
+           else 'make them ' + ('grayscale' if image_shape[-1] == 1 else 'colour')
+           if images.ndim == 4 and images.shape[-1] != image_shape[-1] else
+           f'resize them to {image_shape[0]}x{image_shape[1]}')
     raise UserError(f'images of shape {tuple(images.shape)}: the model takes a batch (N, '
                     f'{", ".join(map(str, image_shape))}) of the {shown} images it trained on; '
                     + fix)
