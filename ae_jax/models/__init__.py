@@ -3,8 +3,9 @@
   autoencoders.py  AE (dense) and CAE (convolutional): a reconstruction loss
   vae.py           VAE (dense) and ConvVAE: the negative ELBO, with beta-VAE's weight
   objectives.py    per-example losses, PSNR, likelihoods and the Gaussian KL
-  layers.py        dropout and random draws that do not depend on the device layout; flax's
-                   convolution layers, which cpu_convs.py replaces on CPUs
+  layers.py        the images a model takes; dropout and random draws that do not depend on
+                   the device layout; flax's convolution layers, which cpu_convs.py replaces
+                   on CPUs
 
 Every model takes images of shape (batch, height, width, channels), floats in [0, 1] or uint8
 (layers.model_input), and has
