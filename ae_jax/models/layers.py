@@ -1,6 +1,6 @@
 """What the models are built of: the images they take, random draws that do not depend on the
-device layout, dropout, and the convolution layers a convolutional model is given (flax's own here; cpu_convs.py has
-another formulation of the same functions)."""
+device layout, dropout, and the convolution layers a convolutional model is given (flax's own
+here; cpu_convs.py has another formulation of the same functions)."""
 
 from typing import Any, Callable, NamedTuple
 
