@@ -380,9 +380,11 @@ def main(workdir: str, config, checkpoint: str, split: str | None, num_examples:
 
   print(f'{config_lib.display_name(config)} in {workdir}, checkpoint of step {run.step} '
         f'({checkpoint}), {source(run)}: {len(run.images):,} images')
-  # then the numbers of a model's own objective ('loss' is COLUMNS' or their sum)
+  # then the numbers of a model's own objective, and its loss where that is none of them (a
+  # beta-VAE's reconstruction + beta kl)
   found = {c for values in results.values() for c in values}
-  own = sorted(c for c in found - set(COLUMNS) - {'loss'} if not c.startswith('iw_'))
+  own = sorted(c for c in found - set(COLUMNS) if not c.startswith('iw_')
+               and (c != 'loss' or run.model.loss_name not in found))
   columns = {c: COLUMNS[c] for c in COLUMNS if c in found} | {c: (c, '.5g') for c in own}
   widths = [max(10, len(heading)) for heading, _ in columns.values()]
   print(f'{"inputs":<8} ' + ' '.join(f'{heading:>{w}}'

@@ -38,6 +38,7 @@ if __name__ == '__main__':  # a command: prepare the process before JAX is impor
 
 import csv
 import json
+import math
 import os
 import time
 
@@ -226,17 +227,25 @@ def _write_json(path, value):
 
 
 def _numbers(rows) -> list[str]:
-  """The numbers that any row has (noisy_* only denoising members), in a fixed order: those
-  of LOWER_IS_BETTER, then the evaluated numbers of a model's own objective (a new model's
-  penalty), by name. 'loss' is left out: it is one of the named numbers, or their sum."""
+  """The numbers that any row has (noisy_* only denoising members), in a fixed order: for clean
+  and then noisy inputs, those of LOWER_IS_BETTER and then a model's own (a new model's
+  penalty) by name; 'loss' only where it is none of the others (a beta-VAE's reconstruction
+  + beta kl)."""
   names = []
   for prefix in ('clean_', 'noisy_', ''):
-    for metric in LOWER_IS_BETTER:
-      name = prefix + metric
-      if (prefix or metric not in EVALUATED) and any(name in r for r in rows):
-        names.append(name)
-  own = {k for r in rows for k in r if k.startswith(('clean_', 'noisy_'))} - set(names)
-  return names + sorted(own - {'clean_loss', 'noisy_loss'})
+    known = [prefix + metric for metric in LOWER_IS_BETTER if prefix or metric not in EVALUATED]
+    names += [name for name in known if any(name in r for r in rows)]
+    own = {k for r in rows for k in r if prefix and k.startswith(prefix)} - set(known)
+    names += sorted(name for name in own
+                    if name != prefix + 'loss' or not _repeats(rows, name, prefix))
+  return names
+
+
+def _repeats(rows, name: str, prefix: str) -> bool:
+  """Whether the number `name` equals another of `prefix`'s numbers in every row."""
+  return all(any(math.isclose(row[name], value, rel_tol=1e-6) for key, value in row.items()
+                 if key != name and key.startswith(prefix))
+             for row in rows if name in row)
 
 
 def _better(name: str) -> bool | None:

@@ -472,10 +472,9 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
                      images_per_sec=(steps_per_epoch - first) * config.batch_size / train_seconds,
                      seconds=time.time() - epoch_start)
           run_log.epoch(row, figures)
-          # the parts of the objective, where it has more than one: a VAE's nats, to 0.01; a
-          # penalty below 1 (a new model's) to five places
-          parts = ''.join(f'  val_{name} {val[name]:.{2 if abs(val[name]) >= 1 else 5}f}'
-                          for name in models.objective_parts(model))
+          # the parts of the objective, where it has more than one: five digits, as eval.sh
+          # (a VAE's nats, a new model's penalty below 1)
+          parts = ''.join(f'  val_{name} {val[name]:.5g}' for name in models.objective_parts(model))
           _log(f'epoch {epoch + 1}/{config.num_epochs}: train_loss {row["train_loss"]:.5f}  '
                f'val_loss {val["loss"]:.5f}{parts}  {row["images_per_sec"]:,.0f} images/s  '
                f'{row["seconds"]:.1f} s')

@@ -34,13 +34,15 @@ def commands(page: str) -> list[str]:
   return found
 
 
-def offline_python(pages) -> list[str]:
-  """The ```python blocks that need no download: those on the quickstart's run."""
+def offline_python(pages) -> list[tuple[str, str]]:
+  """The ```python blocks that need no download, those on the quickstart's run, each with the
+  page's text after it (where the page says what it prints)."""
   found = []
   for page in pages:
     with open(os.path.join(ROOT, page)) as f:
-      found += [b for b in re.findall(r'```python\n(.*?)```', f.read(), re.S)
-                if 'runs/quickstart' in b]
+      found += [(block, after) for block, after in
+                re.findall(r'```python\n(.*?)```\n(.*?)(?=```|$)', f.read(), re.S)
+                if 'runs/quickstart' in block]
   return found
 
 
@@ -120,7 +122,8 @@ def test_offline_commands_run_as_written(tmp_path):
     assert 'error:' not in result.stderr, (command, result.stderr[-2000:])
   blocks = offline_python(PAGES)
   assert blocks  # using.md's From Python
-  for block in blocks:
+  for block, after in blocks:
     result = subprocess.run([sys.executable, '-c', block], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (block, result.stderr[-2000:])
+    assert f'prints `{result.stdout.strip()}`' in after, (result.stdout, after[:200])

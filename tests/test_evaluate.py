@@ -91,8 +91,15 @@ def test_the_numbers_of_a_models_own_objective_are_printed(trained_ae, capsys, m
                       lambda run, noisy: {**evaluate_split(run, noisy), 'l1': 0.0123456})
   evaluate.main(workdir, config, 'best', 'test', num_examples=1)
   header, clean = capsys.readouterr().out.splitlines()[1:3]
-  assert header.split() == ['inputs', 'mse', 'bce', 'psnr', '(dB)', 'l1']
+  assert header.split() == ['inputs', 'mse', 'bce', 'psnr', '(dB)', 'l1']  # loss: the mse
   assert clean.split()[0] == 'clean' and clean.split()[-1] == '0.012346'
+  from ae_jax import models  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(models.AE, 'loss_name', 'mse + 0.1 l1')  # a loss that is a weighted sum
+  monkeypatch.setattr(evaluate, 'evaluate', lambda run, noisy: {
+      **evaluate_split(run, noisy), 'l1': 0.0123456, 'loss': 0.5})
+  evaluate.main(workdir, config, 'best', 'test', num_examples=1)
+  header, clean = capsys.readouterr().out.splitlines()[1:3]
+  assert header.split()[-2:] == ['l1', 'loss'] and clean.split()[-1] == '0.5'
 
 
 def test_reconstruction_rows_show_noisy_inputs_for_denoising_models(trained_ae):

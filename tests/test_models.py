@@ -1,4 +1,5 @@
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -51,7 +52,15 @@ def test_every_model_keeps_the_contract_that_training_evaluation_and_studies_rel
   config = config_lib.default_config()
   config.model.name = name
   config.model.features = (4, 8, 8, 8)
+  config.dtype = 'bfloat16'  # from_config passes on the dtype and the axis name
+  assert models.create_model(config, (8, 8, 1), axis_name='data').dtype == jnp.bfloat16
+  assert models.create_model(config, (8, 8, 1), axis_name='data').axis_name == 'data'
+  config.dtype = 'float32'
   model, variables = _init(config, (8, 8, 1))
+  if models.has_prior(model):  # its prior's draws decode to images
+    assert {'IW_SAMPLES', 'IW_IMAGES', 'IW_DECODES'} <= set(dir(model))
+    decoded = model.apply(variables, jnp.zeros((2, model.latent_dim)), method='decode')
+    assert decoded.shape == (2, 8, 8, 1)
   images = jax.random.uniform(jax.random.PRNGKey(1), (4, 8, 8, 1))
   others = images.at[1:].set(jax.random.uniform(jax.random.PRNGKey(2), (3, 8, 8, 1)))
   objective = jax.jit(functools.partial(model.apply, method='objective'),
@@ -81,17 +90,29 @@ def test_a_model_takes_uint8_images_and_names_the_fix_for_what_it_cannot_take(na
   config.model.features = (4, 8, 8, 8)
   model, variables = _init(config, (8, 8, 1))
   images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 1), np.uint8)
-  embed = functools.partial(model.apply, variables, method='embed')
-  np.testing.assert_array_equal(embed(images), embed(images.astype(np.float32) / 255))
-  for bad, fix in [(images[0], r'add the batch axis: images\[None\]'),
-                   (images[..., 0], r'add the channel axis'),
-                   (np.zeros((3, 16, 16, 1), np.float32), 'resize them to 8x8'),
-                   (np.zeros((3, 4, 16, 1), np.float32), 'resize them to 8x8'),
-                   (np.zeros((3, 8, 8, 3), np.float32), 'make them grayscale'),
+  floats = images.astype(np.float32) / 255
+  jit = functools.partial(jax.jit, compiler_options=models.compile_once_options(model))
+  embed = jit(functools.partial(model.apply, variables, method='embed'))
+  # (XLA divides by multiplying by 1/255: a last bit apart from NumPy's division)
+  np.testing.assert_allclose(embed(images), embed(floats), rtol=1e-5, atol=1e-6)
+  objective = jit(functools.partial(model.apply, variables, method='objective',
+                                    rngs={'latent': jax.random.PRNGKey(0)}))
+  for got, expected in zip(jax.tree.leaves(objective(images, images)),
+                           jax.tree.leaves(objective(floats, floats))):
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)  # the targets too
+  for bad, fix in [(images[0], r'add the batch axis: images\[None\]$'),
+                   (images[0, ..., 0], r'add the batch and channel axes'),
+                   (images[..., 0], r'add the channel axis: images\[\.\.\., None\]$'),
+                   (images.reshape(3, 64), r'reshape them: images.reshape\(-1, 8, 8, 1\)'),
+                   (np.zeros((3, 16, 16, 1), np.float32), 'resize them to 8x8$'),
+                   (np.zeros((3, 4, 16, 1), np.float32), 'resize them to 8x8$'),
+                   (np.zeros((3, 8, 8, 3), np.float32), 'on; make them grayscale$'),
+                   (np.zeros((3, 6, 6, 3), np.float32), 'resize them to 8x8 and make them gray'),
                    (images.astype(np.int32), r'dtype int32: .* floats in \[0, 1\]'),
                    (images[:0], 'no images')]:
-    with pytest.raises(UserError, match=fix):
+    with pytest.raises(UserError) as raised:
       embed(bad)
+    assert re.search(fix, str(raised.value).splitlines()[0]), raised.value  # jit adds a note
 
 
 @pytest.mark.parametrize('config', [ae.get_config(), cae.get_config()])

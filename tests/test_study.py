@@ -295,23 +295,27 @@ def test_a_study_over_seeds_alone_draws_each_seed_and_bolds_nothing(tmp_path, mo
 
 def test_the_numbers_of_a_models_own_objective_are_tabulated_and_never_bolded(tmp_path,
                                                                               monkeypatch):
-  """A new model's penalty (here 'l1') reaches results.csv, results.md and a figure; which way
-  is better is not known, so it is not bold. 'loss' repeats the named numbers and is left out."""
+  """A new model's penalty (here 'l1') and its loss, the weighted sum, reach results.csv,
+  results.md and a figure beside the other numbers of clean inputs; which way is better is not
+  known, so they are not bold. A loss that repeats a number (an AE's MSE) is left out."""
   from ae_jax import plots  # pylint: disable=g-import-not-at-top
   drawn = []
   monkeypatch.setattr(plots, '_save', lambda fig, path, tight=True: drawn.append(
       os.path.basename(path)))
   rows = [{'config.model.sparsity': sparsity, 'seed': 0, 'split': 'test', 'checkpoint_step': 4,
-           'clean_loss': mse + l1, 'clean_mse': mse, 'clean_l1': l1, 'workdir': str(sparsity)}
+           'clean_loss': mse + sparsity * l1, 'clean_mse': mse, 'clean_l1': l1,
+           'knn_accuracy': 0.9, 'workdir': str(sparsity)}
           for sparsity, mse, l1 in [(0.0, 0.02, 0.9), (0.1, 0.03, 0.2)]]
   study.write_results(str(tmp_path), [('model.sparsity', [0.0, 0.1])], rows, {})
   with open(tmp_path / 'results.csv') as f:
-    assert f.readline().split(',')[4:6] == ['clean_mse', 'clean_l1']
+    assert f.readline().split(',')[4:8] == ['clean_mse', 'clean_l1', 'clean_loss', 'knn_accuracy']
   with open(tmp_path / 'results.md') as f:
     lines = f.read().splitlines()
-  assert lines[0].split(' | ')[2:] == ['clean_mse', 'clean_l1 |']
+  assert lines[0].split(' | ')[2:] == ['clean_mse', 'clean_l1', 'clean_loss', 'knn_accuracy |']
   assert '**0.02000 ± 0.00000**' in lines[2] and '| 0.2000 ± 0.0000 |' in lines[3]
-  assert sorted(drawn) == ['clean_l1.png', 'clean_mse.png']
+  assert sorted(drawn) == ['clean_l1.png', 'clean_loss.png', 'clean_mse.png', 'knn_accuracy.png']
+  ae_rows = [{**r, 'clean_loss': r['clean_mse']} for r in rows]
+  assert 'clean_loss' not in study._numbers(ae_rows)  # pylint: disable=protected-access
 
 
 def test_the_best_psnr_is_the_highest_and_the_best_mse_the_lowest():

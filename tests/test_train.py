@@ -259,7 +259,7 @@ def test_a_padded_last_batch_counts_each_example_once():
   evaluate = lambda batch_size: metrics.evaluate_split(
       eval_fn, variables, input_pipeline.device_feed(images, mesh), len(images), config, mesh,
       model=model, batch_size=batch_size)
-  assert evaluate(4) == pytest.approx(evaluate(10), rel=1e-6)  # 3 batches, 2 of them padding
+  assert evaluate(4) == pytest.approx(evaluate(10), rel=1e-6)  # 3 batches of 4: 2 rows padding
 
 
 def test_streamed_validation_draws_the_noise_of_validation_on_the_devices():

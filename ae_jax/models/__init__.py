@@ -19,7 +19,8 @@ posterior's (mean, logvar), IW_SAMPLES, IW_IMAGES and IW_DECODES. Training, eval
 maps and the study call these, and know no model by name.
 
 A new model is a class with them, a `from_config(config, image_shape, **kwargs)` that passes
-on `axis_name` and `dtype`, and the config fields it reads (FIELDS), added to MODELS; a field
+on `axis_name`, `dtype` (and `convs`, where FIELDS has model.conv), and the config fields it
+reads (FIELDS), added to MODELS; a field
 of its own needs a default in configs/default.py and a check in
 config_lib.MODEL_FIELD_CHECKS. tests/test_models.py checks each model in MODELS for this. An
 image's numbers are its own: evaluation pads its last batch with copies of an image and

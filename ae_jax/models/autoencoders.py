@@ -38,6 +38,7 @@ class Autoencoder(nn.Module):
     """(the per-example loss, {name: per-example number}): the reconstruction loss; in
     evaluation also the MSE, BCE and PSNR of the reconstruction."""
     reconstruction, _ = self(inputs, train)
+    targets = layers.model_input(targets, self.image_shape)
     loss = objectives.LOSSES[self.loss](reconstruction, targets)
     return loss, {} if train else objectives.reconstruction_numbers(reconstruction, targets)
 

@@ -17,16 +17,25 @@ def model_input(images, image_shape):
   a compiled function nothing; a UserError for what would otherwise give a wrong answer
   silently (0-255 integers, a dense model's pixels in another layout) or a flax traceback."""
   image_shape = tuple(image_shape)
-  shown = 'x'.join(map(str, image_shape))
-  if images.ndim != 4 or tuple(images.shape[1:]) != image_shape:
-    fix = ('add the batch axis: images[None]' if tuple(images.shape) == image_shape else
-           'add the channel axis: images[..., None]' if images.shape[1:] == image_shape[:2]
-           else 'make them ' + ('grayscale' if image_shape[-1] == 1 else 'colour')
-           if images.ndim == 4 and images.shape[-1] != image_shape[-1] else
-           f'resize them to {image_shape[0]}x{image_shape[1]}')
-    raise UserError(f'images of shape {tuple(images.shape)}: the model takes a batch (N, '
-                    f'{", ".join(map(str, image_shape))}) of the {shown} images it trained on; '
-                    + fix)
+  shape, (height, width, channels) = tuple(images.shape), image_shape
+  if len(shape) != 4 or shape[1:] != image_shape:
+    fixes = []
+    colour = 'make them ' + ('grayscale' if channels == 1 else 'colour')
+    if len(shape) == 3 and shape[:2] == (height, width) and shape[2] in (1, 3, 4):  # one image
+      fixes = ['add the batch axis: images[None]'] + [colour] * (shape[2] != channels)
+    elif shape == (height, width):  # one grayscale image
+      fixes = ['add the batch and channel axes: images[None, ..., None]'] + [colour] * (
+          channels != 1)
+    elif len(shape) == 3 and shape[1:] == (height, width):  # grayscale images
+      fixes = ['add the channel axis: images[..., None]'] + [colour] * (channels != 1)
+    elif len(shape) == 2 and shape[1] == height * width * channels:
+      fixes = [f'reshape them: images.reshape(-1, {height}, {width}, {channels})']
+    elif len(shape) == 4:
+      fixes = ([f'resize them to {height}x{width}'] * (shape[1:3] != (height, width))
+               + [colour] * (shape[3] != channels))
+    raise UserError(f'images of shape {shape}: the model takes a batch (N, {height}, {width}, '
+                    f'{channels}) of the {height}x{width}x{channels} images it trained on; '
+                    + (' and '.join(fixes) or 'give them that shape'))
   if images.shape[0] == 0:
     raise UserError('no images: the model takes a batch of at least one')
   if images.dtype == jnp.uint8:

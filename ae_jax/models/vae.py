@@ -54,6 +54,7 @@ class VariationalAutoencoder(nn.Module):
     """(reconstruction + beta * KL, its parts) per image, with one sample of z; in evaluation
     also the MSE, BCE and PSNR of the posterior mean's reconstruction."""
     mean, logvar = self.encode(inputs, train)
+    targets = layers.model_input(targets, self.image_shape)
     logits = self.decode_logits(self.sample_latent(mean, logvar), train)
     reconstruction = objectives.LIKELIHOODS[self.likelihood](logits, targets)
     kl = objectives.gaussian_kl(mean, logvar)
@@ -66,6 +67,7 @@ class VariationalAutoencoder(nn.Module):
     """log p(x, z) - log q(z|x) for z = mean + std * eps, eps of shape (samples, batch,
     latent_dim): (samples, batch) importance weights of Burda et al.'s bound."""
     mean, logvar = self.encode(inputs)
+    targets = layers.model_input(targets, self.image_shape)
     z = mean + jnp.exp(0.5 * logvar) * eps
     samples, batch = eps.shape[:2]
     logits = self.decode_logits(z.reshape(samples * batch, -1))
