@@ -99,6 +99,16 @@ def _final_state(workdir):
                                          NamedSharding(train.create_mesh(), P()))
 
 
+def _assert_same_run(tmp_path, resumed, straight):
+  """The state of tmp_path/resumed is that of tmp_path/straight, and so is its losses' log."""
+  assert int(resumed.step) == int(straight.step) == 8
+  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):
+    np.testing.assert_array_equal(a, b)
+  losses = lambda d: [(r['train_loss'], r['val_loss'])
+                      for r in metric_writers.read_metrics(str(tmp_path / d / 'metrics.jsonl'))]
+  assert losses('resumed') == losses('straight')
+
+
 @pytest.mark.parametrize('name', ['dae', pytest.param('dcae', marks=pytest.mark.slow)])
 def test_a_resumed_run_ends_with_the_parameters_of_an_uninterrupted_one(tmp_path, name):
   kwargs = dict(num_train=128, batch_size=32)
@@ -107,12 +117,7 @@ def test_a_resumed_run_ends_with_the_parameters_of_an_uninterrupted_one(tmp_path
   train.train_and_evaluate(small_config(name, num_epochs=1, **kwargs), str(tmp_path / 'resumed'))
   resumed = train.train_and_evaluate(small_config(name, num_epochs=2, **kwargs),
                                      str(tmp_path / 'resumed'))
-  assert int(resumed.step) == int(straight.step) == 8
-  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):
-    np.testing.assert_array_equal(a, b)
-  losses = lambda d: [(r['train_loss'], r['val_loss'])
-                      for r in metric_writers.read_metrics(str(tmp_path / d / 'metrics.jsonl'))]
-  assert losses('resumed') == losses('straight')
+  _assert_same_run(tmp_path, resumed, straight)
 
 
 def test_a_run_leaves_checkpoints_metrics_and_figures(workdir):
@@ -291,9 +296,4 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_parameters_of_an_uninterrupted_o
     train.train_and_evaluate(config(), str(tmp_path / 'resumed'))
   monkeypatch.undo()
   resumed = train.train_and_evaluate(config(), str(tmp_path / 'resumed'))
-  assert int(resumed.step) == int(straight.step) == 8
-  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):
-    np.testing.assert_array_equal(a, b)
-  losses = lambda d: [(r['train_loss'], r['val_loss'])
-                      for r in metric_writers.read_metrics(str(tmp_path / d / 'metrics.jsonl'))]
-  assert losses('resumed') == losses('straight')
+  _assert_same_run(tmp_path, resumed, straight)
