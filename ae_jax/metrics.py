@@ -16,10 +16,7 @@ import numpy as np
 
 from ae_jax import input_pipeline
 from ae_jax import models
-
-
-def to_float(images):
-  return images.astype(jnp.float32) / 255.0
+from ae_jax.models.layers import to_float
 
 
 def add_noise(key, images, mean: float, std: float, axis_name=None):

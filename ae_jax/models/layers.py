@@ -11,6 +11,11 @@ import jax.numpy as jnp
 from ae_jax import UserError
 
 
+def to_float(images):
+  """uint8 images as the models compute on them: floats in [0, 1]."""
+  return images.astype(jnp.float32) / 255.0
+
+
 def model_input(images, image_shape):
   """`images` as a model computes on them: a batch of `image_shape` images, floats in [0, 1]
   (uint8 images are divided by 255, as training reads them). Checked when traced, so it costs
@@ -39,7 +44,7 @@ def model_input(images, image_shape):
   if images.shape[0] == 0:
     raise UserError('no images: the model takes a batch of at least one')
   if images.dtype == jnp.uint8:
-    return images.astype(jnp.float32) / 255
+    return to_float(images)
   if not jnp.issubdtype(images.dtype, jnp.floating):
     raise UserError(f'images of dtype {images.dtype}: the model takes floats in [0, 1] '
                     '(or uint8, which it divides by 255)')
