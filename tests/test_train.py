@@ -33,7 +33,10 @@ def _setup(config):
   return state, step_fn
 
 
-@pytest.mark.parametrize('name', ['ae', 'dae', 'cae', pytest.param('dcae', marks=pytest.mark.slow)])
+# The CAE's and DCAE's compile for 10 to 20 s: they run with the slow tests, and the regression
+# test below holds the CAE's falling losses in the fast ones.
+@pytest.mark.parametrize('name', ['ae', 'dae', pytest.param('cae', marks=pytest.mark.slow),
+                                  pytest.param('dcae', marks=pytest.mark.slow)])
 def test_loss_falls_within_a_few_steps(name):
   config = small_config(name)
   state, step_fn = _setup(config)
@@ -75,8 +78,11 @@ def test_padded_batches_cover_every_example_once():
 def test_checkpoint_round_trip_restores_the_exact_state(tmp_path):
   config = small_config('dcae')  # BatchNorm statistics, noise, Adam state
   state, step_fn = _setup(config)
-  state, _ = jax.jit(functools.partial(train.train_loop, step_fn=step_fn))(
-      state, IMAGES, np.arange(96, dtype=np.int32).reshape(3, 32), 3)
+  # unoptimized: the DCAE's update compiles in a third of the time
+  state, _ = jax.jit(functools.partial(train.train_loop, step_fn=step_fn),
+                     compiler_options=models.compile_once_options(
+                         models.create_model(config, IMAGES.shape[1:])))(
+      state, IMAGES, np.arange(24, dtype=np.int32).reshape(3, 8), 3)
   manager = checkpoints.create_manager(str(tmp_path))
   checkpoints.save(manager, state, val_loss=0.5)
   manager.wait_until_finished()
@@ -215,7 +221,9 @@ def test_the_models_reach_the_numbers_recorded_before_they_owned_their_objective
   run = jax.jit(functools.partial(train.train_loop, step_fn=step_fn))
   state, numbers = run(state, IMAGES, np.arange(6 * 32, dtype=np.int32).reshape(6, 32), 6)
   rel = REGRESSION_REL[name]
-  assert np.asarray(numbers['loss']).tolist() == pytest.approx(REGRESSION['steps'][key], rel=rel)
+  losses = np.asarray(numbers['loss'])
+  assert losses.tolist() == pytest.approx(REGRESSION['steps'][key], rel=rel)
+  assert losses[-1] < losses[0]  # the recorded losses fall
   model = models.create_model(config, IMAGES.shape[1:])
   mesh = train.create_mesh()
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
