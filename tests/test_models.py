@@ -84,7 +84,8 @@ def test_every_model_keeps_the_contract_that_training_evaluation_and_studies_rel
 @pytest.mark.parametrize('name', list(models.MODELS))
 def test_a_model_takes_uint8_images_and_names_the_fix_for_what_it_cannot_take(name):
   """From Python (using.md): uint8 images are what the data holds, and are read as training
-  reads them; what would give a wrong answer or a flax traceback is one UserError."""
+  reads them; decode takes what embed gives; what would give a wrong answer or a flax
+  traceback, images or latents, is one UserError."""
   from ae_jax import config_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.default_config()
   config.model.name = name
@@ -114,6 +115,23 @@ def test_a_model_takes_uint8_images_and_names_the_fix_for_what_it_cannot_take(na
     with pytest.raises(UserError) as raised:
       embed(bad)
     assert re.search(fix, str(raised.value).splitlines()[0]), raised.value  # jit adds a note
+  latents = embed(floats)
+  assert latents.shape == (3, *model.latent_shape)
+  decode = jit(functools.partial(model.apply, variables, method='decode'))
+  reconstruct = jit(functools.partial(model.apply, variables, method='reconstruct'))
+  np.testing.assert_allclose(decode(latents), reconstruct(floats), rtol=1e-5, atol=1e-6)
+  dims = ', '.join(map(str, model.latent_shape))
+  for bad, fix in [(latents[0], r'add the batch axis: latents\[None\]$'),
+                   (np.zeros((3, 5), np.float32), rf'a batch \(N, {dims}\) .*that shape$'),
+                   (latents[..., None], 'give them that shape$'),
+                   (np.asarray(latents).astype(np.int32), 'dtype int32: the model decodes floats'),
+                   (latents[:0], 'no latents')]:
+    with pytest.raises(UserError) as raised:
+      decode(bad)
+    assert re.search(fix, str(raised.value).splitlines()[0]), raised.value
+  if len(model.latent_shape) > 1:  # encode.sh's latents are flattened
+    with pytest.raises(UserError, match=rf'reshape them: latents.reshape\(-1, {dims}\)'):
+      decode(np.asarray(latents).reshape(3, -1))
 
 
 @pytest.mark.parametrize('config', [ae.get_config(), cae.get_config()])

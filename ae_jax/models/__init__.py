@@ -11,8 +11,10 @@ Every model takes images of shape (batch, height, width, channels), floats in [0
 (layers.model_input), and has
   objective(inputs, targets, train) -> (per-example loss, {name: per-example number}): in
     training the numbers named by PARTS, in evaluation those and MSE, BCE and PSNR
-  reconstruct(inputs) -> images;  embed(inputs) -> latents;  encode;  decode(latents) -> images
-  image_shape, PARTS, loss_name (what the loss is, in titles and logs)
+  reconstruct(inputs) -> images;  embed(inputs) -> latents;  encode;  decode(latents) -> images,
+    where decode(embed(x)) is reconstruct(x) and checks its latents (layers.model_latents)
+  image_shape, latent_shape (one image's latent), PARTS, loss_name (what the loss is, in titles
+    and logs)
 and a model with a prior (the VAEs: `log_weights`, the importance-weighted bound's weights)
 also `latent_dim`, latents that decode from N(0, I) draws, an encode that gives the
 posterior's (mean, logvar), IW_SAMPLES, IW_IMAGES and IW_DECODES. Training, evaluation, the

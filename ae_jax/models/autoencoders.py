@@ -75,7 +75,12 @@ class AE(Autoencoder):
     x = self.dropout(nn.relu(self.encoder_hidden(x)), train=train)
     return nn.relu(self.encoder_latent(x))
 
+  @property
+  def latent_shape(self) -> tuple[int]:
+    return (self.latent_dim,)
+
   def decode(self, latent, train: bool = False):
+    latent = layers.model_latents(latent, self.latent_shape)
     x = self.dropout(nn.relu(self.decoder_hidden(latent.astype(self.dtype))), train=train)
     x = nn.sigmoid(self.decoder_output(x).astype(jnp.float32))
     return x.reshape(latent.shape[0], *self.image_shape)
@@ -92,6 +97,16 @@ class ConvStack(nn.Module):
   convs: layers.Convs = layers.XLA_CONVS
   axis_name: str | None = None  # the pmap axis: BatchNorm statistics over the global batch.
   dtype: Any = jnp.float32
+
+  @property
+  def feature_shape(self) -> tuple[int, int, int]:
+    """The encoder's output for one image: (H/4, W/4, features[-1]), rounded up."""
+    height, width = self.image_shape[:2]
+    return -(-height // 4), -(-width // 4), self.features[-1]
+
+  @property
+  def latent_shape(self) -> tuple[int, int, int]:
+    return self.feature_shape
 
   def setup(self):
     f1, f2, f3, f4 = self.features
@@ -133,7 +148,7 @@ class ConvStack(nn.Module):
     return x[:, :height, :width, :]
 
   def decode(self, latent, train: bool = False):
-    return nn.sigmoid(self.decode_logits(latent, train))
+    return nn.sigmoid(self.decode_logits(layers.model_latents(latent, self.latent_shape), train))
 
 
 class CAE(ConvStack, Autoencoder):

@@ -2,6 +2,7 @@
 device layout, dropout, and the convolution layers a convolutional model is given (flax's own
 here; cpu_convs.py has another formulation of the same functions)."""
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
@@ -49,6 +50,28 @@ def model_input(images, image_shape):
     raise UserError(f'images of dtype {images.dtype}: the model takes floats in [0, 1] '
                     '(or uint8, which it divides by 255)')
   return images
+
+
+def model_latents(latents, latent_shape):
+  """`latents` as a model decodes them: a batch of `latent_shape` latents, floats (what embed
+  gives). Checked when traced, like model_input: a UserError that names the fix, where flax
+  would raise about a kernel's shape or reshape pixels wrongly."""
+  latent_shape, shape = tuple(latent_shape), tuple(latents.shape)
+  if len(shape) != len(latent_shape) + 1 or shape[1:] != latent_shape:
+    dims = ', '.join(map(str, latent_shape))
+    if shape == latent_shape:
+      fix = 'add the batch axis: latents[None]'
+    elif len(shape) == 2 and len(latent_shape) > 1 and shape[1] == math.prod(latent_shape):
+      fix = f'reshape them: latents.reshape(-1, {dims})'  # encode.sh's, flattened
+    else:
+      fix = 'give them that shape'
+    raise UserError(f'latents of shape {shape}: the model decodes a batch (N, {dims}) of the '
+                    f'latents its embed gives; {fix}')
+  if shape[0] == 0:
+    raise UserError('no latents: the model decodes a batch of at least one')
+  if not jnp.issubdtype(latents.dtype, jnp.floating):
+    raise UserError(f'latents of dtype {latents.dtype}: the model decodes floats')
+  return latents
 
 
 def draw_for_global_batch(key, sampler, local_shape, axis_name):

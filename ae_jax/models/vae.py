@@ -30,8 +30,12 @@ class VariationalAutoencoder(nn.Module):
     mean, _ = self.encode(images, train)
     return self.decode(mean, train), mean
 
+  @property
+  def latent_shape(self) -> tuple[int]:
+    return (self.latent_dim,)
+
   def decode(self, latent, train: bool = False):
-    return nn.sigmoid(self.decode_logits(latent, train))
+    return nn.sigmoid(self.decode_logits(layers.model_latents(latent, self.latent_shape), train))
 
   @property
   def loss_name(self) -> str:
@@ -144,12 +148,6 @@ class ConvVAE(VariationalAutoencoder, autoencoders.ConvStack):
     return cls(image_shape, features=tuple(config.model.features),
                latent_dim=config.model.latent_dim, beta=config.model.beta,
                likelihood=config.model.likelihood, **kwargs)
-
-  @property
-  def feature_shape(self) -> tuple[int, int, int]:
-    """The encoder's output for one image: (H/4, W/4, features[-1]), rounded up."""
-    height, width = self.image_shape[:2]
-    return -(-height // 4), -(-width // 4), self.features[-1]
 
   def setup(self):
     super().setup()
