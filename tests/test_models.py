@@ -54,8 +54,8 @@ def test_every_model_keeps_the_contract_that_training_evaluation_and_studies_rel
   config.model.name = name
   config.model.features = (4, 8, 8, 8)
   config.dtype = 'bfloat16'  # from_config passes on the dtype and the axis name
-  assert models.create_model(config, (8, 8, 1), axis_name='data').dtype == jnp.bfloat16
-  assert models.create_model(config, (8, 8, 1), axis_name='data').axis_name == 'data'
+  model = models.create_model(config, (8, 8, 1), axis_name='data')
+  assert model.dtype == jnp.bfloat16 and model.axis_name == 'data'
   config.dtype = 'float32'
   model, variables = _init(config, (8, 8, 1))
   if models.has_prior(model):  # its prior's draws decode to images

@@ -77,12 +77,12 @@ def test_padded_batches_cover_every_example_once():
 
 def test_checkpoint_round_trip_restores_the_exact_state(tmp_path):
   config = small_config('dcae')  # BatchNorm statistics, noise, Adam state
+  model = models.create_model(config, IMAGES.shape[1:])
   state, step_fn = _setup(config)
   # unoptimized: the DCAE's update compiles in a third of the time
-  state, _ = jax.jit(functools.partial(train.train_loop, step_fn=step_fn),
-                     compiler_options=models.compile_once_options(
-                         models.create_model(config, IMAGES.shape[1:])))(
-      state, IMAGES, np.arange(24, dtype=np.int32).reshape(3, 8), 3)
+  run = jax.jit(functools.partial(train.train_loop, step_fn=step_fn),
+                compiler_options=models.compile_once_options(model))
+  state, _ = run(state, IMAGES, np.arange(24, dtype=np.int32).reshape(3, 8), 3)
   manager = checkpoints.create_manager(str(tmp_path))
   checkpoints.save(manager, state, val_loss=0.5)
   manager.wait_until_finished()
