@@ -37,7 +37,6 @@ import time
 
 import jax
 import numpy as np
-from sklearn import metrics as sk_metrics
 
 from ae_jax import UserError
 from ae_jax import cannot_write
@@ -93,6 +92,7 @@ def detection_numbers(split_scores, labels, held_out, threshold) -> dict | None:
   positive = np.isin(labels, held_out)
   if positive.all() or not positive.any():
     return None
+  from sklearn import metrics as sk_metrics  # pylint: disable=g-import-not-at-top
   flagged = split_scores > threshold
   return {'roc_auc': float(sk_metrics.roc_auc_score(positive, split_scores)),
           'average_precision': float(sk_metrics.average_precision_score(positive, split_scores)),

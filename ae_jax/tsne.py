@@ -42,8 +42,6 @@ import time
 from typing import NamedTuple
 
 import numpy as np
-from sklearn import decomposition
-from sklearn import model_selection
 
 from ae_jax import UserError
 from ae_jax import cannot_write
@@ -90,6 +88,7 @@ def subsample(num_examples: int, labels, num_points: int, seed: int) -> np.ndarr
     # where it cannot, a plain random sample instead
     if counts.min() < 2 or min(num_points, num_examples - num_points) < len(counts):
       labels = None
+  from sklearn import model_selection  # pylint: disable=g-import-not-at-top
   chosen, _ = model_selection.train_test_split(
       np.arange(num_examples), train_size=num_points, random_state=seed, stratify=labels)
   return np.sort(chosen)
@@ -179,6 +178,7 @@ def latent_space(run: evaluate.TrainedRun, num_points: int, num_train_points: in
     if train_split.labels is not None:
       train_labels = train_split.labels[train_chosen]
   if latent_size > PCA_DIMS:
+    from sklearn import decomposition  # pylint: disable=g-import-not-at-top
     pca = decomposition.PCA(min(PCA_DIMS, len(train_latents)), random_state=seed).fit(
         train_latents)
     latents, train_latents = pca.transform(latents), pca.transform(train_latents)

@@ -294,6 +294,15 @@ def test_importing_the_package_leaves_the_process_as_it_was():
   assert result.stdout.strip() == 'unchanged', result.stderr[-2000:]
 
 
+def test_the_commands_load_scikit_learn_only_when_they_use_it():
+  # it takes 1.4 s to import: a mistyped flag of tsne.sh, anomaly.sh or the study need not wait
+  check = ('import sys; import ae_jax.tsne, ae_jax.anomaly, ae_jax.study, ae_jax.maps; '
+           "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy'}))")
+  result = subprocess.run([sys.executable, '-c', check], cwd=ROOT, capture_output=True,
+                          text=True)
+  assert result.stdout.strip() == '[]', result.stdout + result.stderr[-2000:]
+
+
 def test_a_command_starts_with_the_garbage_collector_off(tmp_path):
   config = tmp_path / 'gc_config.py'
   config.write_text('import gc\nfrom configs import ae\n\n\ndef get_config():\n'
