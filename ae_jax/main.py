@@ -76,10 +76,14 @@ def join_processes():
   if FLAGS.coordinator_timeout < 1:
     raise UserError(f'--coordinator_timeout={FLAGS.coordinator_timeout} must be at least 1 second')
   where = FLAGS.coordinator_address or 'the address the cluster names'
+  index, count = FLAGS.process_id, FLAGS.num_processes  # under --distributed, maybe the cluster's
+  processes = 'processes' if count is None else f'{count} processes'
   if FLAGS.coordinator_address:
-    print(f'waiting for the coordinator at {where} as process {FLAGS.process_id} of '
-          f'{FLAGS.num_processes} (for at most {FLAGS.coordinator_timeout} s: '
-          '--coordinator_timeout)', flush=True)
+    who = '' if index is None else f' as process {index}'
+    if count is not None:
+      who += f' of {count}' if who else f' as one of {processes}'
+    print(f'waiting for the coordinator at {where}{who} (for at most '
+          f'{FLAGS.coordinator_timeout} s: --coordinator_timeout)', flush=True)
   else:
     print(f'joining the processes that the cluster starts (for at most '
           f'{FLAGS.coordinator_timeout} s: --coordinator_timeout)', flush=True)
@@ -87,7 +91,7 @@ def join_processes():
   watchdog = threading.Timer(FLAGS.coordinator_timeout, cli.fail, [
       f'not every process joined within {FLAGS.coordinator_timeout} s at the coordinator {where}: '
       'check that process 0 runs and listens on that host and port, that this host can reach it '
-      f'(firewall), and that all {FLAGS.num_processes} processes were started; raise '
+      f'(firewall), and that all {processes} were started; raise '
       '--coordinator_timeout where the others start later'])
   watchdog.daemon = True
   watchdog.start()
