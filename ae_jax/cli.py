@@ -84,10 +84,12 @@ def _check_config_file(config_file: str) -> None:
   path = config_file.split(':', 1)[0]  # config_flags takes 'file.py:argument'
   if os.path.isfile(path):
     return
-  folder = os.path.dirname(path) if os.path.isdir(os.path.dirname(path) or '.') else CONFIGS
-  there = sorted(f for f in os.listdir(folder or '.')
+  # a bare name (cae.py) most likely meant the repository's configs, not the current folder
+  folder = os.path.dirname(path)
+  folder = folder if folder and os.path.isdir(folder) else CONFIGS
+  there = sorted(f for f in os.listdir(folder)
                  if f.endswith('.py') and not f.startswith('_') and f != 'default.py')
-  shown = os.path.relpath(folder) if folder else ''
+  shown = os.path.relpath(folder)
   shown = folder if shown.startswith('..') else shown
   listed = ', '.join(os.path.join(shown, f) for f in there)
   _fail(f'the config file {path} does not exist' + (f'; the configs are: {listed}' if there

@@ -49,6 +49,10 @@ def test_missing_config_file_is_one_clear_line(workdir):
   _assert_one_line_error(_train(workdir, config='configs/nope.py'),
                          'the config file configs/nope.py does not exist',
                          'configs/cae.py', 'configs/quickstart.py')
+  # a bare name most likely meant a config of the repository, not a module of the folder
+  _assert_one_line_error(_train(workdir, config='cea.py', cwd=os.path.join(ROOT, 'ae_jax')),
+                         'the config file cea.py does not exist; the configs are: '
+                         f'{ROOT}/configs/ae.py, {ROOT}/configs/cae.py')
   assert not os.path.exists(workdir)
 
 
@@ -201,6 +205,17 @@ def test_a_coordinator_that_does_not_answer_is_one_line_within_the_timeout(tmp_p
                                   'of 2 (for at most 3 s')
   _assert_one_line_error(result, f'not every process joined within 3 s at the coordinator '
                          f'127.0.0.1:{port}', '--coordinator_timeout')
+  assert os.listdir(tmp_path) == []
+
+
+def test_under_distributed_the_waiting_line_names_only_what_was_given(tmp_path):
+  """The cluster may number the processes: the line must not read 'as process None of None'."""
+  result = run_module('ae_jax.main', f'--config={ROOT}/configs/quickstart.py',
+                      '--coordinator_address=127.0.0.1:1', '--distributed', '--num_processes=2',
+                      '--coordinator_timeout=3', cwd=tmp_path, timeout=60)
+  assert result.stdout.startswith('waiting for the coordinator at 127.0.0.1:1 as one of 2 '
+                                  'processes (for at most 3 s'), result.stdout
+  _assert_one_line_error(result, 'cannot start jax.distributed')
   assert os.listdir(tmp_path) == []
 
 
