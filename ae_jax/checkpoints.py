@@ -231,16 +231,20 @@ def one_copy(state):
   return jax.tree.map(first, state)
 
 
+def _items(state) -> dict:
+  """A checkpoint's two items: the model's variables, which evaluation reads alone, and the
+  rest of the train state."""
+  return {'variables': {'params': state.params, 'batch_stats': state.batch_stats},
+          'train': {'opt_state': state.opt_state, 'step': state.step, 'rng': state.rng}}
+
+
 def _save(manager, state, step: int, val_loss: float | None) -> None:
-  state = one_copy(state)
+  items = _items(one_copy(state))
   _guarded(
       manager, manager.save,
       step,
-      args=ocp.args.Composite(
-          variables=ocp.args.StandardSave(
-              {'params': state.params, 'batch_stats': state.batch_stats}),
-          train=ocp.args.StandardSave(
-              {'opt_state': state.opt_state, 'step': state.step, 'rng': state.rng})),
+      args=ocp.args.Composite(**{name: ocp.args.StandardSave(item)
+                                 for name, item in items.items()}),
       metrics=None if val_loss is None else {'val_loss': float(val_loss)})
 
 
@@ -339,12 +343,7 @@ def _read(directory: str, step: int, name: str, target, *, check_only: bool = Fa
 
 
 def _train_state_items(state, sharding) -> dict:
-  return {
-      'variables': _abstract({'params': state.params, 'batch_stats': state.batch_stats},
-                             sharding),
-      'train': _abstract({'opt_state': state.opt_state, 'step': state.step, 'rng': state.rng},
-                         sharding),
-  }
+  return {name: _abstract(item, sharding) for name, item in _items(state).items()}
 
 
 def _read_train_state(directory: str, step: int, state, sharding):
@@ -440,16 +439,9 @@ def _abstract(tree, sharding):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def _key_name(key) -> str:
-  # orbax's metadata names a NamedTuple's fields as dict keys, jax as attributes
-  for field in ('key', 'name', 'idx'):
-    if hasattr(key, field):
-      return str(getattr(key, field))
-  return str(key)
-
-
 def _shapes(tree) -> dict[str, tuple[int, ...]]:
-  return {'/'.join(map(_key_name, path)): tuple(leaf.shape)
+  # simple: orbax's metadata names a NamedTuple's fields as dict keys, jax as attributes
+  return {jax.tree_util.keystr(path, simple=True, separator='/'): tuple(leaf.shape)
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
