@@ -7,6 +7,7 @@ import json
 import math
 import os
 
+from flax import traverse_util
 import ml_collections
 
 from ae_jax import UserError
@@ -248,16 +249,7 @@ def _describe(config) -> dict[str, object]:
                                 'optimizer': config.optimizer, 'loss': config.loss,
                                 'batch_size': config.batch_size, 'seed': config.seed,
                                 'data': data}))
-  flat = {}
-
-  def walk(prefix, node):
-    for key, value in node.items():
-      if isinstance(value, dict):
-        walk(f'{prefix}{key}.', value)
-      else:
-        flat[f'{prefix}{key}'] = value
-  walk('', tree)
-  return flat
+  return traverse_util.flatten_dict(tree, sep='.')
 
 
 def unwritable_folder(folder: str) -> str | None:
