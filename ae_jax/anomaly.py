@@ -35,7 +35,6 @@ import json
 import os
 import time
 
-import jax
 import numpy as np
 
 from ae_jax import UserError
@@ -133,8 +132,7 @@ def anomaly_scores(run: evaluate.TrainedRun, percentile: float) -> dict:
 
 def _worst_rows(run, chosen) -> dict:
   images = run.images[chosen].astype(np.float32) / 255.0
-  reconstruct = jax.jit(lambda v, x: run.model.apply(v, x, method='reconstruct'),
-                        compiler_options=models.compile_once_options(run.model))  # a few images
+  reconstruct = models.jit_method(run.model, 'reconstruct')
   return {'input': images, 'reconstruction': np.asarray(reconstruct(run.variables, images))}
 
 

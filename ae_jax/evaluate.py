@@ -245,24 +245,28 @@ def evaluate(run: TrainedRun, noisy: bool) -> dict[str, float]:
   return _evaluate_split(run, metrics.make_eval_fn(run.model, run.config, run.mesh, noisy=noisy))
 
 
+def _feed(run: TrainedRun, images) -> tuple[object, int]:
+  """(the feed of `images`, as training feeds its data; the bytes of an image it streams, 0
+  where they are on the devices)."""
+  placement = input_pipeline.choose_feed(run.config.data, images)
+  return (input_pipeline.make_feed(images, run.mesh, placement),
+          0 if placement == 'device' else int(np.prod(images.shape[1:])))
+
+
 def map_split(run: TrainedRun, map_fn, consume, images=None, **kwargs) -> float:
   """metrics.map_split over the run's split (or `images`), fed as training feeds it; returns
   the seconds of compilation."""
   images = run.images if images is None else images
-  placement = input_pipeline.choose_feed(run.config.data, images)
-  return metrics.map_split(
-      map_fn, run.variables, input_pipeline.make_feed(images, run.mesh, placement), len(images),
-      run.config, run.mesh, consume, model=run.model,
-      streamed_bytes=0 if placement == 'device' else int(np.prod(images.shape[1:])), **kwargs)
+  feed, streamed_bytes = _feed(run, images)
+  return metrics.map_split(map_fn, run.variables, feed, len(images), run.config, run.mesh,
+                           consume, model=run.model, streamed_bytes=streamed_bytes, **kwargs)
 
 
 def _evaluate_split(run: TrainedRun, eval_fn, images=None, **kwargs) -> dict[str, float]:
   images = run.images if images is None else images
-  placement = input_pipeline.choose_feed(run.config.data, images)
-  return metrics.evaluate_split(
-      eval_fn, run.variables, input_pipeline.make_feed(images, run.mesh, placement), len(images),
-      run.config, run.mesh, model=run.model,
-      streamed_bytes=0 if placement == 'device' else int(np.prod(images.shape[1:])), **kwargs)
+  feed, streamed_bytes = _feed(run, images)
+  return metrics.evaluate_split(eval_fn, run.variables, feed, len(images), run.config, run.mesh,
+                                model=run.model, streamed_bytes=streamed_bytes, **kwargs)
 
 
 # The images of a split that get the importance-weighted estimate, where it gets fewer than all.
@@ -292,8 +296,10 @@ def importance_weighted_nll(run: TrainedRun, num_samples: int, num_images: int) 
   return result
 
 
-def reconstruction_rows(run: TrainedRun, num_examples: int, seed: int = 0) -> dict:
-  """{'input': images, ['noisy input': ...,] 'reconstruction': ...} for random examples."""
+def reconstruction_rows(run: TrainedRun, num_examples: int,
+                        seed: int = 0) -> tuple[dict, list[str] | None]:
+  """({'input': images, ['noisy input': ...,] 'reconstruction': ...}, each image's label name
+  or None) for random examples."""
   chosen = np.sort(np.random.default_rng(seed).choice(
       len(run.images), min(num_examples, len(run.images)), replace=False))
   images = run.images[chosen].astype(np.float32) / 255.0
@@ -303,8 +309,7 @@ def reconstruction_rows(run: TrainedRun, num_examples: int, seed: int = 0) -> di
     inputs = np.asarray(metrics.add_noise(jax.random.PRNGKey(metrics.FIGURE_SEED), images,
                                         run.config.noise.mean, run.config.noise.std))
     rows['noisy input'] = inputs
-  reconstruct = jax.jit(lambda v, x: run.model.apply(v, x, method='reconstruct'),
-                        compiler_options=models.compile_once_options(run.model))  # a few images
+  reconstruct = models.jit_method(run.model, 'reconstruct')
   rows['reconstruction'] = np.asarray(reconstruct(run.variables, inputs))
   titles = None
   if run.labels is not None:

@@ -39,11 +39,6 @@ from ae_jax import plots
 WALK_PAIRS = 4  # rows of a walk between classes, besides the row between their means
 
 
-def _decoder(run):
-  return jax.jit(lambda variables, z: run.model.apply(variables, z, method='decode'),
-                 compiler_options=models.compile_once_options(run.model))
-
-
 def _embedder(run):
   """(images uint8) -> their latents, decodable, a batch at a time."""
   embed = jax.jit(lambda variables, x: run.model.apply(variables, metrics.to_float(x),
@@ -121,7 +116,7 @@ def _index(run, text: str) -> int:
 
 def walk_rows(run, walk, walk_images, steps: int, seed: int) -> dict[str, np.ndarray]:
   """{row title: the decoded walk, (steps, H, W, C)}: the rows of walk.png."""
-  embed, decode = _embedder(run), _decoder(run)
+  embed, decode = _embedder(run), models.jit_method(run.model, 'decode')
   line = lambda a, b: np.stack([(1 - t) * a + t * b for t in np.linspace(0, 1, steps)])
   rng = np.random.default_rng(seed)
   rows = {}
@@ -163,7 +158,7 @@ def prior_grid(run, size: int) -> tuple[np.ndarray, np.ndarray]:
   from scipy import stats  # pylint: disable=g-import-not-at-top
   values = stats.norm.ppf(np.linspace(0.05, 0.95, size)).astype(np.float32)
   z = np.stack(np.meshgrid(values, values[::-1]), -1).reshape(-1, 2)  # z2 rises up the figure
-  images = np.asarray(_decoder(run)(run.variables, z))
+  images = np.asarray(models.jit_method(run.model, 'decode')(run.variables, z))
   return images.reshape(size, size, *images.shape[1:]), values
 
 
@@ -205,7 +200,7 @@ def main(workdir, config, checkpoint, split, num_samples, walk, walk_images, ste
   if num_samples:
     z = jax.random.normal(jax.random.PRNGKey(seed), (num_samples, run.model.latent_dim))
     figures['samples'] = lambda path: plots.image_grid_figure(
-        np.asarray(_decoder(run)(run.variables, z)), path,
+        np.asarray(models.jit_method(run.model, 'decode')(run.variables, z)), path,
         f'{name}: {num_samples} samples from the prior, step {run.step}')
   rows = walk_rows(run, walk, walk_images, steps, seed)
   walk_name = 'walk' if input_path is None else f'{run.split}_walk'  # not the split's walk

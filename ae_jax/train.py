@@ -146,10 +146,9 @@ class Update(NamedTuple):
   numbers: Any  # the numbers `run` returns -> {name: one per step}, on the host
 
 
-def make_update(config, image_shape, tx, mesh, train_images, placement) -> Update:
+def make_update(config, model, tx, mesh, train_images, placement) -> Update:
   step_kwargs = dict(tx=tx, noise_mean=config.noise.mean, noise_std=config.noise.std)
   if config.parallel == 'jit':
-    model = models.create_model(config, image_shape)
     step_fn = functools.partial(train_step, model=model, **step_kwargs)
     run = functools.partial(train_loop, step_fn=step_fn,
                             batch_sharding=NamedSharding(mesh, P('data')))
@@ -162,7 +161,7 @@ def make_update(config, image_shape, tx, mesh, train_images, placement) -> Updat
 
   # pmap: the same train_step per device, with the batch statistics, gradients and loss averaged
   # over the axis; one copy of the data and of the state per device, stacked on a leading axis.
-  pmap_model = models.create_model(config, image_shape, axis_name='data')
+  pmap_model = model.clone(axis_name='data')
   step_fn = functools.partial(train_step, model=pmap_model, axis_name='data', **step_kwargs)
   run = jax.pmap(functools.partial(train_loop, step_fn=step_fn), axis_name='data',
                  in_axes=(0, 0, 0, None), donate_argnums=0)
@@ -395,7 +394,7 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
        f'{models.count_params(state.params):,} parameters')
 
   # --- The update step, compiled once: many steps per call.
-  update = make_update(config, image_shape, tx, mesh, train_images, placement)
+  update = make_update(config, model, tx, mesh, train_images, placement)
   max_steps = min(config.steps_per_call, steps_per_epoch)
   streamed_bytes = 0 if placement == 'device' else int(np.prod(image_shape))
   if streamed_bytes:
@@ -413,14 +412,12 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
                                  names=('loss', *models.objective_parts(model)))
   val_feed = input_pipeline.make_feed(val_images, mesh, placement)
   shown = val_images[:config.num_summary_images].astype(np.float32) / 255.0
-  reconstruct = jax.jit(lambda variables, x: model.apply(variables, x, method='reconstruct'),
-                        compiler_options=models.compile_once_options(model))  # a few images
+  reconstruct = models.jit_method(model, 'reconstruct')
   prior_draws = None
   if models.has_prior(model):  # the same draws every epoch, so that epochs compare
     prior_draws = jax.random.normal(jax.random.PRNGKey(metrics.FIGURE_SEED),
                                     (NUM_SAMPLES_SHOWN, model.latent_dim))
-    generate = jax.jit(lambda variables, z: model.apply(variables, z, method='decode'),
-                       compiler_options=models.compile_once_options(model))
+    generate = models.jit_method(model, 'decode')
 
   with (config_lib.workdir_locked(workdir, enabled=jax.process_index() == 0),
         interruptions.signals_deferred(),

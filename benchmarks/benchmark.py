@@ -158,8 +158,7 @@ def jax_child(model: str, folder: str, launched: float, full_epochs: bool,
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   state = jax.jit(functools.partial(train.create_train_state, model_def, tx, config.seed),
                   out_shardings=replicated)()
-  update = train.make_update(config, splits['train'].images.shape[1:], tx, mesh,
-                             splits['train'].images, 'device')
+  update = train.make_update(config, model_def, tx, mesh, splits['train'].images, 'device')
   slow = is_slow(model, result['platform'])
   steps = 4 if slow else 100
   rows = np.arange(steps * BATCH, dtype=np.int32).reshape(steps, BATCH)

@@ -112,6 +112,13 @@ def compile_once_options(model: nn.Module) -> dict:
   return {**compiler_options(model), 'xla_backend_optimization_level': 0}
 
 
+def jit_method(model: nn.Module, method: str):
+  """(variables, x) -> model.apply(variables, x, method=method), compiled for code that runs
+  once on a few inputs (a figure's images, a few latents)."""
+  return jax.jit(functools.partial(model.apply, method=method),
+                 compiler_options=compile_once_options(model))
+
+
 def eval_batch_size(model: nn.Module) -> int | None:
   """The largest evaluation batch worth its memory for `model`'s layers (None: any)."""
   convs = getattr(model, 'convs', None)
