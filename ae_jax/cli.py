@@ -22,7 +22,7 @@ def _fail(message: str, code: int = 1):
   _exit(code)
 
 
-def fail(message: str, code: int = 1):
+def fail_from_thread(message: str, code: int = 1):
   """Prints `message` as the one error line and ends the process now, from any thread."""
   print(f'error: {message}', file=sys.stderr, flush=True)
   sys.stdout.flush()
@@ -228,7 +228,6 @@ EMPTY_ALLOWED = ('compilation_cache',)
 def check_empty_flags() -> None:
   """Refuses a flag of ours given an empty value (--seeds=$SEEDS with SEEDS unset): its default
   would run instead, or a folder named ''."""
-  import re  # pylint: disable=g-import-not-at-top
   for module, defined in flags.FLAGS.flags_by_module_dict().items():
     if not (module in ('__main__', sys.argv[0]) or module.startswith('ae_jax')):
       continue

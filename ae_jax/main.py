@@ -88,7 +88,7 @@ def join_processes():
     print(f'joining the processes that the cluster starts (for at most '
           f'{FLAGS.coordinator_timeout} s: --coordinator_timeout)', flush=True)
   # XLA aborts the process when its own wait runs out: this watchdog says why, a little earlier.
-  watchdog = threading.Timer(FLAGS.coordinator_timeout, cli.fail, [
+  watchdog = threading.Timer(FLAGS.coordinator_timeout, cli.fail_from_thread, [
       f'not every process joined within {FLAGS.coordinator_timeout} s at the coordinator {where}: '
       'check that process 0 runs and listens on that host and port, that this host can reach it '
       f'(firewall), and that all {processes} were started; raise '
