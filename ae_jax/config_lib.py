@@ -154,9 +154,9 @@ def check_seed(seed, name: str) -> None:
     raise UserError(f'{name}={seed} must be a whole number from 0 to 2**31 - 1')
 
 
-# The fields naming files that each source reads (their defaults are None).
-SOURCE_FILES = {'tfds': ('data_dir', 'manual_dir'), 'idx': ('path',), 'folder': ('path',),
-                'arrays': ('path',), 'digits': ()}
+# The fields of config.data that only some sources read: the dataset's name, the files.
+SOURCE_FIELDS = {'tfds': ('name', 'data_dir', 'manual_dir'), 'idx': ('path',),
+                 'folder': ('path',), 'arrays': ('path',), 'digits': ()}
 
 
 def validate(config: ml_collections.ConfigDict, where: str = 'the config file', *,
@@ -193,10 +193,11 @@ def validate(config: ml_collections.ConfigDict, where: str = 'the config file', 
     raise UserError(f'config.noise.mean={config.noise.mean} must be finite')
   _one_of(config.data.placement, ('auto', 'device', 'host', 'disk'), 'config.data.placement')
   _one_of(config.data.source, tuple(input_pipeline.READERS), 'config.data.source')
-  unread = [f for f in ('path', 'data_dir', 'manual_dir')
-            if f not in SOURCE_FILES[config.data.source] and config.data.get(f) is not None]
+  unread = [f for f in ('path', 'name', 'data_dir', 'manual_dir')
+            if f not in SOURCE_FIELDS[config.data.source]
+            and config.data.get(f) != defaults.data.get(f)]
   if trains and unread:  # a config.data.source forgotten: training would read other images
-    readers = [s for s, files in SOURCE_FILES.items() if unread[0] in files]
+    readers = [s for s, fields in SOURCE_FIELDS.items() if unread[0] in fields]
     raise UserError(f'config.data.{unread[0]}={config.data.get(unread[0])!r} is not read by '
                     f"config.data.source='{config.data.source}': set config.data.source="
                     + (f'{", ".join(readers[:-1])} or {readers[-1]}' if len(readers) > 1

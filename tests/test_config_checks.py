@@ -65,6 +65,8 @@ BAD_VALUES = [
      "config.data.source='digits': set config.data.source=idx, folder or arrays too"),
     ({'data.manual_dir': '/data'}, "config.data.manual_dir='/data' is not read by "
      "config.data.source='idx': set config.data.source=tfds too, or leave"),
+    ({'data.name': 'fashion_mnist'}, "config.data.name='fashion_mnist' is not read by "
+     "config.data.source='idx': set config.data.source=tfds too, or leave"),
     ({'parallel': 'pmap', 'data.placement': 'host'},
      "config.parallel='pmap' keeps the data on the devices"),
 ]
