@@ -64,7 +64,7 @@ def test_members_are_the_product_of_the_axes_and_the_seeds():
 
 @pytest.mark.parametrize('spec, first, second, folder', [
     ('data.path=a/b,a_b', 'a/b', 'a_b', 'a_b'),
-    ('data.name=mn ist,mnist', 'mn ist', 'mnist', 'mnist'),
+    ('data.train_split=tr ain,train', 'tr ain', 'train', 'train'),
 ])
 def test_grid_values_that_name_one_member_folder_are_refused(spec, first, second, folder):
   field = spec.partition('=')[0]
