@@ -440,7 +440,7 @@ def _abstract(tree, sharding):
 
 
 def _shapes(tree) -> dict[str, tuple[int, ...]]:
-  # simple: orbax's metadata names a NamedTuple's fields as dict keys, jax as attributes
+  # simple=True: names alone (orbax names a NamedTuple's fields by dict keys, jax by attributes)
   return {jax.tree_util.keystr(path, simple=True, separator='/'): tuple(leaf.shape)
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
