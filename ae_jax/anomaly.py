@@ -130,12 +130,6 @@ def anomaly_scores(run: evaluate.TrainedRun, percentile: float) -> dict:
           'held_out': held_out}
 
 
-def _worst_rows(run, chosen) -> dict:
-  images = run.images[chosen].astype(np.float32) / 255.0
-  reconstruct = models.jit_method(run.model, 'reconstruct')
-  return {'input': images, 'reconstruction': np.asarray(reconstruct(run.variables, images))}
-
-
 def main(workdir, config, checkpoint, split, percentile=PERCENTILE, num_worst=16,
          out_dir=None, input_path=None) -> dict:
   if not 0 < percentile < 100:
@@ -192,7 +186,8 @@ def main(workdir, config, checkpoint, split, percentile=PERCENTILE, num_worst=16
       else:
         shown, caption = '', None
       titles = [f'{split_scores[i]:.3g}' + (f'\n{caption(i)}' if caption else '') for i in worst]
-      plots.reconstructions(_worst_rows(run, worst), titles, stem + '_worst.png',
+      plots.reconstructions(evaluate.image_rows(run, worst, noisy=False), titles,
+                            stem + '_worst.png',
                             f'{name}, {evaluate.source(run)}: the {len(worst)} highest scores'
                             + shown)
     elif os.path.exists(stem + '_worst.png'):  # of an earlier command, not of these scores

@@ -296,21 +296,28 @@ def importance_weighted_nll(run: TrainedRun, num_samples: int, num_images: int) 
   return result
 
 
+def image_rows(run: TrainedRun, chosen, noisy: bool) -> dict:
+  """{'input': the images `chosen` of the split, ['noisy input': with the training noise,]
+  'reconstruction': of the (noisy) input}, floats in [0, 1], for a figure."""
+  images = run.images[chosen].astype(np.float32) / 255.0
+  rows = {'input': images}
+  inputs = images
+  if noisy:
+    inputs = np.asarray(metrics.add_noise(jax.random.PRNGKey(metrics.FIGURE_SEED), images,
+                                        run.config.noise.mean, run.config.noise.std))
+    rows['noisy input'] = inputs
+  reconstruct = models.jit_method(run.model, 'reconstruct')
+  rows['reconstruction'] = np.asarray(reconstruct(run.variables, inputs))
+  return rows
+
+
 def reconstruction_rows(run: TrainedRun, num_examples: int,
                         seed: int = 0) -> tuple[dict, list[str] | None]:
   """({'input': images, ['noisy input': ...,] 'reconstruction': ...}, each image's label name
   or None) for random examples."""
   chosen = np.sort(np.random.default_rng(seed).choice(
       len(run.images), min(num_examples, len(run.images)), replace=False))
-  images = run.images[chosen].astype(np.float32) / 255.0
-  rows = {'input': images}
-  inputs = images
-  if config_lib.is_denoising(run.config):
-    inputs = np.asarray(metrics.add_noise(jax.random.PRNGKey(metrics.FIGURE_SEED), images,
-                                        run.config.noise.mean, run.config.noise.std))
-    rows['noisy input'] = inputs
-  reconstruct = models.jit_method(run.model, 'reconstruct')
-  rows['reconstruction'] = np.asarray(reconstruct(run.variables, inputs))
+  rows = image_rows(run, chosen, noisy=config_lib.is_denoising(run.config))
   titles = None
   if run.labels is not None:
     names = run.label_names or [str(i) for i in range(int(run.labels.max()) + 1)]
