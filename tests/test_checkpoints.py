@@ -4,6 +4,7 @@ its own epoch."""
 
 import errno
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from ae_jax import UserError
 from ae_jax import checkpoints
 from ae_jax import config_lib
 from ae_jax import evaluate
+from ae_jax import metric_writers
 from ae_jax import plots
 from ae_jax import train
 from conftest import ROOT
@@ -66,6 +68,15 @@ DAMAGE = ['metrics truncated', 'data file deleted', 'data file halved', 'manifes
 SAYS = {'metrics truncated': 'is not valid JSON', 'data file deleted': 'a file is missing',
         'data file halved': 'a file is truncated', 'manifest deleted': 'a file is missing',
         'variables deleted': 'a file is missing'}
+
+
+def test_checkpoints_are_ranked_by_the_validation_loss_that_training_logged(two_epochs):
+  rows = metric_writers.read_metrics(os.path.join(two_epochs, 'metrics.jsonl'))
+  ranked = {}
+  for step in (4, 8):
+    with open(os.path.join(two_epochs, 'checkpoints', str(step), 'metrics', 'metrics')) as f:
+      ranked[step] = json.load(f)['val_loss']
+  assert ranked == {r['step']: pytest.approx(r['val_loss'], rel=1e-6) for r in rows}
 
 
 @pytest.mark.parametrize('kind', DAMAGE)

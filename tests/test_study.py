@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -267,6 +268,19 @@ def test_a_member_trained_without_a_class_is_scored_as_its_detector(trained_ae):
   assert numbers['average_precision'] == pytest.approx(report['average_precision'])
   plain, _ = study.score(workdir, config, input_pipeline.load_splits(config.data), 50, False)
   assert 'roc_auc' not in plain
+
+
+def test_a_member_is_scored_at_its_best_checkpoint_not_its_latest(trained_ae, tmp_path):
+  from ae_jax import checkpoints, input_pipeline  # pylint: disable=g-import-not-at-top
+  workdir, config = trained_ae
+  member = str(tmp_path / 'member')
+  shutil.copytree(workdir, member)
+  directory = checkpoints.checkpoint_dir(member)
+  steps = sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+  with open(os.path.join(directory, str(steps[0]), 'metrics', 'metrics'), 'w') as f:
+    json.dump({'val_loss': 0.0}, f)  # the oldest checkpoint kept is now the best
+  numbers, _ = study.score(member, config, input_pipeline.load_splits(config.data), 50, False)
+  assert numbers['checkpoint_step'] == steps[0] < steps[-1]
 
 
 def test_a_study_over_seeds_alone_draws_each_seed_and_bolds_nothing(tmp_path, monkeypatch):

@@ -291,6 +291,80 @@ def test_streamed_validation_draws_the_noise_of_validation_on_the_devices():
   assert streamed == pytest.approx(on_devices, rel=1e-6)
 
 
+def test_pmaps_step_averages_the_gradients_of_the_devices():
+  """train_step over a device axis (pmap's; vmap's here, on one CPU) takes jit's step on the
+  whole batch. Under SGD, whose step scales with the gradient, summed gradients would take a
+  step as many times too long as there are devices; Adam's steps would hide it."""
+  config = small_config('ae', optimizer='sgd', learning_rate=1.0)
+  state, step_fn = _setup(config)
+  batch = IMAGES[:32]
+  whole, numbers = jax.jit(step_fn)(state, batch)
+  model = models.create_model(config, IMAGES.shape[1:]).clone(axis_name='data')
+  per_device = functools.partial(train.train_step, model=model, tx=train.create_optimizer(config),
+                                 noise_mean=0.0, noise_std=0.0, axis_name='data')
+  halves, half_numbers = jax.jit(jax.vmap(per_device, in_axes=(None, 0), axis_name='data'))(
+      state, batch.reshape(2, 16, *batch.shape[1:]))
+  assert float(half_numbers['loss'][0]) == pytest.approx(float(numbers['loss']), rel=1e-6)
+  for a, b in zip(jax.tree.leaves(halves.params), jax.tree.leaves(whole.params)):
+    np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-6)
+
+
+def test_outputs_streamed_over_several_calls_land_in_their_rows():
+  config = small_config('ae')  # steps_per_call=4: streamed, 4 batches a call
+  model = models.create_model(config, IMAGES.shape[1:])
+  state, _ = _setup(config)
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  mesh = train.create_mesh()
+  map_fn = metrics.make_map_fn(model, mesh, metrics.latent_step)
+  images = IMAGES[:95]  # 10 batches of 10, the last padded: 3 calls streamed
+
+  def latents(feed, streamed_bytes):
+    out = np.full((len(images), model.latent_dim), np.nan, np.float32)
+
+    def consume(start, outputs):
+      out[start:start + len(outputs['latent'])] = outputs['latent']
+
+    metrics.map_split(map_fn, variables, feed(images, mesh), len(images), config, mesh, consume,
+                      model=model, batch_size=10, streamed_bytes=streamed_bytes)
+    return out
+
+  expected = np.asarray(model.apply(variables, images, method='embed'))
+  np.testing.assert_allclose(latents(input_pipeline.device_feed, 0), expected, rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(latents(input_pipeline.host_feed, 784), expected, rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_reconstructions_are_rounded_to_the_nearest_uint8():
+  config = small_config('ae')
+  model = models.create_model(config, IMAGES.shape[1:])
+  state, _ = _setup(config)
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  images = IMAGES[:8]
+  out = metrics.reconstruction_step(variables, images, None, model=model, noise_mean=0.0,
+                                    noise_std=0.0, noisy=False)
+  expected = np.round(np.asarray(model.apply(variables, images, method='reconstruct')) * 255)
+  np.testing.assert_array_equal(out['reconstruction'], expected.astype(np.uint8))
+
+
+def test_the_epochs_figure_shows_validation_images_in_0_1_and_their_reconstructions(
+    workdir, monkeypatch):
+  from ae_jax import plots  # pylint: disable=g-import-not-at-top
+  grids = []
+  image_grid = plots.image_grid
+  monkeypatch.setattr(plots, 'image_grid', lambda rows: grids.append(rows) or image_grid(rows))
+  config = small_config('ae', num_train=64, batch_size=16)
+  state = train.train_and_evaluate(config, workdir)
+  [(shown, reconstructed)] = grids
+  validation = input_pipeline.load_splits(config.data)['validation'].images[:8]
+  np.testing.assert_allclose(shown, validation / 255.0, rtol=1e-6)
+  model = models.create_model(config, IMAGES.shape[1:])
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  np.testing.assert_allclose(reconstructed, model.apply(variables, validation,
+                                                        method='reconstruct'), rtol=1e-5,
+                             atol=1e-6)
+
+
 def test_a_run_stopped_mid_epoch_resumes_to_the_parameters_of_an_uninterrupted_one(
     tmp_path, monkeypatch):
   from ae_jax import interruptions  # pylint: disable=g-import-not-at-top

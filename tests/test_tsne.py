@@ -47,6 +47,32 @@ def test_tsne_map_embedding_and_numbers(trained_ae, tmp_path):
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
+def test_mapped_train_points_are_left_out_of_their_own_knn_vote_and_probe(trained_ae,
+                                                                         monkeypatch):
+  from ae_jax import evaluate, maps  # pylint: disable=g-import-not-at-top
+  workdir, config = trained_ae
+  run = evaluate.load_run(workdir, config, 'best', 'train')
+  seen = {}
+
+  def recorder(name):
+    def record(train_latents, train_labels, latents, labels, same):
+      seen[name] = (train_latents, latents, same)
+      return 0.0
+    return record
+
+  for name in ('knn_accuracy', 'linear_probe_accuracy'):
+    monkeypatch.setattr(maps, name, recorder(name))
+  space = tsne.latent_space(run, 60, num_train_points=300, perplexity=10.0, seed=0)
+  assert set(seen) == {'knn_accuracy', 'linear_probe_accuracy'}
+  for train_latents, latents, same in seen.values():
+    # each mapped point that is among the train points is found as itself, the others as none
+    found = same >= 0
+    assert found.any() and not found.all()
+    np.testing.assert_array_equal(train_latents[same[found]], latents[found])
+  train_chosen = tsne.subsample(len(run.images), run.labels, 300, 0)
+  np.testing.assert_array_equal(np.isin(space.chosen, train_chosen), found)
+
+
 def test_unlabelled_data_gets_a_map_and_says_what_it_skips(trained_ae, tmp_path, capsys):
   workdir, config = trained_ae
   images_only = tmp_path / 'images_only'
@@ -100,6 +126,23 @@ def test_large_latents_are_projected_to_50_dimensions_first(tmp_path):
                      r'--config.data.image_size'):
     tsne.main(workdir, resized, 'latest', None, num_points=60, num_train_points=100,
               perplexity=10.0, seed=0, input_path=str(tmp_path / 'mine.npy'))
+
+
+def test_the_pca_of_large_latents_is_fit_on_the_train_split(tmp_path):
+  from sklearn import decomposition  # pylint: disable=g-import-not-at-top
+  from ae_jax import evaluate  # pylint: disable=g-import-not-at-top
+  config = small_config('cae', num_train=100)
+  config.model.features = (4, 8, 8, 16)  # a 7x7x16 latent: 784 dimensions
+  workdir = save_untrained(config, str(tmp_path / 'cae'))
+  run = evaluate.load_run(workdir, config, 'latest', 'test')
+  space = tsne.latent_space(run, 60, num_train_points=100, perplexity=10.0, seed=0)
+  train = run.splits['train']
+  train_latents = tsne.encode(run, train.images[tsne.subsample(len(train.images), train.labels,
+                                                                100, 0)])
+  expected = decomposition.PCA(50, random_state=0).fit(train_latents).transform(
+      tsne.encode(run, space.images))
+  np.testing.assert_allclose(space.latents, expected, rtol=1e-3,
+                             atol=1e-3 * np.abs(expected).max())
 
 
 def test_images_of_ones_own_on_a_wide_latent_refuse_data_the_model_cannot_take(tmp_path):

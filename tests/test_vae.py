@@ -155,6 +155,21 @@ def test_the_bound_of_fewer_images_takes_them_at_random_from_a_class_ordered_spl
   np.testing.assert_array_equal(chosen(5000), images)  # all where the split has no more
 
 
+def test_the_elbo_beside_the_bound_of_fewer_images_is_that_of_the_same_images(monkeypatch):
+  images = np.random.default_rng(0).integers(0, 256, (300, 4, 4, 1), np.uint8)
+  config = small_config('vae')
+  run = evaluate.TrainedRun(config, models.create_model(config, images.shape[1:]), None, 0,
+                            'test', images, None, None, {}, train.create_mesh())
+  seen = []
+  monkeypatch.setattr(evaluate, '_evaluate_split', lambda run, eval_fn, images=None, **kwargs: (
+      seen.append(np.asarray(run.images if images is None else images))
+      or {'iw_nll': 0.0, 'nelbo': 0.0}))
+  evaluate.importance_weighted_nll(run, 10, 100)
+  bound, elbo = seen
+  assert len(bound) == 100
+  np.testing.assert_array_equal(elbo, bound)
+
+
 def _reconstruction_mse(beta, tmp_path):
   config = small_config('vae', num_train=800, num_epochs=3, **{'model.beta': beta})
   train.train_and_evaluate(config, str(tmp_path / f'beta{beta}'))
@@ -373,6 +388,19 @@ def test_the_negative_elbo_falls_within_a_few_steps(name):
                              rtol=1e-5)
 
 
+def test_a_training_step_reports_batch_means_of_the_elbo_and_its_parts():
+  config = small_config('vae')  # beta 1: the loss is the negative ELBO
+  model = models.create_model(config, IMAGES.shape[1:])
+  tx = train.create_optimizer(config)
+  state = jax.jit(functools.partial(train.create_train_state, model, tx, config.seed))()
+  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, noise_mean=0.0,
+                                   noise_std=0.0))
+  _, numbers = step(state, IMAGES[:32])
+  assert float(numbers['nelbo']) == pytest.approx(float(numbers['loss']), rel=1e-6)
+  assert float(numbers['nelbo']) == pytest.approx(
+      float(numbers['reconstruction'] + numbers['kl']), rel=1e-6)
+
+
 def test_the_gaussian_likelihood_is_the_unit_variance_normal_in_nats():
   from scipy import stats  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
@@ -394,6 +422,24 @@ def test_the_elbo_is_reported_unweighted_whatever_beta_trains():
   np.testing.assert_allclose(numbers['nelbo'], numbers['reconstruction'] + numbers['kl'],
                              rtol=1e-6)
   np.testing.assert_allclose(loss, numbers['reconstruction'] + 4 * numbers['kl'], rtol=1e-6)
+
+
+def test_the_one_sample_bound_of_a_wide_posterior_is_its_negative_elbo():
+  # every pixel's logit is 0 whatever z: p(x|z) = 2 ** -pixels, and q(z|x) = N(0.5, 4) in each
+  # dimension, so a weight's expected -log is the negative ELBO, 16 log 2 + KL(q || p): the
+  # samples must come from q itself, std exp(logvar / 2)
+  model = models.create_model(small_config('vae'), (4, 4, 1))
+  variables = jax.tree.map(jnp.zeros_like, jax.jit(functools.partial(
+      models.init_variables, model))(jax.random.PRNGKey(0)))
+  mean, logvar = jnp.full((1, 20), 0.5), jnp.full((1, 20), np.log(4.0))
+  params = dict(variables['params'])
+  params['encoder_mean'] = {**params['encoder_mean'], 'bias': mean[0]}
+  params['encoder_logvar'] = {**params['encoder_logvar'], 'bias': logvar[0]}
+  images = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (2000, 4, 4, 1)), jnp.float32)
+  nll = jax.jit(functools.partial(models.importance_weighted_nll, model, num_samples=1))(
+      {**variables, 'params': params}, images, images, jax.random.PRNGKey(0))
+  expected = 16 * np.log(2) + float(models.objectives.gaussian_kl(mean, logvar)[0])
+  assert float(jnp.mean(nll)) == pytest.approx(expected, rel=0.02)
 
 
 @pytest.mark.parametrize('num_samples', [1, 10, 37])
