@@ -50,6 +50,18 @@ def test_scores_threshold_flagged_and_files(trained_ae, tmp_path):
                                      'test_worst.png']
 
 
+def test_the_worst_figure_shows_the_highest_scores(trained_ae, tmp_path, monkeypatch):
+  from ae_jax import plots  # pylint: disable=g-import-not-at-top
+  drawn = {}
+  monkeypatch.setattr(plots, 'reconstructions', lambda rows, titles, *args: drawn.update(
+      titles=titles))
+  workdir, config = trained_ae
+  out = str(tmp_path / 'out')
+  anomaly.main(workdir, config, 'best', 'test', num_worst=4, out_dir=out)
+  highest = np.sort(np.load(os.path.join(out, 'test_scores.npy')))[::-1][:4]
+  assert [t.split('\n')[0] for t in drawn['titles']] == [f'{s:.3g}' for s in highest]
+
+
 def test_images_of_ones_own_are_scored_against_the_runs_threshold(trained_ae, tmp_path):
   workdir, config = trained_ae
   run = evaluate.load_run(workdir, config, 'best', 'test')

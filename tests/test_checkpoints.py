@@ -104,6 +104,15 @@ def test_a_damaged_checkpoint_costs_only_its_epoch(two_epochs, tmp_path, kind, c
   assert {8, 12} <= set(checkpoints.create_manager(workdir, read_only=True).all_steps())
 
 
+def test_a_resume_from_an_earlier_checkpoint_replaces_the_rows_of_the_work_lost(two_epochs,
+                                                                                   tmp_path):
+  workdir = _copy(two_epochs, tmp_path)
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '8'))  # lost: the run resumes from step 4
+  train.train_and_evaluate(_config(num_epochs=2), workdir)
+  rows = metric_writers.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+  assert [(r['epoch'], r['step']) for r in rows] == [(1, 4), (2, 8)]
+
+
 def test_orbax_reads_collected_after_a_damaged_checkpoint_are_not_shown():
   """After one read of a damaged checkpoint fails, orbax's other reads of it raise as their
   coroutines are collected (Python prints 'Exception ignored in: <coroutine ...>' with a

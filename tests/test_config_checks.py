@@ -5,6 +5,7 @@ several processes train like one."""
 import fcntl
 import os
 import re
+import shutil
 
 import pytest
 
@@ -129,13 +130,25 @@ def test_a_model_larger_than_memory_is_refused_before_any_is_allocated(tmp_path)
 # and the training images the steps and epochs they count in; the seed the order of the data
 @pytest.mark.parametrize('overrides', [{'noise.std': 0.1}, {'model.latent_dim': 16},
                                        {'optimizer': 'sgd'}, {'loss': 'bce'}, {'batch_size': 32},
-                                       {'seed': 1}, {'data.validation_fraction': 0.5}])
+                                       {'seed': 1}, {'data.validation_fraction': 0.5},
+                                       {'data.train_split': 'train[:100]'}])
 def test_a_workdir_of_another_run_is_refused_and_left_alone(previous_run, overrides):
   before = _snapshot(previous_run)
   with pytest.raises(UserError, match='holds another run.*delete .* to start afresh'):
     train.train_and_evaluate(small_config('ae', num_train=64, **{'batch_size': 16, **overrides}),
                              previous_run)
   assert _snapshot(previous_run) == before
+
+
+def test_a_workdir_trains_on_with_a_new_learning_rate(previous_run, tmp_path):
+  # the learning rate and the number of epochs are what a run resumed with more epochs changes
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(previous_run, workdir)
+  state = train.train_and_evaluate(small_config('ae', num_train=64, batch_size=16,
+                                                learning_rate=1e-4, num_epochs=2), workdir)
+  assert int(state.step) == 8
+  rows = metric_writers.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+  assert [r['epoch'] for r in rows] == [1, 2]
 
 
 def test_a_workdir_of_another_image_shape_is_refused_and_left_alone(previous_run):

@@ -99,6 +99,19 @@ def test_colour_folder_to_grayscale_and_resized(tmp_path):
   assert splits['train'].images.shape[1:] == (16, 16, 1)
 
 
+def test_a_test_folder_without_a_class_keeps_the_train_splits_label_numbers(tmp_path):
+  # labels are numbered by the train/ folder's classes: a test/ that lacks digit_0 must still
+  # call its digit_1 images 1, or every number about them compares the wrong classes
+  root = tmp_path / 'images'
+  for c in range(3):
+    _write_pngs(root / 'train' / f'digit_{c}', DIGITS[LABELS == c][:4])
+  for c in (1, 2):
+    _write_pngs(root / 'test' / f'digit_{c}', DIGITS[LABELS == c][4:6])
+  test = input_pipeline.load_splits(_config('folder', str(root)).data)['test']
+  assert test.label_names == ('digit_0', 'digit_1', 'digit_2')
+  assert test.labels.tolist() == [1, 1, 2, 2]
+
+
 def test_what_the_user_may_not_expect_is_on_the_data_line(tmp_path, capsys):
   _write_pngs(tmp_path / 'mixed', DIGITS[:30])
   _write_pngs(tmp_path / 'mixed', _colour(DIGITS[30:40]), {i: f'c{i}' for i in range(10)})
@@ -220,6 +233,23 @@ def test_arrays_with_splits_and_a_plain_npy(tmp_path):
   assert images.dtype == np.uint8 and set(np.unique(images)) == {0, 255}
 
 
+def test_float_images_are_rounded_to_the_nearest_uint8(tmp_path):
+  # floats off the k/255 grid (a model's output, say): 0.999 is 255, not the 254 of truncation
+  values = np.array([0.0, 0.25, 0.5, 0.999, 1.0])
+  np.save(tmp_path / 'floats.npy', np.broadcast_to(values, (10, 2, 5)))
+  images = input_pipeline.load_splits(_config('arrays', str(tmp_path / 'floats.npy')).data)[
+      'train'].images
+  assert images[0, ..., 0].tolist() == [[0, 64, 128, 255, 255]] * 2
+
+
+def test_the_label_names_of_an_npz_name_its_classes(tmp_path):
+  np.savez(tmp_path / 'named.npz', images=DIGITS[:20], labels=LABELS[:20],
+           label_names=np.array([f'd{i}' for i in range(10)]))
+  splits = input_pipeline.load_splits(_config('arrays', str(tmp_path / 'named.npz')).data)
+  assert splits['train'].label_names == tuple(f'd{i}' for i in range(10))
+  assert splits['validation'].label_names == splits['train'].label_names
+
+
 @pytest.mark.parametrize('arrays, message', [
     (dict(images=np.zeros((4, 28), np.uint8)), r'has shape \(4, 28\): images must be'),
     (dict(images=np.zeros((4, 8, 8, 2), np.uint8)), r'images must be .*C = 1 or 3'),
@@ -262,6 +292,13 @@ def test_scikit_learn_digits(tmp_path):
   _train_evaluate_map(config, str(tmp_path / 'run'))
   with pytest.raises(UserError, match='no test split.*--split=validation'):
     evaluate.load_run(str(tmp_path / 'run'), config, 'latest', 'test')
+
+
+def test_scikit_learn_digits_span_0_to_255():
+  # their values 0-16 scaled to 0-255, like every other source's pixels
+  splits = input_pipeline.load_splits(_config('digits').data)
+  images = np.concatenate([splits['train'].images, splits['validation'].images])
+  assert images.min() == 0 and images.max() == 255
 
 
 def test_any_tfds_image_dataset(tmp_path, monkeypatch):

@@ -150,6 +150,19 @@ def test_images_of_ones_own_are_encoded_from_a_folder_or_an_array(trained_ae, tm
     encode.main(workdir, config, 'best', None, out_dir=out, input_path=str(tmp_path / 'one.npy'))
 
 
+def test_a_colour_image_is_made_grayscale_and_resized_as_training_does_it():
+  from ae_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from ae_jax.input_pipeline import given  # pylint: disable=g-import-not-at-top
+  from configs import default  # pylint: disable=g-import-not-at-top
+  photo = np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8)
+  converted, done = given.convert(photo, (28, 28, 1))
+  data = default.get_config().data
+  data.grayscale, data.image_size = True, 28
+  as_trained = input_pipeline.finish(input_pipeline.Split(photo[None], None), data, 'a photo')
+  assert done == {'grayscale', 'resized'}
+  np.testing.assert_array_equal(converted, as_trained.images[0])
+
+
 def test_an_input_is_named_after_itself_and_never_after_a_split(tmp_path):
   from ae_jax.input_pipeline import given  # pylint: disable=g-import-not-at-top
   for name in ('scans', 'scans.v2', 'test'):

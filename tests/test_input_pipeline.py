@@ -125,6 +125,23 @@ def test_offline_tfds_fails_within_seconds_and_says_what_to_do(tmp_path, monkeyp
     assert 'lacks train-images-idx3-ubyte.gz.' in message  # just the missing one
 
 
+def test_offline_with_every_file_in_manual_dir_prepares_from_them(tmp_path, monkeypatch):
+  # no network is needed where config.data.manual_dir holds what tfds would download
+  monkeypatch.setattr(tfds_source, '_can_reach', lambda url: False)
+  manual_dir = tmp_path / 'manual'
+  manual_dir.mkdir()
+  for name in ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
+               't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'):
+    (manual_dir / name).write_bytes(b'')
+  prepared = []
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare',
+                      lambda self, **kwargs: prepared.append(kwargs))
+  builder = tfds.builder('mnist', data_dir=str(tmp_path / 'tfds'))
+  tfds_source._prepare(tfds, builder, _data_config(manual_dir=str(manual_dir)))  # pylint: disable=protected-access
+  [kwargs] = prepared
+  assert kwargs['download_config'].manual_dir == str(manual_dir)
+
+
 def test_can_reach_answers_quickly_on_loopback():
   with socket.socket() as s:  # a port that nothing listens on
     s.bind(('127.0.0.1', 0))

@@ -266,3 +266,13 @@ def test_a_sigterm_too_late_for_the_loop_ends_the_process_in_one_line():
   assert result.stdout == 'saved\n'
   assert result.stderr.strip() == ('SIGTERM: stopped after the run finished saving: run the '
                                    'command again to go on')
+
+
+def test_a_resume_counts_the_partial_epoch_of_its_own_step_only(tmp_path):
+  """The numbers saved with an interruption at step 3 are not those of a resume from step 1
+  (step 3's checkpoint damaged, say): steps 2 and 3 run again and would count twice."""
+  log = metric_writers.RunLog(str(tmp_path), 0)
+  log.save_partial_epoch(3, {'loss': [0.5, 0.4, 0.3]})
+  assert log.partial_epoch(3) == {'loss': [0.5, 0.4, 0.3]}
+  assert log.partial_epoch(1) == {}
+  log.close()

@@ -70,6 +70,22 @@ def test_a_folder_comes_back_with_its_names_and_the_corrupt_file_named(trained_a
   assert {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out)} == before
 
 
+def test_each_file_gets_its_own_reconstruction_whatever_the_calls(trained_ae, image_folder,
+                                                                  tmp_path, monkeypatch):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from ae_jax import metrics  # pylint: disable=g-import-not-at-top
+  workdir, config = trained_ae
+  reconstruct.main(workdir, config, 'best', image_folder, str(tmp_path / 'one'), num_examples=0)
+  config = config.copy_and_resolve_references()
+  config.eval_batch_size = 4
+  monkeypatch.setattr(metrics, 'OUTPUT_CALL_BYTES', 1)  # a batch a call: the 11 images in three
+  reconstruct.main(workdir, config, 'best', image_folder, str(tmp_path / 'calls'),
+                   num_examples=0)
+  for name in ['0.png', '5.png', '9.png', 'sub/large.png']:
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / 'calls' / name)),
+                                  np.asarray(Image.open(tmp_path / 'one' / name)))
+
+
 def test_an_npy_and_one_file_and_overwrite(trained_ae, image_folder, tmp_path):
   workdir, config = trained_ae
   np.save(tmp_path / 'digits.npy', _digits(7).astype(np.float32) / 255)  # floats in [0, 1]
@@ -100,6 +116,17 @@ def test_a_denoiser_shows_what_it_does_to_noise(trained_ae, image_folder, tmp_pa
   report = reconstruct.main(workdir, config, 'best', image_folder, str(tmp_path / 'b'),
                             add_noise=True, num_examples=3)
   assert report['num_images'] == 11 and report['figure'].endswith(reconstruct.FIGURE)
+
+
+def test_a_denoiser_adds_noise_only_when_asked(trained_ae, tmp_path):
+  workdir, config = trained_ae
+  np.save(tmp_path / 'digits.npy', _digits(7))
+  reconstruct.main(workdir, config, 'best', str(tmp_path / 'digits.npy'), str(tmp_path / 'ae'))
+  config = config.copy_and_resolve_references()
+  config.noise.std = 0.3  # as a denoising run: the same variables, without --add_noise
+  reconstruct.main(workdir, config, 'best', str(tmp_path / 'digits.npy'), str(tmp_path / 'dae'))
+  np.testing.assert_array_equal(np.load(tmp_path / 'dae' / 'digits.npy'),
+                                np.load(tmp_path / 'ae' / 'digits.npy'))
 
 
 @pytest.mark.parametrize('args, message', [

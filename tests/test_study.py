@@ -47,6 +47,18 @@ def test_a_bad_grid_is_one_clear_error(specs, message):
     grid.parse_grid(_config(), specs)
 
 
+def test_a_bool_axis_reads_false_as_false():
+  assert grid.parse_grid(_config(), ['data.grayscale=false,true']) == [
+      ('data.grayscale', [False, True])]
+
+
+def test_the_command_lines_config_fields_apply_to_each_config_of_a_config_axis():
+  axes = grid.parse_grid(_config(), ['config=ae,dae'])
+  found = grid.members(_config(), axes, [0], overrides=['num_epochs=3', 'model.latent_dim=8'])
+  assert [(c.model.name, c.num_epochs, c.model.latent_dim) for _, _, c in found] == [
+      ('AE', 3, 8), ('AE', 3, 8)]
+
+
 def test_members_are_the_product_of_the_axes_and_the_seeds():
   axes = grid.parse_grid(_config(), ['noise.std=0,0.1', 'model.latent_dim=8,16'])
   found = grid.members(_config(), axes, [0, 1])

@@ -155,6 +155,17 @@ def test_a_run_leaves_checkpoints_metrics_and_figures(workdir):
   assert 'val/reconstructions' in tags['images']
 
 
+def test_tensorboards_train_loss_of_a_step_is_logged_at_that_step(workdir):
+  # steps count from 1, as the checkpoints' and val/loss's do: step 2 ends the epoch here
+  train.train_and_evaluate(small_config('ae', num_train=64, batch_size=32, steps_per_call=1),
+                           workdir)
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  events = event_accumulator.EventAccumulator(workdir)
+  events.Reload()
+  assert [e.step for e in events.Scalars('train/loss')] == [1, 2]
+  assert [e.step for e in events.Scalars('val/loss')] == [2]
+
+
 def test_a_workdir_of_another_run_is_refused(workdir):
   train.train_and_evaluate(small_config('ae', num_train=64), workdir)
   before = sorted(os.listdir(workdir))

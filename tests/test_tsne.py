@@ -47,6 +47,20 @@ def test_tsne_map_embedding_and_numbers(trained_ae, tmp_path):
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
+def test_the_projectors_metadata_labels_each_point_with_its_own_image(trained_ae, tmp_path):
+  # a subsample of the split: the points are not its first images
+  from ae_jax import evaluate  # pylint: disable=g-import-not-at-top
+  workdir, config = trained_ae
+  out = str(tmp_path / 'out')
+  tsne.main(workdir, config, 'best', 'test', num_points=60, num_train_points=100,
+            perplexity=10.0, seed=0, out_dir=out)
+  run = evaluate.load_run(workdir, config, 'best', 'test')
+  with open(os.path.join(out, 'projector', 'test_metadata.tsv')) as f:
+    rows = [line.split('\t') for line in f.read().splitlines()[1:]]
+  assert len(rows) == 60
+  assert [label for label, _, _ in rows] == [str(run.labels[int(i)]) for _, _, i in rows]
+
+
 def test_mapped_train_points_are_left_out_of_their_own_knn_vote_and_probe(trained_ae,
                                                                          monkeypatch):
   from ae_jax import evaluate, maps  # pylint: disable=g-import-not-at-top

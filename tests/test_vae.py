@@ -5,6 +5,7 @@ import functools
 import importlib.util
 import json
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -260,6 +261,27 @@ def test_walks_work_for_the_ae_and_refuse_samples(trained_ae, tmp_path):
   np.testing.assert_allclose(walk[[0, -1]], ends, atol=1e-5)
   with pytest.raises(UserError, match='the AE has no prior to sample from'):
     generate.main(workdir, config, 'best', 'test', 16, None, None, 4, 5, 0, str(tmp_path))
+
+
+def test_a_walk_between_classes_ends_at_their_mean_latents_decoded(trained_ae):
+  workdir, config = trained_ae
+  run = evaluate.load_run(workdir, config, 'best', 'test')
+  means = [run.model.apply(run.variables, metrics.to_float(run.images[run.labels == c]),
+                           method='embed').mean(0) for c in (3, 7)]
+  ends = run.model.apply(run.variables, jnp.stack(means), method='decode')
+  rows = generate.walk_rows(run, '3,7', None, steps=3, seed=0)
+  np.testing.assert_allclose(rows['3 → 7\nclass means'][[0, -1]], ends, atol=1e-5)
+
+
+def test_the_2d_grid_has_z0_rising_to_the_right_and_z1_up_the_figure():
+  # as plots.latent_grid's ticks say: row 0 at the top holds the largest z[1]
+  config = small_config('vae', **{'model.latent_dim': 2})
+  model = models.create_model(config, (28, 28, 1))
+  variables = models.init_variables(model, jax.random.PRNGKey(0))
+  grid, values = generate.prior_grid(types.SimpleNamespace(model=model, variables=variables), 3)
+  decode = lambda z0, z1: model.apply(variables, jnp.array([[z0, z1]]), method='decode')[0]
+  np.testing.assert_allclose(grid[0, 2], decode(values[2], values[2]), atol=1e-5)  # top right
+  np.testing.assert_allclose(grid[2, 0], decode(values[0], values[0]), atol=1e-5)  # bottom left
 
 
 def test_a_walk_between_classes_compiles_the_encoder_once(trained_ae):
