@@ -127,11 +127,13 @@ def test_a_model_larger_than_memory_is_refused_before_any_is_allocated(tmp_path)
 
 
 # the loss changes the units of the validation loss that ranks the checkpoints; the batch size
-# and the training images the steps and epochs they count in; the seed the order of the data
+# and the training images the steps and epochs they count in (the classes kept or held out
+# among them too); the seed the order of the data
 @pytest.mark.parametrize('overrides', [{'noise.std': 0.1}, {'model.latent_dim': 16},
                                        {'optimizer': 'sgd'}, {'loss': 'bce'}, {'batch_size': 32},
                                        {'seed': 1}, {'data.validation_fraction': 0.5},
-                                       {'data.train_split': 'train[:100]'}])
+                                       {'data.train_split': 'train[:100]'},
+                                       {'data.classes': '0,1'}, {'data.held_out_classes': '3'}])
 def test_a_workdir_of_another_run_is_refused_and_left_alone(previous_run, overrides):
   before = _snapshot(previous_run)
   with pytest.raises(UserError, match='holds another run.*delete .* to start afresh'):

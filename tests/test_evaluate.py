@@ -28,6 +28,21 @@ def test_evaluation_reports_losses_and_psnr_and_draws_the_figure(trained_ae, tmp
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
+def test_num_examples_sets_the_columns_of_the_figure(trained_ae, tmp_path, monkeypatch):
+  from ae_jax import plots  # pylint: disable=g-import-not-at-top
+  drawn = []
+  monkeypatch.setattr(plots, 'reconstructions',
+                      lambda rows, titles, path, title: drawn.append((rows, titles)))
+  workdir, config = trained_ae
+  for num_examples in (1, 8):
+    evaluate.main(workdir, config, 'best', 'test', num_examples=num_examples,
+                  out_dir=str(tmp_path / str(num_examples)))
+  for (rows, titles), num_examples in zip(drawn, (1, 8), strict=True):
+    assert len(titles) == num_examples
+    assert {name: len(images) for name, images in rows.items()} == {
+        'input': num_examples, 'reconstruction': num_examples}
+
+
 def test_mse_is_the_validation_loss_that_training_logged(trained_ae):
   workdir, config = trained_ae
   report = evaluate.main(workdir, config, 'latest', 'validation', num_examples=2)
@@ -112,6 +127,15 @@ def test_reconstruction_rows_show_noisy_inputs_for_denoising_models(trained_ae):
   assert all(r.shape == (4, 28, 28, 1) for r in rows.values())
   assert len(titles) == 4 and all(t in '0123456789' for t in titles)
   assert not np.allclose(rows['input'], rows['noisy input'])
+
+
+def test_each_column_of_the_figure_is_titled_with_the_label_of_its_image(trained_ae):
+  workdir, config = trained_ae
+  run = evaluate.load_run(workdir, config, 'best', 'test')
+  rows, titles = evaluate.reconstruction_rows(run, 6)  # random images of the split
+  for image, title in zip(rows['input'], titles, strict=True):
+    found = np.flatnonzero((run.images == np.round(image * 255)).all(axis=(1, 2, 3)))
+    assert title == str(run.labels[found[0]])
 
 
 def test_evaluation_errors_say_what_is_wrong(trained_ae, tmp_path):

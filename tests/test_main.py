@@ -392,6 +392,17 @@ def test_the_run_that_trained_last_is_one_with_a_checkpoint(tmp_path):
   assert cli.latest_run(str(tmp_path / 'runs')) == str(tmp_path / 'runs' / 'trained')
 
 
+def test_the_run_that_trained_last_is_one_resumed_after_a_newer_run_started(tmp_path):
+  runs = tmp_path / 'runs'
+  _fake_run(runs / 'resumed', step=4)
+  time.sleep(0.05)
+  _fake_run(runs / 'newer', step=4)
+  time.sleep(0.05)
+  os.makedirs(runs / 'resumed' / 'checkpoints' / '8')  # trained on: its config.json is older
+  from ae_jax import cli  # pylint: disable=g-import-not-at-top
+  assert cli.latest_run(str(runs)) == str(runs / 'resumed')
+
+
 def test_a_file_given_as_a_run_is_named_a_file_with_the_run_that_holds_it(tmp_path):
   from ae_jax import UserError  # pylint: disable=g-import-not-at-top
   from ae_jax import cli  # pylint: disable=g-import-not-at-top

@@ -111,3 +111,14 @@ def test_the_linear_probe_scores_train_points_with_probes_fit_without_them():
   assert maps.linear_probe_accuracy(train, train_labels, test, labels) == expected
   assert maps.linear_probe_accuracy(train, train_labels, test, labels,
                                     same=np.full(50, -1)) == expected
+
+
+def test_the_linear_probe_reads_latents_of_any_scale():
+  # a model's latents of 1e-3: standardized, the probe separates the classes as at scale 1;
+  # unscaled, its regularization would keep the weights too small to move off the majority class
+  rng = np.random.default_rng(0)
+  labels = (rng.random(300) < 0.6).astype(int)
+  latents = np.stack([2 * labels - 1 + rng.normal(0, 0.2, 300), rng.normal(size=300)], 1)
+  for scale in (1, 1e-3):
+    assert maps.linear_probe_accuracy(scale * latents[:200], labels[:200], scale * latents[200:],
+                                      labels[200:]) > 0.95, scale

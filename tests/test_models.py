@@ -330,6 +330,27 @@ def test_bfloat16_validates_as_float32_does(name):
   np.testing.assert_allclose(sums['bfloat16'], sums['float32'], rtol=0.01)
 
 
+@pytest.mark.parametrize('name', list(models.MODELS))
+def test_bfloat16_models_give_their_images_in_float32(name):
+  """A model computing in bfloat16 reconstructs and decodes to float32 images, as in float32:
+  its last layer and sigmoid in float32, or pixels near 1 (spaced 2^-8 in bfloat16) could come
+  out a level off as uint8. Shapes and dtypes alone: nothing compiles."""
+  from ae_jax import config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.default_config()
+  config.model.name = name
+  config.model.features = (4, 8, 8, 8)
+  config.dtype = 'bfloat16'
+  model = models.create_model(config, (8, 8, 1))
+  variables = jax.eval_shape(functools.partial(models.init_variables, model),
+                             jax.random.PRNGKey(0))
+  images = jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32)
+  latents = jax.eval_shape(functools.partial(model.apply, method='embed'), variables, images)
+  assert latents.dtype == jnp.float32
+  for method, inputs in (('reconstruct', images), ('decode', latents)):
+    out = jax.eval_shape(functools.partial(model.apply, method=method), variables, inputs)
+    assert (out.shape, out.dtype) == ((2, 8, 8, 1), jnp.float32), method
+
+
 @pytest.mark.slow  # the CAE's update compiles for a minute on 2 busy cores
 @pytest.mark.parametrize('name, overrides', PRECISION_MODELS)
 def test_bfloat16_trains_as_float32_does_with_float32_optimizer_state(name, overrides):

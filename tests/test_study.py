@@ -282,6 +282,16 @@ def test_a_member_trained_without_a_class_is_scored_as_its_detector(trained_ae):
   assert 'roc_auc' not in plain
 
 
+def test_a_denoising_member_is_scored_on_noisy_inputs_besides_clean_ones(trained_ae):
+  from ae_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  workdir, config = trained_ae
+  member = config.copy_and_resolve_references()
+  member.noise.std = 0.3  # scored as a denoising member
+  numbers, _ = study.score(workdir, member, input_pipeline.load_splits(member.data), 50, False)
+  # an AE never trained on noise reconstructs noisy inputs worse than clean ones
+  assert numbers['noisy_mse'] > numbers['clean_mse'], numbers
+
+
 def test_a_member_is_scored_at_its_best_checkpoint_not_its_latest(trained_ae, tmp_path):
   from ae_jax import checkpoints, input_pipeline  # pylint: disable=g-import-not-at-top
   workdir, config = trained_ae

@@ -59,6 +59,18 @@ def test_each_step_draws_fresh_noise_from_the_state_key():
   assert loss != next_step  # another step: other noise and dropout on the same images
 
 
+@pytest.mark.parametrize('optimizer, expected', [
+    ('sgd', [-0.05, 0.2]),  # -lr * gradient
+    ('adam', [-0.1, 0.1]),  # a first step of -lr * sign(gradient)
+    ('adamw', [-0.101, 0.099]),  # adam's, and optax's weight decay of 1e-4 on parameters of 100
+])
+def test_config_optimizer_chooses_the_update(optimizer, expected):
+  tx = train.create_optimizer(small_config('ae', optimizer=optimizer, learning_rate=0.1))
+  params = {'w': np.full(2, 100, np.float32)}
+  updates, _ = tx.update({'w': np.array([0.5, -2.0], np.float32)}, tx.init(params), params)
+  np.testing.assert_allclose(updates['w'], expected, rtol=1e-4)
+
+
 def test_train_loop_stops_at_a_non_finite_loss():
   config = small_config('ae', learning_rate=1e6)
   state, step_fn = _setup(config)
