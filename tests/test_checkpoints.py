@@ -254,6 +254,14 @@ def test_a_fresh_start_at_another_image_size_records_it(tmp_path):
   assert checkpoints.trained_image_shape(workdir) == (28, 28, 1)
 
 
+def test_the_recorded_image_shape_keeps_its_height_width_and_channels(tmp_path):
+  # evaluation reads images of one's own as this shape: colour stays colour, non-square stays so
+  workdir = str(tmp_path / 'run')
+  with checkpoints.create_manager(workdir, image_shape=(20, 24, 3)):
+    pass
+  assert checkpoints.trained_image_shape(workdir) == (20, 24, 3)
+
+
 def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
   with small_disk(tmp_path / 'disk', '5m') as disk:
     workdir = str(disk / 'run')

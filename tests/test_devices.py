@@ -61,6 +61,14 @@ def test_a_gpu_that_jax_does_not_see_is_one_warning_that_names_the_fix(monkeypat
 
 
 @pytest.mark.skipif(not ON_CPU, reason='JAX computes on an accelerator here')
+def test_a_gpu_asked_for_but_left_unused_is_still_a_warning(monkeypatch):
+  # JAX_PLATFORMS=cuda,cpu falls back to the CPUs where the CUDA wheels are missing
+  monkeypatch.setattr(devices, 'nvidia_gpu', lambda: 'NVIDIA H200')
+  monkeypatch.setenv('JAX_PLATFORMS', 'cuda,cpu')
+  assert devices.unused_gpu_warning().startswith('warning: this machine has an NVIDIA GPU')
+
+
+@pytest.mark.skipif(not ON_CPU, reason='JAX computes on an accelerator here')
 def test_training_says_which_devices_and_warns_once_of_an_unused_gpu(tmp_path, monkeypatch):
   _fake_nvidia_smi(tmp_path, monkeypatch)
   monkeypatch.delenv('JAX_PLATFORMS', raising=False)

@@ -28,6 +28,19 @@ def test_evaluation_reports_losses_and_psnr_and_draws_the_figure(trained_ae, tmp
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
+def test_the_json_names_the_step_split_and_images_evaluated(trained_ae, tmp_path):
+  # an untrained checkpoint is step 0, a number like any other
+  workdir, config = trained_ae
+  untrained = save_untrained(config, str(tmp_path / 'untrained'))
+  for run, step in ((workdir, 5 * 800 // 32), (untrained, 0)):
+    out = str(tmp_path / f'eval{step}')
+    evaluate.main(run, config, 'latest', 'validation', num_examples=2, out_dir=out)
+    with open(os.path.join(out, 'validation.json')) as f:
+      report = json.load(f)
+    assert (report['checkpoint_step'], report['split'], report['num_images']) == (
+        step, 'validation', 200)
+
+
 def test_num_examples_sets_the_columns_of_the_figure(trained_ae, tmp_path, monkeypatch):
   from ae_jax import plots  # pylint: disable=g-import-not-at-top
   drawn = []

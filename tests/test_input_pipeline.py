@@ -62,6 +62,28 @@ def test_split_slicing_like_tfds():
     input_pipeline.parse_split('train[:10')
 
 
+def test_a_percentage_slice_rounds_to_the_closest_image_as_tfds_does():
+  split = input_pipeline.Split(np.zeros((67, 2, 2, 1), np.uint8), np.arange(67))
+  take = input_pipeline.splits.take_slice
+  assert len(take(split, 'train[:50%]').images) == 34  # 33.5 images: tfds's closest is 34
+  assert len(take(split, 'train[50%:]').images) == 33
+
+
+def test_image_size_makes_non_square_images_square():
+  split = input_pipeline.Split(np.zeros((2, 28, 36, 1), np.uint8), None)
+  finished = input_pipeline.finish(split, _data_config(image_size=28), 'the images')
+  assert finished.images.shape == (2, 28, 28, 1)
+
+
+def test_resizing_to_a_height_and_width_keeps_the_image_upright():
+  # images of one's own are resized to a non-square trained shape (height, width): a brightness
+  # that grows downwards still does, row by row
+  image = np.repeat(np.linspace(0, 255, 10).astype(np.uint8)[:, None, None], 20, axis=1)
+  resized = input_pipeline.splits.resize_image(image, (6, 4))
+  assert resized.shape == (6, 4, 1)
+  assert (resized == resized[:, :1]).all() and (np.diff(resized[:, 0, 0].astype(int)) > 0).all()
+
+
 def _write_idx(path, array, truncate=0):
   header = bytes([0, 0, 8, array.ndim]) + b''.join(d.to_bytes(4, 'big') for d in array.shape)
   data = header + array.tobytes()

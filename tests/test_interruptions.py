@@ -223,6 +223,20 @@ def test_ctrl_c_outside_the_training_loop_is_one_line():
   assert result.stderr.strip() == 'SIGINT: stopped before the command finished: run it again'
 
 
+def test_a_run_stopped_after_its_checkpoint_exits_with_the_signals_code_in_one_line():
+  """What the training loop raises once it saved (Interrupted): a scheduler or a shell reads
+  128 + the signal's number, as for a process the signal ended."""
+  program = ('import signal\n'
+             'from ae_jax import cli, interruptions\n'
+             'def main(argv):\n'
+             "  raise interruptions.Interrupted(signal.SIGTERM, 'SIGTERM: saved the checkpoint')\n"
+             'cli.run(main)\n')
+  result = subprocess.run([sys.executable, '-c', program], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 128 + signal.SIGTERM, result.stderr
+  assert result.stderr.strip() == 'SIGTERM: saved the checkpoint' and not result.stdout
+
+
 @pytest.fixture
 def sigint_raises():
   """SIGINT as Python's default handler answers it, whatever the test runner set."""

@@ -107,6 +107,16 @@ def test_an_empty_flag_is_refused_like_an_unset_shell_variable(tmp_path, module,
   assert os.listdir(tmp_path) == ['run'] and os.listdir(run) == ['config.json']
 
 
+def test_a_flag_of_blanks_is_refused_as_empty(tmp_path):
+  # --out_dir="$DIR " with DIR unset: a folder named ' ' otherwise
+  run = tmp_path / 'run'
+  run.mkdir()
+  (run / 'config.json').write_text('{}')
+  result = run_module('ae_jax.evaluate', f'--workdir={run}', '--out_dir= ', cwd=tmp_path)
+  _assert_one_line_error(result, '--out_dir is empty (an unset shell variable?)')
+  assert os.listdir(tmp_path) == ['run'] and os.listdir(run) == ['config.json']
+
+
 def test_a_workdir_of_another_run_names_the_fields_that_differ(trained_ae):
   workdir, _ = trained_ae
   before = {f: os.path.getmtime(os.path.join(workdir, f)) for f in os.listdir(workdir)}
@@ -296,6 +306,18 @@ def test_ae_jax_commands_restart_themselves_with_huge_pages(monkeypatch):
   launch.start()
   assert len(calls) == 1  # switched off
   assert gc.isenabled()
+
+
+def test_huge_pages_are_added_to_the_users_own_glibc_tunables():
+  import platform  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from ae_jax import launch  # pylint: disable=g-import-not-at-top
+  if sys.platform != 'linux' or platform.libc_ver()[0] != 'glibc':
+    pytest.skip('glibc only')
+  environ = launch.huge_pages_environ({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'})
+  if environ is None:
+    pytest.skip('glibc before 2.35')
+  assert environ['GLIBC_TUNABLES'] == 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1'
 
 
 def test_importing_the_package_leaves_the_process_as_it_was():

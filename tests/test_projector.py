@@ -21,6 +21,37 @@ def test_sprite_tiles_row_by_row():
   assert tiles[0, 3, 0] == 1 and tiles[4, 0, 0] == 3 and tiles[8, 0, 0] == 0  # 3x3, one empty
 
 
+def test_sprite_holds_each_image_whole_in_its_tile():
+  images = np.random.default_rng(0).integers(0, 256, (5, 4, 3, 1), np.uint8)
+  tiles, (width, height) = projector.sprite(images)
+  for i, image in enumerate(images):
+    row, column = divmod(i, 3)
+    np.testing.assert_array_equal(
+        tiles[row * height:(row + 1) * height, column * width:(column + 1) * width], image)
+
+
+def test_a_sprite_of_wide_images_fits_the_projectors_largest():
+  tiles, _ = projector.sprite(np.zeros((4, 10, 5000, 1), np.uint8))  # 2 x 5,000 pixels a row
+  assert max(tiles.shape[:2]) <= projector.SPRITE_PIXELS
+
+
+def test_the_config_gives_the_tiles_width_then_height(tmp_path):
+  # the projector cuts the sprite by single_image_dim [width, height]: swapped, a non-square
+  # image's tiles would straddle their neighbours
+  from google.protobuf import text_format  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from tensorboard.plugins.projector import projector_config_pb2  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (4, 6, 2, 1), np.uint8)  # 6 high, 2 wide
+  projector.write(str(tmp_path), 'test', rng.normal(size=(4, 3)), rng.normal(size=(4, 2)),
+                  images, None, None, 'test', np.arange(4), 't-SNE')
+  config = projector_config_pb2.ProjectorConfig()
+  with open(tmp_path / projector.CONFIG) as f:
+    text_format.Parse(f.read(), config)
+  assert [list(e.sprite.single_image_dim) for e in config.embeddings] == [[2, 6], [2, 6]]
+  assert Image.open(tmp_path / 'test_sprite.png').size == (2 * 2, 2 * 6)  # (width, height)
+
+
 def test_a_map_replaces_its_own_entries_only_and_names_the_files(tmp_path):
   from google.protobuf import text_format  # pylint: disable=g-import-not-at-top
   from tensorboard.plugins.projector import projector_config_pb2  # pylint: disable=g-import-not-at-top

@@ -61,6 +61,22 @@ def test_the_projectors_metadata_labels_each_point_with_its_own_image(trained_ae
   assert [label for label, _, _ in rows] == [str(run.labels[int(i)]) for _, _, i in rows]
 
 
+def test_the_npz_rows_are_the_mapped_images_with_their_own_labels(trained_ae, tmp_path):
+  # redraw, and anyone who reads the .npz, colour each point by its row's label: the rows of a
+  # subsample (not the split's first images) must all be of the same examples
+  from ae_jax import evaluate  # pylint: disable=g-import-not-at-top
+  workdir, config = trained_ae
+  out = str(tmp_path / 'out')
+  tsne.main(workdir, config, 'best', 'test', num_points=60, num_train_points=100,
+            perplexity=10.0, seed=0, out_dir=out)
+  run = evaluate.load_run(workdir, config, 'best', 'test')
+  data = np.load(os.path.join(out, 'test.npz'))
+  indices = data['indices']
+  assert len(indices) == 60 and indices.max() >= 60
+  np.testing.assert_array_equal(data['images'], run.images[indices])
+  np.testing.assert_array_equal(data['labels'], run.labels[indices])
+
+
 def test_mapped_train_points_are_left_out_of_their_own_knn_vote_and_probe(trained_ae,
                                                                          monkeypatch):
   from ae_jax import evaluate, maps  # pylint: disable=g-import-not-at-top

@@ -24,6 +24,7 @@ from conftest import MNIST_SMALL
 from conftest import ROOT
 from conftest import assert_one_line_error
 from conftest import run_script
+from conftest import save_untrained
 from conftest import small_config
 
 IMAGES = input_pipeline.read_idx(
@@ -208,6 +209,17 @@ def test_training_logs_the_elbo_and_its_parts_and_draws_samples(trained_vae):
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
+def test_tensorboard_shows_the_parts_of_the_elbo_under_their_own_names(trained_vae):
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  workdir, _ = trained_vae
+  events = event_accumulator.EventAccumulator(workdir)
+  events.Reload()
+  rows = metric_writers.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+  for name in ('nelbo', 'reconstruction', 'kl'):
+    assert [e.value for e in events.Scalars(f'val/{name}')] == pytest.approx(
+        [row[f'val_{name}'] for row in rows])
+
+
 def test_eval_reports_the_elbo_its_parts_and_the_likelihood(trained_vae, tmp_path):
   workdir, config = trained_vae
   report = evaluate.main(workdir, config, 'best', 'test', num_examples=3, num_samples=50,
@@ -247,6 +259,19 @@ def test_generate_draws_samples_walks_and_the_grid_of_a_2d_latent(tmp_path):
   assert all(r.shape == (6, 28, 28, 1) for r in rows.values())
   grid, values = generate.prior_grid(run, 5)
   assert grid.shape == (5, 5, 28, 28, 1) and abs(values[2]) < 1e-6  # the prior's median
+
+
+def test_the_same_seed_draws_the_same_samples_and_another_seed_others(tmp_path):
+  config = small_config('vae')
+  workdir = save_untrained(config, str(tmp_path / 'vae'))
+  def samples(seed, name):
+    generate.main(workdir, config, 'latest', 'test', 4, None, None, 2, 2, seed,
+                  str(tmp_path / name))
+    with open(tmp_path / name / 'samples.png', 'rb') as f:
+      return f.read()
+  first = samples(0, 'first')
+  assert samples(0, 'again') == first
+  assert samples(1, 'other') != first
 
 
 def test_walks_work_for_the_ae_and_refuse_samples(trained_ae, tmp_path):
