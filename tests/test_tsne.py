@@ -47,23 +47,10 @@ def test_tsne_map_embedding_and_numbers(trained_ae, tmp_path):
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
-def test_the_projectors_metadata_labels_each_point_with_its_own_image(trained_ae, tmp_path):
-  # a subsample of the split: the points are not its first images
-  from ae_jax import evaluate  # pylint: disable=g-import-not-at-top
-  workdir, config = trained_ae
-  out = str(tmp_path / 'out')
-  tsne.main(workdir, config, 'best', 'test', num_points=60, num_train_points=100,
-            perplexity=10.0, seed=0, out_dir=out)
-  run = evaluate.load_run(workdir, config, 'best', 'test')
-  with open(os.path.join(out, 'projector', 'test_metadata.tsv')) as f:
-    rows = [line.split('\t') for line in f.read().splitlines()[1:]]
-  assert len(rows) == 60
-  assert [label for label, _, _ in rows] == [str(run.labels[int(i)]) for _, _, i in rows]
-
-
-def test_the_npz_rows_are_the_mapped_images_with_their_own_labels(trained_ae, tmp_path):
-  # redraw, and anyone who reads the .npz, colour each point by its row's label: the rows of a
-  # subsample (not the split's first images) must all be of the same examples
+def test_the_npz_and_the_projector_hold_each_mapped_image_with_its_own_label(trained_ae,
+                                                                            tmp_path):
+  # a subsample of the split, not its first images: whoever reads the .npz or the projector
+  # colours each point by its row's label, so every row must be of one example
   from ae_jax import evaluate  # pylint: disable=g-import-not-at-top
   workdir, config = trained_ae
   out = str(tmp_path / 'out')
@@ -75,6 +62,10 @@ def test_the_npz_rows_are_the_mapped_images_with_their_own_labels(trained_ae, tm
   assert len(indices) == 60 and indices.max() >= 60
   np.testing.assert_array_equal(data['images'], run.images[indices])
   np.testing.assert_array_equal(data['labels'], run.labels[indices])
+  with open(os.path.join(out, 'projector', 'test_metadata.tsv')) as f:
+    rows = [line.split('\t') for line in f.read().splitlines()[1:]]
+  assert len(rows) == 60
+  assert [label for label, _, _ in rows] == [str(run.labels[int(i)]) for _, _, i in rows]
 
 
 def test_mapped_train_points_are_left_out_of_their_own_knn_vote_and_probe(trained_ae,
