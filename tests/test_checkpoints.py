@@ -113,6 +113,17 @@ def test_a_resume_from_an_earlier_checkpoint_replaces_the_rows_of_the_work_lost(
   assert [(r['epoch'], r['step']) for r in rows] == [(1, 4), (2, 8)]
 
 
+def test_a_resumed_runs_loss_curve_shows_every_epoch_of_its_metrics(two_epochs, tmp_path):
+  workdir = _copy(two_epochs, tmp_path)
+  train.train_and_evaluate(_config(num_epochs=3), workdir)  # resumes from step 8
+  rows = metric_writers.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+  assert [r['epoch'] for r in rows] == [1, 2, 3]
+  plots.loss_curve(rows, str(tmp_path / 'all_rows.png'))
+  with open(os.path.join(workdir, 'loss_curve.png'), 'rb') as f, open(
+      tmp_path / 'all_rows.png', 'rb') as g:
+    assert f.read() == g.read()
+
+
 def test_orbax_reads_collected_after_a_damaged_checkpoint_are_not_shown():
   """After one read of a damaged checkpoint fails, orbax's other reads of it raise as their
   coroutines are collected (Python prints 'Exception ignored in: <coroutine ...>' with a
@@ -314,6 +325,24 @@ def test_the_best_checkpoint_is_kept_however_old(tmp_path):
       checkpoints.save(manager, state.replace(step=jnp.asarray(step, jnp.int32)), val_loss)
       checkpoints.wait(manager)
     assert manager.all_steps() == [2, 4, 5] and manager.best_step() == 2
+
+
+def test_a_checkpoint_saved_mid_epoch_goes_once_two_newer_are_saved(tmp_path):
+  """The checkpoint of an interrupted run (saved without a validation loss) is only ever the
+  latest: it is not kept for good, as the best is."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from ae_jax import models  # pylint: disable=g-import-not-at-top
+  config = small_config('ae', **{'model.hidden_dim': 4, 'model.latent_dim': 2})
+  model = models.create_model(config, (8, 8, 1))
+  state = jax.jit(functools.partial(train.create_train_state, model,
+                                    train.create_optimizer(config), config.seed))()
+  with checkpoints.create_manager(str(tmp_path)) as manager:
+    for step, val_loss in enumerate([3.0, None, 1.0, 2.0], start=1):
+      checkpoints.save(manager, state.replace(step=jnp.asarray(step, jnp.int32)), val_loss)
+      checkpoints.wait(manager)
+    assert manager.all_steps() == [3, 4] and manager.latest_step() == 4
 
 
 # Saves a train state replicated over 8 simulated devices, restores it, and prints how many

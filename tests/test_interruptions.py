@@ -162,6 +162,34 @@ def test_sigterm_and_sigint_save_the_current_step_and_say_how_to_resume(
       [r['train_loss'] for r in metrics(uninterrupted_workdir)], rel=1e-6)
 
 
+def test_ctrl_c_twice_saves_the_step_training_reached_and_the_run_resumes_from_it(
+    tmp_path, monkeypatch, uninterrupted):
+  """Ctrl-C, then another while it saves, in the middle of epoch 2: the checkpoint is of the
+  step training had reached, not of the epoch's start, and a resume ends as an uninterrupted
+  run does."""
+  logged = metric_writers.RunLog.train_numbers
+
+  def ctrl_c_at_step_6(self, first_step, numbers):
+    logged(self, first_step, numbers)
+    if first_step == 6:
+      signal.raise_signal(signal.SIGINT)
+      signal.raise_signal(signal.SIGINT)
+
+  monkeypatch.setattr(metric_writers.RunLog, 'train_numbers', ctrl_c_at_step_6)
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(interruptions.Interrupted) as stopped:
+    try:
+      train.train_and_evaluate(_config(), workdir)
+    except KeyboardInterrupt:
+      pytest.fail('the second Ctrl-C stopped the run before it saved')
+  step = checkpoints.create_manager(workdir, read_only=True).latest_step()
+  assert step % 4 and step >= 6, step  # a mid-epoch checkpoint of the current step
+  assert f'SIGINT: saved the checkpoint of step {step} ' in stopped.value.args[1]
+  monkeypatch.undo()
+  train.train_and_evaluate(_config(), workdir)
+  _assert_same_state(_final_state(workdir), uninterrupted)
+
+
 @pytest.fixture(scope='module')
 def uninterrupted_vae(tmp_path_factory):
   return _uninterrupted(tmp_path_factory, 'vae')

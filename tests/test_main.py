@@ -235,6 +235,7 @@ def test_under_distributed_the_waiting_line_names_only_what_was_given(tmp_path):
     ('ae_jax.main', '--model.latent_dim=4', 'write --config.model.latent_dim=4'),
     ('ae_jax.main', '--latent_dim=4', 'write --config.model.latent_dim=4'),
     ('ae_jax.main', '--num-epochs=5', 'write --config.num_epochs=5'),
+    ('ae_jax.main', '--nograyscale', 'write --config.data.grayscale='),  # absl's --noBOOL
     ('ae_jax.study', '--noise.std=0.1', 'write --config.noise.std=0.1'),
     ('ae_jax.evaluate', '--batch_size=8', 'write --config.batch_size=8'),
     ('ae_jax.main', '--workdirr=x', "Did you mean: workdir"),
