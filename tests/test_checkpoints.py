@@ -309,9 +309,9 @@ def test_a_save_without_a_validation_loss_logs_no_warning(tmp_path, caplog):
   assert checkpoints.trained_image_shape(str(tmp_path)) is None
 
 
-def test_the_best_checkpoint_is_kept_however_old(tmp_path):
-  """A run keeps its two latest checkpoints and its best, which 'best' (eval.sh, the study)
-  reads: the best of an early epoch is not deleted when later epochs are worse."""
+def _kept(folder, val_losses) -> tuple[list[int], int | None]:
+  """(the steps kept, the best) after saving a small state at steps 1, 2, ... with these
+  validation losses (None: a save at a signal, mid-epoch)."""
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -320,29 +320,23 @@ def test_the_best_checkpoint_is_kept_however_old(tmp_path):
   model = models.create_model(config, (8, 8, 1))
   state = jax.jit(functools.partial(train.create_train_state, model,
                                     train.create_optimizer(config), config.seed))()
-  with checkpoints.create_manager(str(tmp_path)) as manager:
-    for step, val_loss in enumerate([3.0, 1.0, 2.0, 4.0, 5.0], start=1):
+  with checkpoints.create_manager(folder) as manager:
+    for step, val_loss in enumerate(val_losses, start=1):
       checkpoints.save(manager, state.replace(step=jnp.asarray(step, jnp.int32)), val_loss)
       checkpoints.wait(manager)
-    assert manager.all_steps() == [2, 4, 5] and manager.best_step() == 2
+    return manager.all_steps(), manager.best_step()
+
+
+def test_the_best_checkpoint_is_kept_however_old(tmp_path):
+  """A run keeps its two latest checkpoints and its best, which 'best' (eval.sh, the study)
+  reads: the best of an early epoch is not deleted when later epochs are worse."""
+  assert _kept(str(tmp_path), [3.0, 1.0, 2.0, 4.0, 5.0]) == ([2, 4, 5], 2)
 
 
 def test_a_checkpoint_saved_mid_epoch_goes_once_two_newer_are_saved(tmp_path):
   """The checkpoint of an interrupted run (saved without a validation loss) is only ever the
   latest: it is not kept for good, as the best is."""
-  import functools  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from ae_jax import models  # pylint: disable=g-import-not-at-top
-  config = small_config('ae', **{'model.hidden_dim': 4, 'model.latent_dim': 2})
-  model = models.create_model(config, (8, 8, 1))
-  state = jax.jit(functools.partial(train.create_train_state, model,
-                                    train.create_optimizer(config), config.seed))()
-  with checkpoints.create_manager(str(tmp_path)) as manager:
-    for step, val_loss in enumerate([3.0, None, 1.0, 2.0], start=1):
-      checkpoints.save(manager, state.replace(step=jnp.asarray(step, jnp.int32)), val_loss)
-      checkpoints.wait(manager)
-    assert manager.all_steps() == [3, 4] and manager.latest_step() == 4
+  assert _kept(str(tmp_path), [3.0, None, 1.0, 2.0]) == ([3, 4], 3)
 
 
 # Saves a train state replicated over 8 simulated devices, restores it, and prints how many

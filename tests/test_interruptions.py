@@ -239,14 +239,18 @@ def test_ctrl_c_while_a_command_starts_ends_it_in_one_line(tmp_path, after):
   assert stderr.strip().splitlines()[-1].startswith('SIGINT: '), stderr[-2000:]
 
 
+def _run_python(program: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, '-c', program], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120)
+
+
 def test_ctrl_c_outside_the_training_loop_is_one_line():
   """A KeyboardInterrupt anywhere in a command (a script's t-SNE, a study's scoring)."""
   program = ('from ae_jax import cli\n'
              'def main(argv):\n'
              '  raise KeyboardInterrupt\n'
              'cli.run(main)\n')
-  result = subprocess.run([sys.executable, '-c', program], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+  result = _run_python(program)
   assert result.returncode == 128 + signal.SIGINT, result.stderr
   assert result.stderr.strip() == 'SIGINT: stopped before the command finished: run it again'
 
@@ -259,8 +263,7 @@ def test_a_run_stopped_after_its_checkpoint_exits_with_the_signals_code_in_one_l
              'def main(argv):\n'
              "  raise interruptions.Interrupted(signal.SIGTERM, 'SIGTERM: saved the checkpoint')\n"
              'cli.run(main)\n')
-  result = subprocess.run([sys.executable, '-c', program], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+  result = _run_python(program)
   assert result.returncode == 128 + signal.SIGTERM, result.stderr
   assert result.stderr.strip() == 'SIGTERM: saved the checkpoint' and not result.stdout
 
@@ -302,8 +305,7 @@ def test_a_sigterm_too_late_for_the_loop_ends_the_process_in_one_line():
              '  signal.raise_signal(signal.SIGTERM)\n'
              '  print("saved", flush=True)\n'
              'print("the next member")\n')
-  result = subprocess.run([sys.executable, '-c', program], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+  result = _run_python(program)
   assert result.returncode == -signal.SIGTERM, result.stderr
   assert result.stdout == 'saved\n'
   assert result.stderr.strip() == ('SIGTERM: stopped after the run finished saving: run the '

@@ -433,19 +433,8 @@ def test_the_negative_elbo_falls_within_a_few_steps(name):
   assert np.isfinite(nelbo).all() and nelbo[-3:].mean() < 0.9 * nelbo[0], nelbo
   np.testing.assert_allclose(numbers['nelbo'], numbers['reconstruction'] + numbers['kl'],
                              rtol=1e-5)
-
-
-def test_a_training_step_reports_batch_means_of_the_elbo_and_its_parts():
-  config = small_config('vae')  # beta 1: the loss is the negative ELBO
-  model = models.create_model(config, IMAGES.shape[1:])
-  tx = train.create_optimizer(config)
-  state = jax.jit(functools.partial(train.create_train_state, model, tx, config.seed))()
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, noise_mean=0.0,
-                                   noise_std=0.0))
-  _, numbers = step(state, IMAGES[:32])
-  assert float(numbers['nelbo']) == pytest.approx(float(numbers['loss']), rel=1e-6)
-  assert float(numbers['nelbo']) == pytest.approx(
-      float(numbers['reconstruction'] + numbers['kl']), rel=1e-6)
+  # means over the batch, as the loss is (beta 1: the loss is the negative ELBO)
+  np.testing.assert_allclose(numbers['nelbo'], numbers['loss'], rtol=1e-5)
 
 
 def test_the_gaussian_likelihood_is_the_unit_variance_normal_in_nats():
