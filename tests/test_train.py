@@ -33,6 +33,13 @@ def _setup(config):
   return state, step_fn
 
 
+def _model_and_variables(config):
+  """The model of `config` and its initial variables, for evaluation's and mapping's steps."""
+  state, _ = _setup(config)
+  return (models.create_model(config, IMAGES.shape[1:]),
+          {'params': state.params, 'batch_stats': state.batch_stats})
+
+
 # The CAE's and DCAE's compile for 10 to 20 s: they run with the slow tests, and the regression
 # test below holds the CAE's falling losses in the fast ones.
 @pytest.mark.parametrize('name', ['ae', 'dae', pytest.param('cae', marks=pytest.mark.slow),
@@ -286,9 +293,7 @@ def test_the_noise_has_the_configured_mean_and_std():
 
 def test_a_padded_last_batch_counts_each_example_once():
   config = small_config('ae')
-  model = models.create_model(config, IMAGES.shape[1:])
-  state, _ = _setup(config)
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  model, variables = _model_and_variables(config)
   mesh = train.create_mesh()
   eval_fn = metrics.make_eval_fn(model, config, mesh)
   images = IMAGES[:10]
@@ -300,9 +305,7 @@ def test_a_padded_last_batch_counts_each_example_once():
 
 def test_streamed_validation_draws_the_noise_of_validation_on_the_devices():
   config = small_config('dae')  # steps_per_call=4: streamed, 4 batches a call
-  model = models.create_model(config, IMAGES.shape[1:])
-  state, _ = _setup(config)
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  model, variables = _model_and_variables(config)
   mesh = train.create_mesh()
   eval_fn = metrics.make_eval_fn(model, config, mesh, noisy=True)
   images = IMAGES[:100]
@@ -334,9 +337,7 @@ def test_pmaps_step_averages_the_gradients_of_the_devices():
 
 def test_outputs_streamed_over_several_calls_land_in_their_rows():
   config = small_config('ae')  # steps_per_call=4: streamed, 4 batches a call
-  model = models.create_model(config, IMAGES.shape[1:])
-  state, _ = _setup(config)
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  model, variables = _model_and_variables(config)
   mesh = train.create_mesh()
   map_fn = metrics.make_map_fn(model, mesh, metrics.latent_step)
   images = IMAGES[:95]  # 10 batches of 10, the last padded: 3 calls streamed
@@ -360,9 +361,7 @@ def test_outputs_streamed_over_several_calls_land_in_their_rows():
 
 def test_reconstructions_are_rounded_to_the_nearest_uint8():
   config = small_config('ae')
-  model = models.create_model(config, IMAGES.shape[1:])
-  state, _ = _setup(config)
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  model, variables = _model_and_variables(config)
   images = IMAGES[:8]
   out = metrics.reconstruction_step(variables, images, None, model=model, noise_mean=0.0,
                                     noise_std=0.0, noisy=False)
