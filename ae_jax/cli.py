@@ -105,6 +105,34 @@ def _unknown_field(e: BaseException) -> str:
           '(the fields and their defaults are in configs/default.py)')
 
 
+def _fail_on_config_field(e: Exception, argv) -> None:
+  """Exits in one line for an override of a field that does not exist, which ml_collections
+  raises as AttributeError or KeyError, or, inside a field (--config.model.name.x=1), as
+  TypeError or ValueError; re-raises anything else."""
+  through = _field_through_a_value(argv)
+  if through:
+    _fail(f'no such config field: config.{through[0]} (config.{through[1]} is a value, not a '
+          'section; the fields and their defaults are in configs/default.py)', 2)
+  if isinstance(e, (TypeError, ValueError)):
+    raise e
+  _fail(_unknown_field(e), 2)
+
+
+def _field_through_a_value(argv) -> tuple[str, str] | None:
+  """(path, its prefix that is a value) of the first --config.PATH=... that names a field
+  inside a field ('model.name.x'); else None."""
+  from ae_jax import config_lib  # pylint: disable=g-import-not-at-top
+  known = config_lib.known_fields(config_lib.default_config())
+  for arg in argv:
+    path = re.match(r'--config\.([\w.]+)', arg)
+    parts = path.group(1).split('.') if path else []
+    for i in range(1, len(parts)):
+      prefix = '.'.join(parts[:i])
+      if prefix in known and not any(k.startswith(prefix + '.') for k in known):
+        return path.group(1), prefix
+  return None
+
+
 def _unknown_flag(e: flags.UnrecognizedFlagError) -> str:
   """absl's message, or where the flag is a config field without `config.` in front
   (--num_epochs=5, --latent_dim=8), the flag that sets it."""
@@ -120,6 +148,14 @@ def _unknown_flag(e: flags.UnrecognizedFlagError) -> str:
   value = str(e.flagvalue).partition('=')[2] if '=' in str(e.flagvalue) else 'VALUE'
   return (f'--{e.flagname} is not a flag; config.{matches[0]} is a config field: write '
           f'--config.{matches[0]}={value}')
+
+
+def _section_given_a_value(path: str, value: str) -> str:
+  """The fix for --config.model=CAE: config.model is a section, whose fields take values."""
+  from ae_jax import config_lib  # pylint: disable=g-import-not-at-top
+  fields = ', '.join(config_lib.default_config()[path].keys())
+  return (f'--config.{path}={value}: config.{path} is a section, not a field: set one of its '
+          f'fields, --config.{path}.FIELD={value} ({fields})')
 
 
 def parse_flags(argv):
@@ -150,12 +186,16 @@ def parse_flags(argv):
     if raised:
       _fail(f'the config file {config_file} does not load: {" ".join(raised.group(1).split())}',
             2)
+    section = re.match(r"flag --config\.([\w.]+)=(.*?): Failed to parse '.*' as a ConfigDict",
+                       str(e), re.DOTALL)
+    if section:  # --config.model=CAE: a value given to a section
+      _fail(_section_given_a_value(*section.groups()), 2)
     _fail(f'{e} (see --helpshort)', 2)
-  except (AttributeError, KeyError) as e:
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
     if "has no attribute 'get_config'" in str(e):
       _fail(f'the config file {path} has no get_config(): define one that returns an '
             'ml_collections.ConfigDict, as configs/ae.py does', 2)
-    _fail(_unknown_field(e), 2)
+    _fail_on_config_field(e, argv)
   except (OSError, SyntaxError) as e:
     _fail(' '.join(str(e).split()), 2)
   except (ImportError, NameError) as e:
@@ -368,8 +408,8 @@ def define_run_flags(argv) -> None:
     # config_flags reads the --config.FIELD overrides in argv already here
     config_flags.DEFINE_config_dict('config', config, "The run's config (from its config.json).",
                                     lock_config=True)
-  except (AttributeError, KeyError) as e:
-    _fail(_unknown_field(e), 2)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    _fail_on_config_field(e, argv)
   for name in ('workdir', 'checkpoint', 'split', 'compilation_cache'):  # shown by --help
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 

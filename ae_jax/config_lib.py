@@ -147,6 +147,20 @@ def check_known_fields(config, defaults, where: str = 'the config file') -> None
                   'fields and their defaults are in configs/default.py)')
 
 
+def check_no_missing_fields(config, defaults, where: str = 'the config file') -> None:
+  """Refuses a config that lacks a field of configs/default.py: a config file not built on its
+  get_config(), or a section replaced whole on the command line (--config.noise="{'std': 0.5}"),
+  which would otherwise end in a traceback wherever the field is first read."""
+  for path in traverse_util.flatten_dict(defaults.to_dict(), sep='.'):
+    if _get(config, path, missing=KeyError) is KeyError:
+      fixes = [f"build {where} on configs/default.py's get_config()"] if where.endswith(
+          '.py') or '.' not in path else []
+      if '.' in path:
+        fixes.insert(0, f'set single fields on the command line (--config.{path}=...), not a '
+                     f'whole section (--config.{path.rsplit(".", 1)[0]}={{...}})')
+      raise UserError(f'config.{path} is missing: {", and ".join(fixes)}')
+
+
 def check_seed(seed, name: str) -> None:
   """Refuses a seed that one of its readers cannot take: compiled code reads it as an int32
   (evaluation), scikit-learn's t-SNE as a uint32, numpy not below 0."""
@@ -166,6 +180,7 @@ def validate(config: ml_collections.ConfigDict, where: str = 'the config file', 
   a script's overrides, which may name other data and leave the run's files in place."""
   defaults = default_config()
   check_known_fields(config, defaults, where)
+  check_no_missing_fields(config, defaults, where)
   _one_of(config.model.name, tuple(models.MODELS), 'config.model.name')
   _one_of(config.optimizer, OPTIMIZERS, 'config.optimizer')
   _one_of(config.parallel, PARALLEL, 'config.parallel')

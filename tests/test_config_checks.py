@@ -88,6 +88,20 @@ def test_a_bad_value_is_refused_before_any_work(tmp_path, previous_run, override
   assert _snapshot(previous_run) == before
 
 
+@pytest.mark.parametrize('where, built', [('configs/mine.py', True), ('the config file', False)])
+def test_a_config_lacking_a_field_is_refused_before_any_work(tmp_path, where, built):
+  config = small_config('ae', num_train=64)
+  config.noise = {'std': 0.5}  # as --config.noise="{'std': 0.5}" replaces the section
+  with pytest.raises(UserError, match=re.escape(
+      "config.noise.mean is missing: set single fields on the command line "
+      "(--config.noise.mean=...), not a whole section (--config.noise={...})")) as raised:
+    config_lib.validate(config, where)
+  assert ("build configs/mine.py on configs/default.py's get_config()" in str(raised.value)) == built
+  with pytest.raises(UserError, match='is missing'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')
+
+
 def test_a_workdir_that_cannot_be_written(tmp_path):
   (tmp_path / 'a_file').write_text('')
   with pytest.raises(UserError, match='is a file, not a folder'):

@@ -31,6 +31,10 @@ _assert_one_line_error = assert_one_line_error
     ('--config.optimizer=adagrad', ['config.optimizer', 'adam, adamw, sgd']),
     ('--config.loss=l1', ['config.loss', 'mse, bce']),
     ('--config.data.source=csv', ['config.data.source', 'tfds, idx']),
+    ('--config.model=CAE', ['config.model is a section, not a field',
+                            '--config.model.FIELD=CAE', 'latent_dim']),
+    ('--config.model.name.x=1', ['no such config field: config.model.name.x',
+                                 'config.model.name is a value']),
 ])
 def test_bad_config_is_one_clear_line(workdir, flag, fragments):
   _assert_one_line_error(_train(workdir, *SMALL, flag), *fragments)
@@ -126,6 +130,14 @@ def test_a_workdir_of_another_run_names_the_fields_that_differ(trained_ae):
                          'config.noise.std is 0.0 there, 0.1 here')
   assert 'hidden_dim' not in result.stderr  # only what differs
   assert before == {f: os.path.getmtime(os.path.join(workdir, f)) for f in os.listdir(workdir)}
+
+
+@pytest.mark.parametrize('flag, fragment', [
+    ('--config.data.path.x=a', 'no such config field: config.data.path.x'),
+    ("--config.noise={'std': 0.5}", 'config.noise.mean is missing: set single fields'),
+])
+def test_a_scripts_override_of_no_field_is_one_line(trained_ae, flag, fragment):
+  _assert_one_line_error(run_script('eval.sh', trained_ae[0], flag), fragment)
 
 
 def test_a_damaged_config_json_is_named(tmp_path):
