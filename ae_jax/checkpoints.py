@@ -352,19 +352,21 @@ def _read_train_state(directory: str, step: int, state, sharding):
   return state.replace(**restored['variables'], **restored['train'])
 
 
-def check_resumable(workdir: str, state) -> None:
-  """Refuses, with the UserError restore_latest would raise, a workdir whose newest checkpoint
-  that reads holds another model (one of another image shape, say): called before a run writes
-  anything, so that a refused run leaves the workdir's config and checkpoints as they were.
-  Damage is left to restore_latest, which sets it aside."""
+def check_resumable(workdir: str, state) -> int | None:
+  """The step that restore_latest would resume from (None: no checkpoint reads), or the
+  UserError it would raise for a workdir whose newest checkpoint that reads holds another model
+  (one of another image shape, say): called before a run writes anything, so that a refused run
+  leaves the workdir's config and checkpoints as they were. Damage is left to restore_latest,
+  which sets it aside."""
   directory = checkpoint_dir(workdir)
   for step in _step_folders(directory):
     try:
       for name, target in _train_state_items(state, None).items():
         _read(directory, step, name, target, check_only=True)
-      return
+      return step
     except Damaged:
       continue
+  return None
 
 
 def restore_train_state(manager: ocp.CheckpointManager, step: int, state, sharding):

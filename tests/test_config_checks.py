@@ -156,6 +156,19 @@ def test_a_workdir_of_another_run_is_refused_and_left_alone(previous_run, overri
   assert _snapshot(previous_run) == before
 
 
+def test_fewer_epochs_than_a_workdir_holds_are_refused_and_leave_it_alone(tmp_path):
+  workdir = str(tmp_path / 'run')
+  config = lambda epochs: small_config('ae', num_train=64, batch_size=16, num_epochs=epochs)
+  train.train_and_evaluate(config(2), workdir)
+  before = _snapshot(workdir)
+  with pytest.raises(UserError, match=re.escape(
+      'holds 2 epochs of training (step 8), more than config.num_epochs=1: give '
+      'config.num_epochs=2 or more, or a new --workdir')):
+    train.train_and_evaluate(config(1), workdir)
+  assert _snapshot(workdir) == before  # config.json still says 2 epochs
+  assert int(train.train_and_evaluate(config(2), workdir).step) == 8  # as many: nothing to train
+
+
 def test_a_workdir_trains_on_with_a_new_learning_rate(previous_run, tmp_path):
   # the learning rate and the number of epochs are what a run resumed with more epochs changes
   workdir = str(tmp_path / 'run')
