@@ -38,18 +38,26 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')  # orbax needs an absolute path
 
 
+def metadata_outdated(workdir: str, image_shape, num_train: int) -> bool:
+  """Whether the folder's metadata records another image shape or number of training images
+  than a run training there now: a convolutional model trains on at another shape, or a run
+  starts afresh."""
+  return (trained_image_shape(workdir) not in (None, tuple(image_shape))
+          or trained_num_images(workdir) not in (None, num_train))
+
+
 def create_manager(workdir: str, *, read_only: bool = False, image_shape=None,
-                   background: float | None = None) -> ocp.CheckpointManager:
+                   background: float | None = None,
+                   num_train: int | None = None) -> ocp.CheckpointManager:
   """The manager of workdir/checkpoints. `read_only`: for a reader (evaluation), which must not
   create the folder nor clean up temporary folders, one of which may be a save in progress.
   `image_shape`: the model's (H, W, C), kept in the folder's metadata (orbax writes it when the
   manager starts, where there is none), with `background`, the brightness of the training
-  images' borders (given.background)."""
+  images' borders (given.background), and `num_train`, how many images an epoch takes."""
   if not read_only:
     set_aside_damaged_metrics(checkpoint_dir(workdir))  # or orbax's manager cannot start
-  if image_shape is not None and trained_image_shape(workdir) not in (None, tuple(image_shape)):
-    # another shape trains on here (a convolutional model, or a run started afresh): orbax
-    # never replaces the file, so the old one goes
+  if image_shape is not None and metadata_outdated(workdir, image_shape, num_train):
+    # orbax never replaces the file, so the old one goes
     if jax.process_index() == 0:
       os.remove(_root_metadata_path(workdir))
   val_loss = lambda metrics: metrics['val_loss']
@@ -68,7 +76,8 @@ def create_manager(workdir: str, *, read_only: bool = False, image_shape=None,
       checkpoint_dir(workdir), options=options,
       metadata=None if image_shape is None else {
           'image_shape': [int(d) for d in image_shape],
-          **({} if background is None else {'background': float(background)})},
+          **({} if background is None else {'background': float(background)}),
+          **({} if num_train is None else {'num_train': int(num_train)})},
       item_handlers={name: ocp.StandardCheckpointHandler() for name in ITEMS})
 
 
@@ -88,6 +97,12 @@ def trained_background(workdir: str) -> float | None:
   where the checkpoints do not say."""
   background = _custom_metadata(workdir).get('background')
   return float(background) if isinstance(background, (int, float)) else None
+
+
+def trained_num_images(workdir: str) -> int | None:
+  """How many training images an epoch of the run took; None where the checkpoints do not say."""
+  num_train = _custom_metadata(workdir).get('num_train')
+  return num_train if isinstance(num_train, int) else None
 
 
 def _custom_metadata(workdir: str) -> dict:
@@ -158,12 +173,13 @@ def close(manager: ocp.CheckpointManager) -> None:
 
 
 @contextlib.contextmanager
-def managed(workdir: str, image_shape=None, background=None):
+def managed(workdir: str, image_shape=None, background=None, num_train=None):
   """create_manager(workdir, ...), closed on the way out; where an error is already on its way
   out, a second one from closing does not hide it. A failed write says where the same command
   resumes."""
   try:
-    manager = create_manager(workdir, image_shape=image_shape, background=background)
+    manager = create_manager(workdir, image_shape=image_shape, background=background,
+                             num_train=num_train)
   except OSError as e:  # the folder, or orbax's metadata in it
     raise cannot_write(e, 'the checkpoints to') from None
   try:

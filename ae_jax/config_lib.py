@@ -255,17 +255,20 @@ def display_name(config) -> str:
 
 def _describe(config) -> dict[str, object]:
   """What a run must keep to resume, as {'model.name': 'CAE', ...}: the model, its loss, the
-  noise it trains against, the optimizer; the batch size and the training images, in whose
-  steps and epochs the checkpoints count; the seed, which orders the data. The number of
-  epochs, the learning rate, the dtype, where the data lives and the settings of speed alone
-  may change."""
-  data = {key: config.data.get(key) for key in ('train_split', 'validation_fraction', 'classes',
+  noise it trains against, the optimizer; the batch size and the training images (their source,
+  dataset, split and classes), in whose steps and epochs the checkpoints count; the seed, which
+  orders the data. The number of epochs, the learning rate, the dtype, where the data lives and
+  the settings of speed alone (model.conv) may change."""
+  data = {key: config.data.get(key) for key in ('source', 'name', 'train_split',
+                                                 'validation_fraction', 'classes',
                                                  'held_out_classes')}
   tree = json.loads(json.dumps({'model': config.model.to_dict(), 'noise': config.noise.to_dict(),
                                 'optimizer': config.optimizer, 'loss': config.loss,
                                 'batch_size': config.batch_size, 'seed': config.seed,
                                 'data': data}))
-  return traverse_util.flatten_dict(tree, sep='.')
+  described = traverse_util.flatten_dict(tree, sep='.')
+  described.pop('model.conv', None)  # how the convolutions run, not what they compute
+  return described
 
 
 def unwritable_folder(folder: str) -> str | None:

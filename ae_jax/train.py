@@ -363,7 +363,8 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
   # for the checkpoints' metadata, where it is to be written: a note on images given the model
   # (from the validation split: the training images are read only as training batches)
   background = (input_pipeline.given.training_background(val_images)
-                if checkpoints.trained_image_shape(workdir) != tuple(image_shape) else None)
+                if checkpoints.trained_image_shape(workdir) is None
+                or checkpoints.metadata_outdated(workdir, image_shape, num_train) else None)
   steps_per_epoch = num_train // config.batch_size
 
   # --- The model and the train state; then where the data goes, with the state counted.
@@ -385,6 +386,11 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
                     f'(step {trained_steps}), more than config.num_epochs={config.num_epochs}: '
                     f'give config.num_epochs={-(-trained_steps // steps_per_epoch)} or more, or '
                     'a new --workdir')
+  # other images (config.data.path, say), in epochs of another length
+  trained_num = checkpoints.trained_num_images(workdir)
+  if trained_steps and trained_num not in (None, num_train):
+    raise UserError(f'{workdir} trained on {trained_num:,} images; config.data gives '
+                    f'{num_train:,}: resume with the data it trained on, or use a new --workdir')
   if jax.process_index() == 0:
     config_lib.write_config(config, workdir)  # the first write, after every check
   _log(f'data: {num_train} train, {len(val_images)} validation'
@@ -426,7 +432,7 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
 
   with (config_lib.workdir_locked(workdir, enabled=jax.process_index() == 0),
         interruptions.signals_deferred(),
-        checkpoints.managed(workdir, image_shape, background) as manager):
+        checkpoints.managed(workdir, image_shape, background, num_train) as manager):
     # --- Load a checkpoint.
     restored = checkpoints.restore_latest(manager, state, replicated)
     if restored is not None:

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 
+import numpy as np
 import pytest
 
 from ae_jax import UserError
@@ -147,7 +148,8 @@ def test_a_model_larger_than_memory_is_refused_before_any_is_allocated(tmp_path)
                                        {'optimizer': 'sgd'}, {'loss': 'bce'}, {'batch_size': 32},
                                        {'seed': 1}, {'data.validation_fraction': 0.5},
                                        {'data.train_split': 'train[:100]'},
-                                       {'data.classes': '0,1'}, {'data.held_out_classes': '3'}])
+                                       {'data.classes': '0,1'}, {'data.held_out_classes': '3'},
+                                       {'data.source': 'digits', 'data.path': None}])
 def test_a_workdir_of_another_run_is_refused_and_left_alone(previous_run, overrides):
   before = _snapshot(previous_run)
   with pytest.raises(UserError, match='holds another run.*delete .* to start afresh'):
@@ -187,6 +189,35 @@ def test_a_workdir_of_another_image_shape_is_refused_and_left_alone(previous_run
                                           **{'data.image_size': 20}), previous_run)
   assert _snapshot(previous_run) == before
   assert checkpoints.trained_image_shape(previous_run) == (28, 28, 1)
+
+
+def test_a_workdir_of_another_number_of_images_is_refused_and_left_alone(tmp_path):
+  images = np.random.default_rng(0).integers(0, 256, (100, 8, 8), np.uint8)
+  for count in (80, 100):
+    np.save(tmp_path / f'{count}.npy', images[:count])
+  config = lambda count: small_config('ae', batch_size=16, **{
+      'data.source': 'arrays', 'data.path': str(tmp_path / f'{count}.npy'),
+      'data.train_split': 'train'})
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config(80), workdir)
+  before = _snapshot(workdir)
+  with pytest.raises(UserError, match=re.escape(
+      'trained on 64 images; config.data gives 80: resume with the data it trained on')):
+    train.train_and_evaluate(config(100), workdir)
+  assert _snapshot(workdir) == before
+  # with no checkpoint left (the folder's metadata stays), the other data starts afresh
+  for step in os.listdir(checkpoints.checkpoint_dir(workdir)):
+    if step.isdigit():
+      shutil.rmtree(os.path.join(checkpoints.checkpoint_dir(workdir), step))
+  train.train_and_evaluate(config(100), workdir)
+  assert checkpoints.trained_num_images(workdir) == 80
+
+
+def test_how_the_convolutions_run_may_change_on_resume(tmp_path):
+  config = small_config('cae')
+  config_lib.write_config(config, str(tmp_path))
+  config.model.conv = 'xla' if config.model.conv != 'xla' else 'matmul'
+  config_lib.check_workdir(config, str(tmp_path))  # no UserError
 
 
 def test_bad_values_on_the_command_line_are_one_line(tmp_path):
