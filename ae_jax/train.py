@@ -381,16 +381,16 @@ def train_and_evaluate(config, workdir: str, splits=None) -> TrainState:
   placement = input_pipeline.agree_placement(
       input_pipeline.choose_feed(config.data, train_images, val_images.nbytes), train_images)
   trained_steps = checkpoints.check_resumable(workdir, state) or 0
-  if trained_steps > config.num_epochs * steps_per_epoch:  # config.json would say fewer epochs
-    raise UserError(f'{workdir} holds {trained_steps / steps_per_epoch:g} epochs of training '
-                    f'(step {trained_steps}), more than config.num_epochs={config.num_epochs}: '
-                    f'give config.num_epochs={-(-trained_steps // steps_per_epoch)} or more, or '
-                    'a new --workdir')
   # other images (config.data.path, say), in epochs of another length
   trained_num = checkpoints.trained_num_images(workdir)
   if trained_steps and trained_num not in (None, num_train):
     raise UserError(f'{workdir} trained on {trained_num:,} images; config.data gives '
                     f'{num_train:,}: resume with the data it trained on, or use a new --workdir')
+  if trained_steps > config.num_epochs * steps_per_epoch:  # config.json would say fewer epochs
+    raise UserError(f'{workdir} holds {trained_steps / steps_per_epoch:g} epochs of training '
+                    f'(step {trained_steps}), more than config.num_epochs={config.num_epochs}: '
+                    f'give config.num_epochs={-(-trained_steps // steps_per_epoch)} or more, or '
+                    'a new --workdir')
   if jax.process_index() == 0:
     config_lib.write_config(config, workdir)  # the first write, after every check
   _log(f'data: {num_train} train, {len(val_images)} validation'
