@@ -76,9 +76,10 @@ def scores(run: evaluate.TrainedRun, images=None, batch_size=None) -> tuple[np.n
 
 
 def held_out_classes(run: evaluate.TrainedRun) -> list[int] | None:
-  """The labels the run trained without (config.data), or None."""
+  """The labels the run trained without (config.data), or None; None too where the data has
+  no test split, as the train and validation splits keep only the trained classes."""
   labels = [s.labels for s in run.splits.values() if s.labels is not None]
-  if not labels:
+  if not labels or 'test' not in run.splits:
     return None
   return input_pipeline.classes.held_out(run.config.data, np.concatenate(labels),
                                          run.splits['train'].label_names) or None
@@ -210,6 +211,10 @@ def main(workdir, config, checkpoint, split, percentile=PERCENTILE, num_worst=16
   elif held_out is not None and input_path is None:
     print(f'the {run.split} split lacks either the held-out classes or the others: no ROC-AUC '
           '(score the test split, which keeps every class)')
+  elif (input_pipeline.classes.asked(config.data) and 'test' not in run.splits
+        and input_path is None):
+    print('the data has no test split, the one split that keeps the held-out classes: no '
+          'ROC-AUC')
   print(f'wrote {stem}.json, {stem}_scores.npy, {stem}_histogram.png'
         + (f', {stem}_worst.png' if len(worst) else ''))
   return report

@@ -96,6 +96,18 @@ def test_a_held_out_class_gets_roc_auc_in_the_json_and_printed(trained_ae, tmp_p
   assert f'against the rest: ROC-AUC {report["roc_auc"]:.4f}' in capsys.readouterr().out
 
 
+def test_held_out_classes_of_data_without_a_test_split_are_scored_without_roc_auc(
+    trained_ae, tmp_path, capsys):
+  workdir, config = trained_ae
+  config = config.copy_and_resolve_references()
+  config.data.held_out_classes = '0'  # gone from train and validation, the splits there are
+  config.data.test_split = ''
+  report = anomaly.main(workdir, config, 'best', None, num_worst=0, out_dir=str(tmp_path))
+  assert 'roc_auc' not in report and report['num_images'] > 0
+  assert 'the data has no test split, the one split that keeps the held-out classes: no ' \
+      'ROC-AUC' in capsys.readouterr().out
+
+
 def test_a_vae_scores_by_its_negative_elbo(tmp_path):
   config = small_config('vae')
   workdir = save_untrained(config, str(tmp_path / 'vae'))
