@@ -54,7 +54,7 @@ def get_config():
   # files), so that tfds needs no network.
   config.data.manual_dir = config_dict.placeholder(str)
   config.data.train_split = 'train'
-  config.data.test_split = 'test'  # used where the data has it; '' for none.
+  config.data.test_split = 'test'  # 'test': used where the data has it; '' for none.
   # Where the data has no validation split: this fraction of `train_split`, always the same images.
   config.data.validation_fraction = 0.2
   config.data.grayscale = False  # colour images to one channel

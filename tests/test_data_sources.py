@@ -294,6 +294,18 @@ def test_scikit_learn_digits(tmp_path):
     evaluate.load_run(str(tmp_path / 'run'), config, 'latest', 'test')
 
 
+def test_a_test_split_the_data_lacks_is_refused_unless_it_is_the_default(tmp_path):
+  assert 'test' not in input_pipeline.load_splits(_config('digits').data)  # 'test': none there
+  with pytest.raises(UserError, match=re.escape(
+      "scikit-learn's digits has no 'tset' split (config.data.test_split); it has train: name "
+      "one of them, or '' for none")):
+    input_pipeline.load_splits(_config('digits', test_split='tset').data)
+  path = str(tmp_path / 'images.npz')
+  np.savez(path, train_images=DIGITS[:40], test_images=DIGITS[40:50])
+  with pytest.raises(UserError, match="has no 'tset' split.*it has train, test"):
+    input_pipeline.load_splits(_config('arrays', path, test_split='tset').data)
+
+
 def test_scikit_learn_digits_span_0_to_255():
   # their values 0-16 scaled to 0-255, like every other source's pixels
   splits = input_pipeline.load_splits(_config('digits').data)

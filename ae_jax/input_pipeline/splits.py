@@ -103,6 +103,11 @@ def choose(splits: dict[str, Split], wanted, where) -> dict[str, Split]:
     elif role == 'train':
       raise UserError(f'{where} has no {name!r} split (config.data.train_split); it has '
                       f'{", ".join(splits)}')
+    # the default test split, 'test', is used where the data has one; another name, asked
+    # for, is not dropped unsaid
+    elif name != 'test':
+      raise UserError(f'{where} has no {name!r} split (config.data.{role}_split); it has '
+                      f"{', '.join(splits)}: name one of them, or '' for none")
   if 'validation' in splits and parse_split(wanted['train'])[0] != 'validation':
     chosen['validation'] = splits['validation']
   return chosen
