@@ -66,14 +66,20 @@ def _quiet_unraisablehook(previous):
   return hook
 
 
-def _flag_value(argv, name: str) -> str | None:
-  """The value of --name=VALUE or --name VALUE in argv, before absl has parsed it."""
+def _flag_values(argv, name: str) -> list[str]:
+  """The values of every --name=VALUE and --name VALUE in argv, before absl has parsed it."""
+  values = []
   for i, arg in enumerate(argv):
     if arg.startswith(f'--{name}='):
-      return arg.split('=', 1)[1]
-    if arg == f'--{name}' and i + 1 < len(argv):
-      return argv[i + 1]
-  return None
+      values.append(arg.split('=', 1)[1])
+    elif arg == f'--{name}' and i + 1 < len(argv):
+      values.append(argv[i + 1])
+  return values
+
+
+def _flag_value(argv, name: str) -> str | None:
+  """The value of the first --name=VALUE or --name VALUE in argv, before absl has parsed it."""
+  return next(iter(_flag_values(argv, name)), None)
 
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
@@ -380,6 +386,9 @@ def define_run_flags(argv) -> None:
   from ae_jax import config_lib  # pylint: disable=g-import-not-at-top
 
   workdir = _flag_value(argv, 'workdir')
+  named = list(dict.fromkeys(_flag_values(argv, 'workdir')))
+  if len(named) > 1:  # absl takes the last; the run's config.json would come from the first
+    _fail(f'two workdirs, {named[0]} and {named[1]}: give one, first or as --workdir')
   asks_help = any(arg.split('=')[0] in HELP_FLAGS for arg in argv[1:])
   if workdir is None and not asks_help:  # the help names no run
     workdir = latest_run()

@@ -135,8 +135,10 @@ def test_a_workdir_of_another_run_names_the_fields_that_differ(trained_ae):
 @pytest.mark.parametrize('flag, fragment', [
     ('--config.data.path.x=a', 'no such config field: config.data.path.x'),
     ("--config.noise={'std': 0.5}", 'config.noise.mean is missing: set single fields'),
+    # absl takes the last --workdir, config.json was read from the first
+    ('--workdir=runs/elsewhere', 'two workdirs, '),
 ])
-def test_a_scripts_override_of_no_field_is_one_line(trained_ae, flag, fragment):
+def test_a_scripts_flag_it_cannot_take_is_one_line(trained_ae, flag, fragment):
   _assert_one_line_error(run_script('eval.sh', trained_ae[0], flag), fragment)
 
 
