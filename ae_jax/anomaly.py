@@ -136,8 +136,8 @@ def main(workdir, config, checkpoint, split, percentile=PERCENTILE, num_worst=16
   if not 0 < percentile < 100:
     raise UserError(f'--percentile={percentile} must be between 0 and 100 (99: the threshold '
                     'flags 1% of normal images)')
-  if num_worst < 0:
-    raise UserError(f'--num_worst={num_worst} must be 0 (no figure) or more')
+  if not 0 <= num_worst <= plots.MAX_COLUMNS:
+    raise UserError(f'--num_worst={num_worst} must be 0 (no figure) to {plots.MAX_COLUMNS}')
   out_dir = evaluate.output_dir(workdir, out_dir, 'anomaly')
   if input_path is not None:
     evaluate.check_input(workdir, config, split, input_path, out_dir, 'to score',

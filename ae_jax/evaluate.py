@@ -157,12 +157,19 @@ def check_input(workdir: str, config, split: str | None, input_path: str, out_di
   if split is not None:
     raise UserError(f'--input={input_path} and --split={split}: name one, the images {what} or '
                     'the split of the run\'s data')
+  if not reads_data:
+    check_data_unread(workdir, config, input_path)
+  given.check_input(input_path, out_dir)
+
+
+def check_data_unread(workdir: str, config, input_path: str) -> None:
+  """Refuses --config.data.* overrides beside --input for a command that reads only --input's
+  images (where the checkpoints record the image shape): they would be ignored."""
   # a run whose checkpoints do not record its image shape reads its data to learn it
-  if (not reads_data and checkpoints.trained_image_shape(workdir) is not None
+  if (checkpoints.trained_image_shape(workdir) is not None
       and config.data.to_dict() != config_lib.load_config(workdir).data.to_dict()):
     raise UserError(f'--config.data.* names data, which --input={input_path} leaves unread '
                     '(its images are converted to what the model takes): leave them out')
-  given.check_input(input_path, out_dir)
 
 
 def given_images(run: TrainedRun, input_path: str) -> TrainedRun:
@@ -350,8 +357,9 @@ def main(workdir: str, config, checkpoint: str, split: str | None, num_examples:
   """Evaluates the run in `workdir`; for a model with a prior also the importance-weighted
   -log p(x), with `num_samples` samples on `iw_images` images of the split (None: the
   model's defaults, IW_SAMPLES and IW_IMAGES; 0 samples: none)."""
-  if num_examples < 1:
-    raise UserError(f'--num_examples={num_examples}: the figure needs at least 1 image')
+  if not 1 <= num_examples <= plots.MAX_COLUMNS:
+    raise UserError(f'--num_examples={num_examples}: the figure shows 1 to {plots.MAX_COLUMNS} '
+                    'images')
   for flag, value in (('num_samples', num_samples), ('iw_images', iw_images)):
     if value is not None and value < 0:
       raise UserError(f'--{flag}={value} must be 0 (no importance-weighted estimate) or more')

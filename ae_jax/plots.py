@@ -56,6 +56,11 @@ def _show(ax, image):
   ax.set_yticks([])
 
 
+# The most columns reconstructions() draws: an axes each, whose layout takes about 7 s for 100
+# columns and minutes for a few hundred; the commands refuse more.
+MAX_COLUMNS = 100
+
+
 def reconstructions(rows: dict[str, np.ndarray], column_titles, path: str, title: str) -> None:
   """One row of images per entry of `rows` ('input', 'noisy input', 'reconstruction'), one
   column per example: the original codebase's autoencoder_result.png."""

@@ -54,6 +54,9 @@ def check_output(output: str, input_path: str, overwrite: bool) -> None:
   if os.path.realpath(output) == source:
     raise UserError(f'--output={output} is where the inputs are: the reconstructions would '
                     'replace them; name another folder')
+  if os.path.isdir(input_path) and os.path.realpath(output).startswith(source + os.sep):
+    raise UserError(f'--output={output} is inside --input={input_path}: the reconstructions '
+                    'would be read as inputs next time; name a folder outside it')
   if os.path.isdir(output) and os.listdir(output) and not overwrite:
     raise UserError(f'--output={output} already holds {len(os.listdir(output))} files or '
                     'folders: name an empty or new folder, or replace them with --overwrite')
@@ -71,11 +74,15 @@ def _save_image(image: np.ndarray, path: str) -> None:
 
 
 def main(workdir, config, checkpoint, input_path, output, add_noise=False, overwrite=False,
-         num_examples=8) -> dict:
-  if num_examples < 0:
-    raise UserError(f'--num_examples={num_examples} must be 0 (no figure) or more')
+         num_examples=8, split=None) -> dict:
+  if split is not None:  # a flag every command that reads a run has
+    raise UserError(f'--split={split}: reconstruct.sh reconstructs the images of --input, not a '
+                    "split of the run's data: leave it out (eval.sh --split shows a split's)")
+  if not 0 <= num_examples <= plots.MAX_COLUMNS:
+    raise UserError(f'--num_examples={num_examples} must be 0 (no figure) to {plots.MAX_COLUMNS}')
   kind, names = given.list_inputs(input_path)
   check_output(output, input_path, overwrite)
+  evaluate.check_data_unread(workdir, config, input_path)
   if add_noise and not config_lib.is_denoising(config):
     raise UserError(f'--add_noise: the {config_lib.display_name(config)} trained without noise '
                     '(config.noise.std=0), so there is none to add: leave the flag out, or use '
@@ -168,4 +175,4 @@ if __name__ == '__main__':
   FLAGS = flags.FLAGS
   cli.run(lambda argv: main(cli.run_workdir(FLAGS.workdir), FLAGS.config, FLAGS.checkpoint,
                             FLAGS.input, FLAGS.output, FLAGS.add_noise, FLAGS.overwrite,
-                            FLAGS.num_examples))
+                            FLAGS.num_examples, FLAGS.split))

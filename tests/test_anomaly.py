@@ -127,6 +127,11 @@ def test_bad_flags_are_one_line_and_write_nothing(trained_ae, flag, fragment):
   assert_script_refuses('anomaly.sh', trained_ae[0], flag, fragment)
 
 
+def test_a_figure_of_more_images_than_it_can_draw_in_seconds_is_refused(trained_ae):
+  with pytest.raises(UserError, match=r'--num_worst=101 must be 0 \(no figure\) to 100'):
+    anomaly.main(trained_ae[0], trained_ae[1], 'best', None, num_worst=101)
+
+
 def test_the_script(trained_ae, tmp_path):
   result = run_script('anomaly.sh', trained_ae[0], '--config.data.held_out_classes=1',
                       f'--out_dir={tmp_path}')

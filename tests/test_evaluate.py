@@ -186,8 +186,13 @@ def test_the_script_passes_flags_on_and_fails_in_one_line(trained_ae):
   assert result.stderr.strip().startswith('error: the checkpoint of step')
 
 
+def test_a_figure_of_more_images_than_it_can_draw_in_seconds_is_refused(trained_ae):
+  with pytest.raises(UserError, match=r'--num_examples=101: the figure shows 1 to 100 images'):
+    evaluate.main(trained_ae[0], trained_ae[1], 'best', None, 101)
+
+
 @pytest.mark.parametrize('flag, fragment', [
-    ('--num_examples=0', '--num_examples=0: the figure needs at least 1 image'),
+    ('--num_examples=0', '--num_examples=0: the figure shows 1 to 100 images'),
     ('--num_examples=-1', '--num_examples=-1'),
     ('--config.model.latnt_dim=3', 'no such config field'),
     ('--config.eval_batch_size=0', 'config.eval_batch_size=0 must be at least 1'),

@@ -136,6 +136,8 @@ def test_a_denoiser_adds_noise_only_when_asked(trained_ae, tmp_path):
     (lambda d, t: (os.path.join(d, 'broken.png'), str(t / 'o')),
      'cannot read the image .*broken.png'),
     (lambda d, t: (str(t / 'empty'), str(t / 'o')), 'holds no image files'),
+    # the next command would read the reconstructions as inputs
+    (lambda d, t: (d, os.path.join(d, 'o')), 'is inside --input=.*: the reconstructions would'),
 ])
 def test_refusals_name_the_problem(trained_ae, image_folder, tmp_path, args, message):
   workdir, config = trained_ae
@@ -143,6 +145,25 @@ def test_refusals_name_the_problem(trained_ae, image_folder, tmp_path, args, mes
   input_path, output = args(image_folder, tmp_path)
   with pytest.raises(UserError, match=message):
     reconstruct.main(workdir, config, 'best', input_path, output)
+  assert not os.path.exists(tmp_path / 'o')
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'split': 'test'}, "--split=test: reconstruct.sh reconstructs the images of --input"),
+    ({'num_examples': 101}, r'--num_examples=101 must be 0 \(no figure\) to 100'),
+    ({'data.path': '/elsewhere'}, r'--config.data.\* names data, which --input=.* leaves unread'),
+])
+def test_flags_that_would_be_ignored_or_take_minutes_are_refused(trained_ae, image_folder,
+                                                                  tmp_path, overrides, message):
+  workdir, config = trained_ae
+  config = config.copy_and_resolve_references()
+  kwargs = {k: v for k, v in overrides.items() if '.' not in k}
+  for path, value in overrides.items():
+    if '.' in path:
+      section, field = path.split('.')
+      config[section][field] = value
+  with pytest.raises(UserError, match=message):
+    reconstruct.main(workdir, config, 'best', image_folder, str(tmp_path / 'o'), **kwargs)
   assert not os.path.exists(tmp_path / 'o')
 
 
