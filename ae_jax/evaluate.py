@@ -99,10 +99,12 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
     split = 'test' if 'test' in splits else 'validation'
     print(f'split: {split} (' + ('' if split == 'test' else 'the data has no test split; ')
           + '--split=validation or train for another)'.replace(f'{split} or ', ''))
-  if split not in splits:
+  if split not in splits and not config.data.test_split:
     raise UserError(f'the data of this run has no {split} split (config.data.test_split is '
                     "empty): use --split=validation, or name a test split with "
                     '--config.data.test_split=...')
+  if split not in splits:  # the default 'test', which this data does not have
+    raise UserError(f'the data of this run has no {split} split: use --split=validation')
   model, abstract = check_image_shape(workdir, config, splits)
   mesh, step, variables = _restore(workdir, checkpoint, abstract)
   data = splits[split]
@@ -117,8 +119,14 @@ def load_model(workdir: str, checkpoint: str | int = 'best') -> TrainedRun:
   `run.model.apply(run.variables, images, method='embed')`; 'reconstruct', 'encode' and
   'decode' likewise. The data is read only where the checkpoints do not record the images'
   shape (a run from before they did)."""
-  return load_run(workdir, config_lib.load_config(workdir), str(checkpoint), 'validation',
-                  needs_data=False)
+  if not isinstance(workdir, (str, os.PathLike)):
+    raise UserError(f'workdir={workdir!r}: give the folder of a training run, as a str')
+  try:
+    return load_run(workdir, config_lib.load_config(workdir), str(checkpoint), 'validation',
+                    needs_data=False)
+  except UserError as e:  # the messages name the commands' flags: here, these arguments
+    raise UserError(str(e).replace('--checkpoint=', 'checkpoint=').replace(
+        'the --workdir of', 'the workdir of')) from None
 
 
 def load_data(workdir: str, config):

@@ -290,7 +290,7 @@ def test_scikit_learn_digits(tmp_path):
   assert splits['train'].images.shape[1:] == (8, 8, 1) and 'test' not in splits
   assert len(splits['train'].images) + len(splits['validation'].images) == 1797
   _train_evaluate_map(config, str(tmp_path / 'run'))
-  with pytest.raises(UserError, match='no test split.*--split=validation'):
+  with pytest.raises(UserError, match='has no test split: use --split=validation$'):
     evaluate.load_run(str(tmp_path / 'run'), config, 'latest', 'test')
 
 

@@ -76,8 +76,13 @@ def test_a_model_loaded_in_python_gives_the_scripts_numbers(trained_ae, tmp_path
       evaluate.evaluate(scripts_run, noisy=False)['mse'], rel=1e-5)
   latest = evaluate.load_model(workdir, 'latest')
   assert evaluate.load_model(workdir, latest.step).step == latest.step
-  with pytest.raises(UserError, match='is .* the --workdir of a training run'):
+  # in the words of a Python caller, who passes arguments, not flags
+  with pytest.raises(UserError, match=r"is '.*' the workdir of a training run\?$"):
     evaluate.load_model(str(tmp_path))
+  with pytest.raises(UserError, match=r"^checkpoint='abc': use best, latest or a step number$"):
+    evaluate.load_model(workdir, 'abc')
+  with pytest.raises(UserError, match=r'^workdir=None: give the folder of a training run'):
+    evaluate.load_model(None)
 
 
 def test_images_of_ones_own_get_the_numbers_of_the_split_they_come_from(trained_ae, tmp_path):
