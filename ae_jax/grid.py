@@ -163,6 +163,11 @@ def members(config, axes, seeds, overrides=()) -> list[tuple[str, dict,
         except TypeError as e:
           raise UserError(f'--grid: config.{path}={value!r}: {e}') from None
       member.seed = seed
-      config_lib.validate(member)  # the same checks as training, before any member trains
+      try:  # the same checks as training, before any member trains
+        config_lib.validate(member)
+      except UserError as e:
+        hint = ('; to vary models whose fields differ, vary their config files: --grid=config='
+                'NAME,NAME' if 'model.name' in settings and 'is not used by the' in str(e) else '')
+        raise UserError(f'member {folder}: {e}{hint}') from None
       found.append((folder, settings, member))
   return found

@@ -53,8 +53,9 @@ def check_settings(method: str, perplexity: float, n_neighbors: int) -> None:
 
 
 def check_points(method: str, num_points: int, perplexity: float, n_neighbors: int,
-                 what: str) -> None:
-  """A UserError where `num_points` (named by `what`: a flag, or a split) are too few."""
+                 what: str, settable: bool = True) -> None:
+  """A UserError where `num_points` (named by `what`: a flag, or a split) are too few.
+  `settable`: the command has the flag of the perplexity or the neighbours, to lower."""
   need = min_points(method, perplexity, n_neighbors)
   if num_points >= need:
     return
@@ -64,8 +65,8 @@ def check_points(method: str, num_points: int, perplexity: float, n_neighbors: i
     setting, why = '--n_neighbors', f'a UMAP map with {n_neighbors} neighbours'
   raise UserError(f'{what} is too few: {why} needs at least {need} points (more than the '
                   f'{"perplexity" if method == "tsne" else "neighbours"}, and more than '
-                  f'{2 * KNN_NEIGHBOURS} for its trustworthiness); use {need} or more, or a '
-                  f'lower {setting}')
+                  f'{2 * KNN_NEIGHBOURS} for its trustworthiness); use {need} or more'
+                  + (f', or a lower {setting}' if settable else ''))
 
 
 # --- The maps ------------------------------------------------------------------------------

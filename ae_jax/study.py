@@ -332,8 +332,9 @@ def main(config, workdir: str, grid_specs, seeds_text, num_points: int, draw_map
   specs = grid_specs or list(study_config.get('grid', ()))
   seeds = grid.parse_seeds(seeds_text or study_config.get('seeds', '0'))
   axes = grid.parse_grid(config, specs)
-  tsne.check_flags(num_points, tsne.NUM_TRAIN_POINTS, tsne.PERPLEXITY, seed=0, angle=tsne.ANGLE,
-                   method=method)
+  maps.check_settings(method, tsne.PERPLEXITY, maps.UMAP_NEIGHBORS)
+  maps.check_points(method, num_points, tsne.PERPLEXITY, maps.UMAP_NEIGHBORS,
+                    f'--num_points={num_points}', settable=False)  # the maps' usual settings
   return run_study(config, workdir, axes, seeds, num_points=num_points, draw_maps=draw_maps,
                    overrides=overrides, method=method)
 

@@ -308,6 +308,10 @@ def check_data(config, splits) -> None:
   if num_train // config.batch_size < 1:
     raise UserError(f'config.batch_size={config.batch_size} is larger than the {num_train} '
                     'training images: use a smaller batch')
+  if config.parallel == 'pmap' and config.data.placement in ('host', 'disk'):
+    raise UserError(f"config.parallel='pmap' keeps the data on the devices, not "
+                    f"config.data.placement='{config.data.placement}': use placement auto or "
+                    "device, or config.parallel='jit', which streams it")
   if config.parallel == 'pmap' and input_pipeline.choose_feed(
       config.data, splits['train'].images, splits['validation'].images.nbytes) != 'device':
     raise UserError("config.parallel='pmap' keeps the data on the devices, and this data does "

@@ -72,7 +72,7 @@ BAD_VALUES = [
     ({'data.name': 'fashion_mnist'}, "config.data.name='fashion_mnist' is not read by "
      "config.data.source='idx': set config.data.source=tfds too, or leave"),
     ({'parallel': 'pmap', 'data.placement': 'host'},
-     "config.parallel='pmap' keeps the data on the devices"),
+     "config.parallel='pmap' keeps the data on the devices, not config.data.placement='host'"),
 ]
 
 

@@ -47,6 +47,20 @@ def test_a_bad_grid_is_one_clear_error(specs, message):
     grid.parse_grid(_config(), specs)
 
 
+def test_a_member_the_config_checks_refuse_is_named_with_the_fix_for_a_grid():
+  config = small_config('vae')  # hidden_dim 500, which the CAE does not read
+  with pytest.raises(UserError, match=re.escape(
+      'member model.name=CAE_seed=0: config.model.hidden_dim=500 is not used by the CAE') +
+      r'.*; to vary models whose fields differ, vary their config files: --grid=config=NAME,NAME$'):
+    grid.members(config, grid.parse_grid(config, ['model.name=VAE,CAE']), [0])
+
+
+def test_too_few_points_for_the_studys_maps_are_refused_without_a_flag_it_lacks(tmp_path):
+  with pytest.raises(UserError, match=r'--num_points=5 is too few: .* use 31 or more$'):
+    study.main(_config(), str(tmp_path / 'study'), ['model.latent_dim=2,3'], '0', 5, False)
+  assert not (tmp_path / 'study').exists()
+
+
 def test_a_bool_axis_reads_false_as_false():
   assert grid.parse_grid(_config(), ['data.grayscale=false,true']) == [
       ('data.grayscale', [False, True])]
