@@ -208,9 +208,10 @@ def validate(config: ml_collections.ConfigDict, where: str = 'the config file', 
     raise UserError(f'config.noise.mean={config.noise.mean} must be finite')
   _one_of(config.data.placement, ('auto', 'device', 'host', 'disk'), 'config.data.placement')
   _one_of(config.data.source, tuple(input_pipeline.READERS), 'config.data.source')
+  # '' unsets a field on the command line (--config.data.path=), as None does in a file
   unread = [f for f in ('path', 'name', 'data_dir', 'manual_dir')
             if f not in SOURCE_FIELDS[config.data.source]
-            and config.data.get(f) != defaults.data.get(f)]
+            and config.data.get(f) not in (None, '', defaults.data.get(f))]
   if trains and unread:  # a config.data.source forgotten: training would read other images
     readers = [s for s, fields in SOURCE_FIELDS.items() if unread[0] in fields]
     raise UserError(f'config.data.{unread[0]}={config.data.get(unread[0])!r} is not read by '
@@ -262,6 +263,7 @@ def _describe(config) -> dict[str, object]:
   data = {key: config.data.get(key) for key in ('source', 'name', 'train_split',
                                                  'validation_fraction', 'classes',
                                                  'held_out_classes')}
+  data = {key: None if value == '' else value for key, value in data.items()}  # '': unset
   tree = json.loads(json.dumps({'model': config.model.to_dict(), 'noise': config.noise.to_dict(),
                                 'optimizer': config.optimizer, 'loss': config.loss,
                                 'batch_size': config.batch_size, 'seed': config.seed,

@@ -213,6 +213,14 @@ def test_a_workdir_of_another_number_of_images_is_refused_and_left_alone(tmp_pat
   assert checkpoints.trained_num_images(workdir) == 80
 
 
+def test_an_empty_value_on_the_command_line_unsets_a_field_of_the_config_file(tmp_path):
+  # --config.data.path= after a config file that names a path, as configs/study_noise.py does
+  config = small_config('ae', **{'data.source': 'digits', 'data.path': ''})
+  config_lib.validate(config)  # no UserError: the path is unset, not unread
+  config_lib.write_config(small_config('ae', **{'data.classes': ''}), str(tmp_path))
+  config_lib.check_workdir(small_config('ae'), str(tmp_path))  # '' there, None here: the same
+
+
 def test_how_the_convolutions_run_may_change_on_resume(tmp_path):
   config = small_config('cae')
   config_lib.write_config(config, str(tmp_path))
