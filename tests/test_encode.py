@@ -1,6 +1,7 @@
 import errno
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -148,6 +149,17 @@ def test_images_of_ones_own_are_encoded_from_a_folder_or_an_array(trained_ae, tm
   with pytest.raises(UserError, match=r'has shape \(40, 40, 3\): one image\? Save it as '
                      r'\(1, 40, 40, 3\)'):
     encode.main(workdir, config, 'best', None, out_dir=out, input_path=str(tmp_path / 'one.npy'))
+  # scikit-learn's digits.data: images flattened to rows of the model's 28 x 28 pixels
+  np.save(tmp_path / 'rows.npy', np.zeros((3, 784), np.float32))
+  with pytest.raises(UserError, match=re.escape(
+      'has shape (3, 784): 3 images flattened to rows? Save them as images: '
+      'array.reshape(3, 28, 28)')):
+    encode.main(workdir, config, 'best', None, out_dir=out, input_path=str(tmp_path / 'rows.npy'))
+  nan = np.full((3, 28, 28), 0.5, np.float32)
+  nan[0, 0, 0] = np.nan
+  np.save(tmp_path / 'nan.npy', nan)
+  with pytest.raises(UserError, match='nan.npy holds 1 NaN or infinite values'):
+    encode.main(workdir, config, 'best', None, out_dir=out, input_path=str(tmp_path / 'nan.npy'))
 
 
 def test_a_colour_image_is_made_grayscale_and_resized_as_training_does_it():

@@ -87,6 +87,10 @@ def read_inputs(path: str, kind: str, names: list[str], shape):
     data = arrays.load(path)
     if not data.ndim or not len(data):
       raise UserError(f'--input={path} holds no images (an array of shape {data.shape})')
+    if data.ndim == 2 and data.shape[1] == np.prod(shape):  # images flattened to rows
+      dims = ', '.join(map(str, shape if shape[-1] > 1 else shape[:-1]))
+      raise UserError(f'--input={path} has shape {data.shape}: {len(data):,} images flattened to '
+                      f'rows? Save them as images: array.reshape({len(data)}, {dims})')
     if data.ndim == 2 or data.ndim == 3 and data.shape[-1] in (1, 3):  # not N rows of pixels
       raise UserError(f'--input={path} has shape {data.shape}: one image? Save it as '
                       f'(1, {", ".join(map(str, data.shape))}); images are (N, H, W) or '

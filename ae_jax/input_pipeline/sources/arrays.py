@@ -32,6 +32,10 @@ def _check_images(images, where: str) -> np.ndarray:
   if np.issubdtype(images.dtype, np.integer) and images.size and (
       images.min() >= 0 and images.max() <= 255):
     return images.astype(np.uint8)
+  if np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():
+    bad = int(np.sum(~np.isfinite(images)))
+    raise UserError(f'{where} holds {bad:,} NaN or infinite values: give uint8 (0-255), floats '
+                    'in [0, 1] or booleans')
   raise UserError(f'{where} holds {images.dtype} values in [{images.min()}, {images.max()}]: '
                   'give uint8 (0-255), floats in [0, 1] or booleans')
 
