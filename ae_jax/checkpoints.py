@@ -446,9 +446,14 @@ def restore_variables(workdir: str, which: str, variables, sharding) -> tuple[in
     order = [step for _, step in ranked] + [s for s in steps if losses[s] is None]
   for step in order:
     try:
-      return step, _read(directory, step, 'variables', target)
+      variables = _read(directory, step, 'variables', target)
     except Damaged as e:
       print(f'skipped the checkpoint of step {step}: {e.args[1]}')
+      continue
+    if which == 'best' and losses[step] is None:  # a run stopped in its first epoch, say
+      print(f'no checkpoint ranked by validation loss reads: --checkpoint=best reads the newest, '
+            f'of step {step}')
+    return step, variables
   raise UserError(f'no checkpoint in {directory} can be read (each is named above): train '
                   'again, or restore the folder from a copy')
 

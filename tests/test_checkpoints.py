@@ -309,17 +309,21 @@ def test_a_save_without_a_validation_loss_logs_no_warning(tmp_path, caplog):
   assert checkpoints.trained_image_shape(str(tmp_path)) is None
 
 
-def _kept(folder, val_losses) -> tuple[list[int], int | None]:
-  """(the steps kept, the best) after saving a small state at steps 1, 2, ... with these
-  validation losses (None: a save at a signal, mid-epoch)."""
+def _small_state():
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from ae_jax import models  # pylint: disable=g-import-not-at-top
   config = small_config('ae', **{'model.hidden_dim': 4, 'model.latent_dim': 2})
   model = models.create_model(config, (8, 8, 1))
-  state = jax.jit(functools.partial(train.create_train_state, model,
-                                    train.create_optimizer(config), config.seed))()
+  return jax.jit(functools.partial(train.create_train_state, model,
+                                   train.create_optimizer(config), config.seed))()
+
+
+def _kept(folder, val_losses) -> tuple[list[int], int | None]:
+  """(the steps kept, the best) after saving a small state at steps 1, 2, ... with these
+  validation losses (None: a save at a signal, mid-epoch)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  state = _small_state()
   with checkpoints.create_manager(folder) as manager:
     for step, val_loss in enumerate(val_losses, start=1):
       checkpoints.save(manager, state.replace(step=jnp.asarray(step, jnp.int32)), val_loss)
@@ -337,6 +341,18 @@ def test_a_checkpoint_saved_mid_epoch_goes_once_two_newer_are_saved(tmp_path):
   """The checkpoint of an interrupted run (saved without a validation loss) is only ever the
   latest: it is not kept for good, as the best is."""
   assert _kept(str(tmp_path), [3.0, None, 1.0, 2.0]) == ([3, 4], 3)
+
+
+def test_best_of_a_run_with_no_ranked_checkpoint_says_it_reads_the_newest(tmp_path, capsys):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  state = _small_state()  # saved at a signal in the first epoch: no validation loss
+  with checkpoints.create_manager(str(tmp_path)) as manager:
+    checkpoints.save(manager, state.replace(step=jnp.asarray(6, jnp.int32)))
+    checkpoints.wait(manager)
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  assert checkpoints.restore_variables(str(tmp_path), 'best', variables, None)[0] == 6
+  assert capsys.readouterr().out == ('no checkpoint ranked by validation loss reads: '
+                                     '--checkpoint=best reads the newest, of step 6\n')
 
 
 # Saves a train state replicated over 8 simulated devices, restores it, and prints how many
