@@ -117,7 +117,7 @@ def run_study(config, workdir: str, axes, seeds, *, num_points: int = 2000,
     raise cannot_write(e, 'the study to', workdir) from None
   print(f'study in {workdir}: {len(found)} members ({len(found) // len(seeds)} grid points x '
         f'{len(seeds)} seeds)')
-  rows, reconstructions = [], {}
+  rows, reconstructions, diverged = [], {}, []
   start = time.time()
   for i, (name, settings, member) in enumerate(found):
     member_dir = os.path.join(workdir, name)
@@ -131,7 +131,12 @@ def run_study(config, workdir: str, axes, seeds, *, num_points: int = 2000,
                'the --maps map, or is damaged, so it trains on and is scored again'
                if os.path.exists(scored) else ''))
       key = member.data.to_json()
-      train.train_and_evaluate(member, member_dir, splits=data[key])
+      try:
+        train.train_and_evaluate(member, member_dir, splits=data[key])
+      except train.Diverged as e:  # a result of the grid (a learning rate too high), not a fault
+        print(f'{name}: {e}; it is left out of the results')
+        diverged.append(name)
+        continue
       numbers, rows_of_images = score(member_dir, member, data[key], num_points, draw_maps,
                                       method)
       row = {**{f'config.{k}': v for k, v in settings.items()}, 'seed': member.seed,
@@ -158,10 +163,13 @@ def run_study(config, workdir: str, axes, seeds, *, num_points: int = 2000,
         print(f'note: cannot read {path} ({getattr(e, "strerror", None) or e}): '
               f'reconstructions.png leaves out {name}; delete {scored} and run the study '
               'again to score it anew')
+  if not rows:
+    raise UserError(f'every member diverged ({", ".join(diverged)}): lower config.learning_rate')
   if jax.process_index() == 0:
-    write_results(workdir, axes, rows, reconstructions)
+    write_results(workdir, axes, rows, reconstructions, diverged)
   print(f'study of {len(found)} members in {time.time() - start:.0f} s: wrote '
-        f'{os.path.join(workdir, "results.csv")}, results.md and figures')
+        f'{os.path.join(workdir, "results.csv")}, results.md and figures'
+        + (f'; {len(diverged)} diverged, left out: {", ".join(diverged)}' if diverged else ''))
   return rows
 
 
@@ -273,7 +281,7 @@ def summarize(axes, rows) -> list[dict]:
   return summary
 
 
-def write_results(workdir: str, axes, rows, reconstructions) -> None:
+def write_results(workdir: str, axes, rows, reconstructions, diverged=()) -> None:
   names = _numbers(rows)
   fields = [f'config.{path}' for path, _ in axes]
   summary = summarize(axes, rows)
@@ -286,7 +294,8 @@ def write_results(workdir: str, axes, rows, reconstructions) -> None:
       writer.writeheader()
       writer.writerows(rows)
     with replaced_atomically(os.path.join(workdir, 'results.md')) as tmp, open(tmp, 'w') as f:
-      f.write(markdown_table(summary, fields, names))
+      f.write(markdown_table(summary, fields, names)
+              + (f'\nDiverged, left out: {", ".join(diverged)}.\n' if diverged else ''))
     for name in names:
       path = os.path.join(workdir, f'{name}.png')
       if axes:

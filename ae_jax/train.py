@@ -200,6 +200,10 @@ NUM_SAMPLES_SHOWN = 64
 SAMPLE_ROWS = 8
 
 
+class Diverged(UserError):
+  """A non-finite loss: the run stops, its latest checkpoint from before."""
+
+
 class Loop(NamedTuple):
   """What every epoch of a run uses."""
   config: Any
@@ -242,7 +246,7 @@ def train_epoch(loop: Loop, state, epoch: int, first: int, num_steps: int, numbe
     bad = np.flatnonzero(~np.isfinite(call_losses))
     if bad.size:
       latest = manager.latest_step()
-      raise UserError(
+      raise Diverged(
           f'the loss became {call_losses[bad[0]]} at step '
           f'{epoch * steps_per_epoch + call_first + int(bad[0]) + 1} (epoch {epoch + 1}): '
           f'training diverged. Lower config.learning_rate (now {config.learning_rate}); '

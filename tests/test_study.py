@@ -174,6 +174,22 @@ def test_a_member_scored_with_other_settings_trains_on_and_is_scored_again(tmp_p
   assert study.run_study(longer, workdir, axes, [0], num_points=60) == rows
 
 
+def test_a_member_that_diverges_is_left_out_and_the_study_goes_on(tmp_path, capsys):
+  workdir = str(tmp_path / 'study')
+  axes = grid.parse_grid(_config(), ['learning_rate=1e30,0.001'])
+  rows = study.run_study(_config(), workdir, axes, [0], num_points=60)
+  assert [r['config.learning_rate'] for r in rows] == [0.001]
+  out = capsys.readouterr().out
+  assert re.search(r'learning_rate=1e\+30_seed=0: the loss became (nan|inf) at step \d+ .*; it '
+                   'is left out of the results', out)
+  assert '1 diverged, left out: learning_rate=1e+30_seed=0' in out
+  with open(os.path.join(workdir, 'results.md')) as f:
+    assert f.read().endswith('\nDiverged, left out: learning_rate=1e+30_seed=0.\n')
+  with pytest.raises(UserError, match='every member diverged'):
+    study.run_study(_config(), str(tmp_path / 'all'), grid.parse_grid(
+        _config(), ['learning_rate=1e30']), [0], num_points=60)
+
+
 def test_a_full_disk_leaves_no_damaged_reconstructions_and_a_damaged_one_stops_nothing(
     tmp_path, monkeypatch, capsys):
   workdir = str(tmp_path / 'study')
