@@ -44,10 +44,13 @@ def _dropout_rate(value, field):
     raise UserError(f'{field}={value} must be in [0, 1)')
 
 
+FLOAT32_MAX = 3.4028235e38  # a larger beta is infinite in float32, the loss's dtype
+
+
 def _beta(value, field):
-  if not 0 <= value < math.inf:
-    raise UserError(f'{field}={value} must be 0 or more, and finite (1 is the VAE; beta-VAEs '
-                    'weigh the KL term more, e.g. 4)')
+  if not 0 <= value <= FLOAT32_MAX:
+    raise UserError(f'{field}={value} must be 0 or more, and finite in float32 (1 is the VAE; '
+                    'beta-VAEs weigh the KL term more, e.g. 4)')
 
 
 # The checks of the fields that models read (each model names its own: models.MODELS[...].FIELDS).

@@ -59,6 +59,8 @@ BAD_VALUES = [
     ({'data.validation_fraction': 1.0}, 'validation_fraction=1.0 must be between 0 and 1'),
     ({'model.name': 'GAN'}, "config.model.name='GAN' is not one of: AE, CAE, VAE, ConvVAE"),
     ({'model.beta': 4.0}, 'config.model.beta=4.0 is not used by the AE (it is a field of VAE, ConvVAE)'),
+    ({'model.name': 'VAE', 'model.beta': 1e300},
+     'config.model.beta=1e+300 must be 0 or more, and finite in float32'),
     ({'dtype': 'float16'}, "config.dtype='float16' is not one of: float32, bfloat16"),
     ({'optimizer': 'adagrad'}, "config.optimizer='adagrad' is not one of: adam, adamw, sgd"),
     ({'loss': 'l1'}, "config.loss='l1' is not one of: mse, bce"),
