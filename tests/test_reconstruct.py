@@ -1,9 +1,11 @@
 import os
+import shutil
 
 import numpy as np
 import pytest
 
 from ae_jax import UserError
+from ae_jax import config_lib
 from ae_jax import evaluate
 from ae_jax import input_pipeline
 from ae_jax import reconstruct
@@ -100,9 +102,11 @@ def test_an_npy_and_one_file_and_overwrite(trained_ae, image_folder, tmp_path):
 
 
 def test_the_training_data_is_not_needed(trained_ae, image_folder, tmp_path):
-  workdir, config = trained_ae
-  config = config.copy_and_resolve_references()
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(trained_ae[0], workdir)
+  config = config_lib.load_config(workdir)
   config.data.path = str(tmp_path / 'moved')  # the training data is elsewhere now
+  config_lib.write_config(config, workdir)
   report = reconstruct.main(workdir, config, 'best', image_folder, str(tmp_path / 'out'))
   assert report['num_images'] > 0
 
