@@ -60,9 +60,11 @@ def replaced_atomically(path: str):
   try:
     yield tmp
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     with contextlib.suppress(OSError):
       os.remove(tmp)
+    if isinstance(e, OSError) and e.filename == tmp:  # name the file the user knows
+      e.filename, e.filename2 = path, None
     raise
 
 

@@ -207,6 +207,14 @@ def test_bad_flags_are_one_line_and_write_nothing(trained_ae, flag, fragment):
   assert_script_refuses('eval.sh', trained_ae[0], flag, fragment)
 
 
+def test_a_report_that_cannot_replace_its_file_names_the_file_not_its_temporary(trained_ae,
+                                                                                tmp_path):
+  (tmp_path / 'validation.json' / 'x').mkdir(parents=True)  # a folder where the report goes
+  with pytest.raises(UserError, match=r'validation\.json: Is a directory') as raised:
+    evaluate.main(trained_ae[0], trained_ae[1], 'best', 'validation', 2, out_dir=str(tmp_path))
+  assert '.tmp' not in str(raised.value)
+
+
 def test_an_out_dir_that_is_a_file_is_named_so(trained_ae):
   workdir = trained_ae[0]
   assert_script_refuses('eval.sh', workdir, f'--out_dir={workdir}/config.json',
