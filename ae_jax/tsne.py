@@ -297,6 +297,28 @@ def main(workdir, config, checkpoint, split, num_points, num_train_points, perpl
   return report
 
 
+def check_map_arrays(embedding, images, labels, label_names) -> None:
+  """A ValueError where a map's saved arrays do not belong together (an .npz edited by hand):
+  a 2-D point per image, and an integer label per point, or none."""
+  n = len(embedding)
+  if embedding.ndim != 2 or embedding.shape[1] != 2 or images.ndim not in (3, 4) or len(
+      images) != n:
+    raise ValueError(f'its embedding of shape {embedding.shape} is not a 2-D point per image of '
+                     f'its images, of shape {images.shape}')
+  if labels.size and (labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer)
+                      or labels.min() < 0 or label_names and labels.max() >= len(label_names)):
+    raise ValueError(f'its labels, {labels.dtype} of shape {labels.shape}, are not a class '
+                     f'number per point')
+
+
+def unused_map_flags(method: str, tsne_backend: str, given) -> list[str]:
+  """The flags among `given` (names set on the command line) that `method` would ignore."""
+  unused = {'tsne': ('n_neighbors',), 'umap': ('perplexity', 'angle', 'tsne_backend')}[method]
+  if method == 'tsne' and tsne_backend == 'opentsne':
+    unused += ('angle',)  # openTSNE's FFT has no Barnes-Hut angle
+  return [f for f in unused if f in given]
+
+
 def redraw(workdir: str, split: str | None, out_dir: str | None = None,
            method: str = 'tsne') -> None:
   """Redraws <split>.png in workdir/tsne (or `out_dir`) from its .npz, without recomputing
@@ -312,6 +334,7 @@ def redraw(workdir: str, split: str | None, out_dir: str | None = None,
     data = read_npz(stem + '.npz')
     embedding, images, labels = data['embedding'], data['images'], data['labels']
     label_names, title = tuple(data['label_names']) or None, str(data['title'])
+    check_map_arrays(embedding, images, labels, label_names)
   except (ValueError, KeyError) as e:
     reason = f'it has no array {e}' if isinstance(e, KeyError) else e
     raise UserError(f'{stem}.npz is damaged ({reason}): run the same scripts/tsne.sh '
@@ -356,6 +379,13 @@ if __name__ == '__main__':
                         'to redraw')
       split = FLAGS.split if FLAGS.input is None else given.input_name(FLAGS.input)
       return redraw(cli.run_workdir(FLAGS.workdir), split, FLAGS.out_dir, FLAGS.method)
+    maps.check_settings(FLAGS.method, FLAGS.perplexity, FLAGS.n_neighbors)
+    unused = unused_map_flags(FLAGS.method, FLAGS.tsne_backend,
+                              {name for name in FLAGS if FLAGS[name].present})
+    if unused:
+      raise UserError(f'--{unused[0]} is not used by --method={FLAGS.method}'
+                      + (f' with --tsne_backend={FLAGS.tsne_backend}' if unused[0] == 'angle'
+                         and FLAGS.method == 'tsne' else '') + ': leave it out')
     if FLAGS.method == 'umap':
       maps.use_numba_cache(FLAGS.compilation_cache)
     return main(cli.run_workdir(FLAGS.workdir), FLAGS.config, FLAGS.checkpoint, FLAGS.split,

@@ -191,6 +191,7 @@ def test_subsample_of_a_few_less_than_all_still_works():
     ('--num_points=10', '--num_points=10 is too few: a t-SNE map with perplexity 30 needs at '
      'least 31 points'),
     ('--config.model.latnt_dim=3', 'Did you mean "latent_dim"'),
+    ('--n_neighbors=5', '--n_neighbors is not used by --method=tsne: leave it out'),
 ])
 def test_bad_flags_are_one_line_and_write_nothing(trained_ae, flag, fragment):
   assert_script_refuses('tsne.sh', trained_ae[0], flag, fragment)
@@ -262,3 +263,26 @@ def test_a_full_disk_keeps_the_last_map_whole_and_a_damaged_one_is_one_line(tmp_
     f.write('not a map')
   with pytest.raises(tsne.UserError, match='test.npz is damaged .* without --redraw'):
     tsne.redraw(workdir, 'test', out)
+
+
+@pytest.mark.parametrize('edit, reason', [
+    (lambda m: {**m, 'embedding': m['embedding'][:-1]}, 'is not a 2-D point per image'),
+    (lambda m: {**m, 'labels': m['labels'].astype(float)}, 'are not a class number per point'),
+    (lambda m: {**m, 'labels': m['labels'] + 10}, 'are not a class number per point'),
+])
+def test_a_map_edited_by_hand_is_refused_as_damaged(tmp_path, edit, reason):
+  saved = {'embedding': np.zeros((4, 2)), 'images': np.zeros((4, 8, 8, 1), np.uint8),
+           'labels': np.arange(4), 'label_names': np.array([str(i) for i in range(10)]),
+           'title': np.array('a map')}
+  os.makedirs(tmp_path / 'tsne')
+  np.savez(tmp_path / 'tsne' / 'test.npz', **edit(saved))
+  with pytest.raises(tsne.UserError, match=f'test.npz is damaged \\(its .*{reason}'):
+    tsne.redraw(str(tmp_path), 'test')
+
+
+def test_a_flag_the_map_method_ignores_is_refused():
+  given = {'n_neighbors', 'perplexity', 'angle', 'tsne_backend'}
+  assert tsne.unused_map_flags('tsne', 'auto', given) == ['n_neighbors']
+  assert tsne.unused_map_flags('tsne', 'opentsne', given) == ['n_neighbors', 'angle']
+  assert tsne.unused_map_flags('umap', 'auto', given) == ['perplexity', 'angle', 'tsne_backend']
+  assert tsne.unused_map_flags('tsne', 'sklearn', {'perplexity', 'angle'}) == []
