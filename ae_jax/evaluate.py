@@ -90,7 +90,7 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
   background = checkpoints.trained_background(workdir)
   if not needs_data and trained_shape is not None:
     model, abstract = _abstract_model(config, trained_shape)
-    mesh, step, variables = _restore(workdir, checkpoint, abstract)
+    mesh, step, variables = _restore(workdir, config, checkpoint, abstract)
     return TrainedRun(config, model, variables, step, split, None, None, None, {}, mesh,
                       background=background)
   if splits is None:
@@ -106,7 +106,7 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
   if split not in splits:  # the default 'test', which this data does not have
     raise UserError(f'the data of this run has no {split} split: use --split=validation')
   model, abstract = check_image_shape(workdir, config, splits)
-  mesh, step, variables = _restore(workdir, checkpoint, abstract)
+  mesh, step, variables = _restore(workdir, config, checkpoint, abstract)
   data = splits[split]
   return TrainedRun(config, model, variables, step, split, data.images, data.labels,
                     data.label_names, splits, mesh, data.files, background=background)
@@ -201,8 +201,24 @@ def _abstract_model(config, image_shape):
                                jax.eval_shape(jax.random.PRNGKey, 0))
 
 
-def _restore(workdir: str, checkpoint: str, abstract):
-  """(mesh, step, variables): the variables saved at `checkpoint`, replicated on the mesh."""
+def _restore(workdir: str, config, checkpoint: str, abstract):
+  """(mesh, step, variables): the variables saved at `checkpoint`, replicated on the mesh. A
+  checkpoint that does not fit a model changed by --config.model.* overrides names them."""
+  try:
+    return _restore_variables(workdir, checkpoint, abstract)
+  except UserError as e:
+    saved = config_lib.load_config(workdir).model.to_dict()
+    changed = [k for k, v in config.model.to_dict().items()
+               if saved.get(k) != v and k != 'conv']  # conv: how, not what, it computes
+    if 'does not fit this model' not in str(e) or not changed:
+      raise
+    raise UserError(f'--config.model.{changed[0]}={config.model[changed[0]]!r}: the run trained '
+                    f'a model of {changed[0]} {saved[changed[0]]!r}, whose checkpoint does not '
+                    'fit another; leave the override out') from None
+
+
+def _restore_variables(workdir: str, checkpoint: str, abstract):
+  """(mesh, step, variables) of checkpoints.restore_variables, on a mesh of every device."""
   mesh = train.create_mesh()
   step, variables = checkpoints.restore_variables(workdir, checkpoint, abstract,
                                                   NamedSharding(mesh, P()))

@@ -188,7 +188,9 @@ def test_the_script_passes_flags_on_and_fails_in_one_line(trained_ae):
   assert 'validation split: 200 images' in result.stdout
   result = run_module('ae_jax.evaluate', f'--workdir={workdir}', '--config.model.name=CAE')
   assert result.returncode == 1 and 'Traceback' not in result.stderr
-  assert result.stderr.strip().startswith('error: the checkpoint of step')
+  assert result.stderr.strip() == ("error: --config.model.name='CAE': the run trained a model of "
+                                   "name 'AE', whose checkpoint does not fit another; leave the "
+                                   'override out')
 
 
 def test_a_figure_of_more_images_than_it_can_draw_in_seconds_is_refused(trained_ae):
