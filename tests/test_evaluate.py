@@ -172,7 +172,8 @@ def test_evaluation_errors_say_what_is_wrong(trained_ae, tmp_path):
     evaluate.load_run(empty, config, 'best', 'test')
   other = config.copy_and_resolve_references()
   other.model.latent_dim = 16
-  with pytest.raises(UserError, match='does not fit this model.*different config.model'):
+  with pytest.raises(UserError, match='--config.model.latent_dim=16: the run trained a model of '
+                     'latent_dim 32, whose checkpoint does not fit another'):
     evaluate.load_run(workdir, other, 'best', 'test')
   no_test = config.copy_and_resolve_references()
   no_test.data.test_split = ''
