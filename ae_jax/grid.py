@@ -99,6 +99,10 @@ def parse_grid(config, specs) -> list[tuple[str, list]]:
       continue
     node, name = _field(config, path.strip())
     kind = node.get_type(name)
+    if kind is ml_collections.ConfigDict:
+      raise UserError(f'--grid cannot vary config.{path.strip()}, a section: vary one of its '
+                      f'fields ({", ".join(node[name].keys())}), --grid={path.strip()}.FIELD='
+                      f'{values}')
     if kind in (tuple, list):  # its own commas would split its values
       raise UserError(f'--grid cannot vary config.{path.strip()}, a {kind.__name__}: write a '
                       'config file per value, and give them with --grid=config=NAME,NAME')

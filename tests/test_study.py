@@ -41,6 +41,7 @@ def _config():
     (['noise.std=0,0'], 'names a value twice'),
     (['seed=0,1'], '--seeds=0,1,2'),
     (['model.features=8,16'], 'cannot vary config.model.features, a tuple: write a config file'),
+    (['model=1'], r'cannot vary config.model, a section: vary one of its fields \(.*latent_dim'),
 ])
 def test_a_bad_grid_is_one_clear_error(specs, message):
   with pytest.raises(UserError, match=message):
