@@ -164,8 +164,28 @@ def _section_given_a_value(path: str, value: str) -> str:
           f'fields, --config.{path}.FIELD={value} ({fields})')
 
 
+def _check_given_once(argv) -> None:
+  """Exits in one line where --config, or a --config.FIELD of a tuple, is given twice: absl
+  would take the last file, and add the second tuple's values to the first's. A scalar field
+  given twice takes the last value, as absl's flags do."""
+  names = [arg[2:].split('=', 1)[0] for arg in argv[1:]
+           if arg.startswith('--config=') or arg.startswith('--config.') or arg == '--config']
+  twice = sorted({name for name in names if names.count(name) > 1})
+  if 'config' in twice:
+    _fail('--config is given twice: give one config file', 2)
+  if twice:
+    from ae_jax import config_lib  # pylint: disable=g-import-not-at-top
+    for name in twice:
+      value = config_lib.default_config()
+      for part in name.split('.')[1:]:
+        value = value.get(part) if hasattr(value, 'get') else None
+      if isinstance(value, (tuple, list)):
+        _fail(f'--{name} is given twice, and ml_collections would join the two: give it once', 2)
+
+
 def parse_flags(argv):
   """absl's parser, with config-file and config-field mistakes reported in one line."""
+  _check_given_once(argv)
   config_file = _flag_value(argv, 'config')
   if config_file:
     _check_config_file(config_file)
@@ -385,6 +405,7 @@ def define_run_flags(argv) -> None:
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from ae_jax import config_lib  # pylint: disable=g-import-not-at-top
 
+  _check_given_once(argv)
   workdir = _flag_value(argv, 'workdir')
   named = list(dict.fromkeys(_flag_values(argv, 'workdir')))
   if len(named) > 1:  # absl takes the last; the run's config.json would come from the first

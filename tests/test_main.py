@@ -35,9 +35,19 @@ _assert_one_line_error = assert_one_line_error
                             '--config.model.FIELD=CAE', 'latent_dim']),
     ('--config.model.name.x=1', ['no such config field: config.model.name.x',
                                  'config.model.name is a value']),
+    ('--config=configs/dae.py', ['--config is given twice: give one config file']),
 ])
 def test_bad_config_is_one_clear_line(workdir, flag, fragments):
   _assert_one_line_error(_train(workdir, *SMALL, flag), *fragments)
+
+
+def test_a_tuple_given_twice_is_refused_and_a_number_given_twice_takes_the_last(tmp_path):
+  _assert_one_line_error(_train(tmp_path / 'cae', *SMALL, '--config.model.features=(2,2,2,2)',
+                                '--config.model.features=(4,4,4,4)', config='configs/cae.py'),
+                         '--config.model.features is given twice, and ml_collections would '
+                         'join the two: give it once')
+  result = _train(tmp_path / 'ae', *SMALL, '--config.num_epochs=5', '--config.num_epochs=1')
+  assert result.returncode == 0 and 'epoch 1/1' in result.stdout, result.stderr
 
 
 def test_arguments_that_are_not_flags_are_one_line(tmp_path):
