@@ -156,11 +156,12 @@ def check_no_missing_fields(config, defaults, where: str = 'the config file') ->
   which would otherwise end in a traceback wherever the field is first read."""
   for path in traverse_util.flatten_dict(defaults.to_dict(), sep='.'):
     if _get(config, path, missing=KeyError) is KeyError:
-      fixes = [f"build {where} on configs/default.py's get_config()"] if where.endswith(
-          '.py') or '.' not in path else []
-      if '.' in path:
-        fixes.insert(0, f'set single fields on the command line (--config.{path}=...), not a '
+      fixes = []
+      if '.' in path:  # a section's field: the section may have been replaced on the command line
+        fixes.append(f'set single fields on the command line (--config.{path}=...), not a '
                      f'whole section (--config.{path.rsplit(".", 1)[0]}={{...}})')
+      if where.endswith('.py') or '.' not in path:
+        fixes.append(f"build {where} on configs/default.py's get_config()")
       raise UserError(f'config.{path} is missing: {", and ".join(fixes)}')
 
 
