@@ -24,12 +24,16 @@ def asked(data_config) -> tuple[str, str] | None:
 def parse(text: str, field: str, present: list[int], label_names) -> list[int]:
   """'0,3' or 'Sneaker,Bag' -> sorted label numbers, each one the data has."""
   names = list(label_names or [])
-  shown = ', '.join(f'{i} ({names[i]})' if i < len(names) else str(i) for i in present)
+  numbered = any(n.strip().isdigit() for n in names)  # class folders 3/ and 7/: names alone
+  shown = ', '.join((names[i] if numbered else f'{i} ({names[i]})') if i < len(names) else str(i)
+                    for i in present)
   chosen = set()
   for part in str(text).split(','):
     part = part.strip()
     if part in names:
       label = names.index(part)
+    elif numbered:  # '1' is no class of folders 3/ and 7/, not the second
+      label = None
     else:
       try:
         label = int(part)

@@ -24,11 +24,7 @@ def list_inputs(path: str) -> tuple[str, list[str]]:
   if not path:
     raise UserError('--input is missing: name a folder of images, an image file or a .npy')
   if os.path.isdir(path):
-    # regular files only: a named pipe would block its reader
-    names = sorted(os.path.relpath(os.path.join(root, f), path)
-                   for root, _, files in os.walk(path) for f in files
-                   if f.lower().endswith(folder_source.IMAGE_EXTENSIONS)
-                   and os.path.isfile(os.path.join(root, f)))
+    names = [os.path.relpath(p, path) for p in folder_source.image_files(path)]
     if not names:
       raise UserError(f'--input={path} holds no image files '
                       f'({", ".join(folder_source.IMAGE_EXTENSIONS)})')

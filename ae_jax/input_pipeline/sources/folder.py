@@ -20,7 +20,24 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.
 
 
 def _is_image(path: str) -> bool:
-  return os.path.isfile(path) and path.lower().endswith(IMAGE_EXTENSIONS)
+  """A regular image file (a named pipe would block its reader) with a visible name; a link to
+  no file is refused rather than passed over."""
+  if os.path.basename(path).startswith('.') or not path.lower().endswith(IMAGE_EXTENSIONS):
+    return False
+  if os.path.islink(path) and not os.path.exists(path):
+    raise UserError(f'{path} is a link to a file that does not exist: remove it, or point it at '
+                    'an image')
+  return os.path.isfile(path)
+
+
+def image_files(folder: str) -> list[str]:
+  """The image files in `folder` and its subfolders, sorted, as torchvision's ImageFolder finds
+  a class's; hidden names (.ipynb_checkpoints/, macOS's ._ files) are not read."""
+  found = []
+  for root, dirs, files in os.walk(folder):
+    dirs[:] = [d for d in dirs if not d.startswith('.')]
+    found += [os.path.join(root, f) for f in files if _is_image(os.path.join(root, f))]
+  return sorted(found)
 
 
 def _unreadable() -> tuple[type[BaseException], ...]:
@@ -193,11 +210,11 @@ def on_disk(paths: list[str], size, grayscale: bool) -> tuple[Files, str | None]
 def _read_image_folder(folder: str, size, class_names=None, *, lazy=False,
                        grayscale=False) -> Split:
   """A flat folder of images (no labels), or one subfolder of images per class."""
-  entries = sorted(os.listdir(folder))
+  entries = [e for e in sorted(os.listdir(folder)) if not e.startswith('.')]
   files = [os.path.join(folder, e) for e in entries if _is_image(os.path.join(folder, e))]
-  subfolders = [e for e in entries if os.path.isdir(os.path.join(folder, e))
-                and any(_is_image(os.path.join(folder, e, f))
-                        for f in os.listdir(os.path.join(folder, e)))]
+  class_files = {e: image_files(os.path.join(folder, e)) for e in entries
+                 if os.path.isdir(os.path.join(folder, e))}
+  subfolders = [e for e, found in class_files.items() if found]
   if files and subfolders:
     raise UserError(f'{folder} holds both image files and class folders ({subfolders[0]}/): put '
                     'every image in a class folder, or none')
@@ -209,16 +226,18 @@ def _read_image_folder(folder: str, size, class_names=None, *, lazy=False,
   if files:
     images, note = read(files)
     return Split(images, None, note=note, files=tuple(files))
+  empty = [e for e, found in class_files.items() if not found]
+  if empty and class_names is None:  # another split may lack a class the train split has
+    raise UserError(f'{os.path.join(folder, empty[0])}/ holds no images, beside class folders '
+                    f'that do: fill it, or move it out of {folder}')
   class_names = class_names or subfolders
   unknown = [c for c in subfolders if c not in class_names]
   if unknown:
     raise UserError(f'{folder} has classes that the train split lacks: {", ".join(unknown)}')
   paths, labels = [], []
   for c in subfolders:
-    class_files = [os.path.join(folder, c, f) for f in sorted(os.listdir(os.path.join(folder, c)))]
-    class_files = [p for p in class_files if _is_image(p)]
-    paths += class_files
-    labels += [class_names.index(c)] * len(class_files)
+    paths += class_files[c]
+    labels += [class_names.index(c)] * len(class_files[c])
   images, note = read(paths)
   return Split(images, np.array(labels, np.int32), tuple(class_names), note, tuple(paths))
 
@@ -249,8 +268,7 @@ def _decoded_bytes(root: str, size) -> int:
   """About how much memory the folder's images take decoded: their number, times the first
   one's size (or `size` x `size`) in colour."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  paths = [os.path.join(folder, f) for folder, _, files in os.walk(root) for f in files
-           if f.lower().endswith(IMAGE_EXTENSIONS)]
+  paths = image_files(root)
   if not paths:
     return 0  # _read_image_folder says what is wrong
   if size:
