@@ -306,6 +306,75 @@ def test_a_test_split_the_data_lacks_is_refused_unless_it_is_the_default(tmp_pat
     input_pipeline.load_splits(_config('arrays', path, test_split='tset').data)
 
 
+def _pngs(folder, count, start=0):
+  os.makedirs(folder, exist_ok=True)
+  for i in range(start, start + count):
+    Image.fromarray(DIGITS[i]).save(os.path.join(folder, f'{i}.png'))
+
+
+def test_class_folders_are_read_as_torchvisions_image_folder_reads_them(tmp_path):
+  root = str(tmp_path / 'images')
+  _pngs(f'{root}/a', 10)
+  _pngs(f'{root}/b/nested', 10, 10)  # a class's images in a subfolder of it
+  _pngs(f'{root}/.ipynb_checkpoints', 10, 20)  # hidden: no class
+  Image.fromarray(DIGITS[30]).save(f'{root}/a/._0.png')  # macOS's metadata file, hidden
+  splits = input_pipeline.load_splits(_config('folder', root, test_split='').data)
+  assert splits['train'].label_names == ('a', 'b')
+  assert len(splits['train'].images) + len(splits['validation'].images) == 20
+  os.makedirs(f'{root}/c')
+  with pytest.raises(UserError, match=re.escape(f'{root}/c/ holds no images, beside class '
+                                                f'folders that do: fill it, or move it out')):
+    input_pipeline.load_splits(_config('folder', root, test_split='').data)
+  os.rmdir(f'{root}/c')
+  os.symlink(str(tmp_path / 'gone.png'), f'{root}/a/dead.png')
+  with pytest.raises(UserError, match='dead.png is a link to a file that does not exist'):
+    input_pipeline.load_splits(_config('folder', root, test_split='').data)
+
+
+def test_classes_named_by_numbers_are_chosen_by_their_names_alone(tmp_path):
+  root = str(tmp_path / 'images')
+  _pngs(f'{root}/3', 10)
+  _pngs(f'{root}/7', 20, 10)
+  splits = input_pipeline.load_splits(_config('folder', root, test_split='',
+                                              classes='7').data)
+  assert len(splits['train'].images) + len(splits['validation'].images) == 20
+  with pytest.raises(UserError, match="the data has no class '1'; it has 3, 7$"):
+    input_pipeline.load_splits(_config('folder', root, test_split='', classes='1').data)
+
+
+@pytest.mark.parametrize('arrays, message', [
+    (dict(labels=np.arange(40) % 3 - 1), r'holds negative labels \(the least is -1\)'),
+    (dict(labels=np.arange(40) % 3, label_names=['a', 'b']),
+     'holds labels up to 2, but label_names names 2 classes: give a name to each class'),
+])
+def test_labels_an_npz_cannot_mean_are_named(tmp_path, arrays, message):
+  np.savez(tmp_path / 'd.npz', images=DIGITS[:40], **arrays)
+  with pytest.raises(UserError, match=message):
+    input_pipeline.load_splits(_config('arrays', str(tmp_path / 'd.npz')).data)
+
+
+def test_an_npz_of_a_test_split_alone_is_told_how_to_train_on_it(tmp_path):
+  np.savez(tmp_path / 'd.npz', test_images=DIGITS[:40])
+  with pytest.raises(UserError, match=re.escape(
+      "has no 'train' split (config.data.train_split); it has test: train on one, e.g. "
+      "--config.data.train_split=test --config.data.test_split=''")):
+    input_pipeline.load_splits(_config('arrays', str(tmp_path / 'd.npz')).data)
+
+
+def test_idx_files_named_as_kaggle_names_them_and_one_too_long(tmp_path):
+  import gzip  # pylint: disable=g-import-not-at-top
+  for stem, dotted in (('train-images-idx3-ubyte', 'train-images.idx3-ubyte'),
+                       ('train-labels-idx1-ubyte', 'train-labels.idx1-ubyte')):
+    with gzip.open(os.path.join(MNIST_SMALL, stem + '.gz')) as f:
+      (tmp_path / dotted).write_bytes(f.read())
+  splits = input_pipeline.load_splits(_config('idx', str(tmp_path), test_split='').data)
+  assert len(splits['train'].images) + len(splits['validation'].images) == len(DIGITS)
+  images = tmp_path / 'train-images.idx3-ubyte'
+  images.write_bytes(images.read_bytes() + b'more')
+  with pytest.raises(UserError, match='holds 4 bytes more than its header promises'):
+    input_pipeline.load_splits(_config('idx', str(tmp_path), test_split='').data)
+
+
 def test_scikit_learn_digits_span_0_to_255():
   # their values 0-16 scaled to 0-255, like every other source's pixels
   splits = input_pipeline.load_splits(_config('digits').data)

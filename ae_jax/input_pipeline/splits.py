@@ -102,7 +102,8 @@ def choose(splits: dict[str, Split], wanted, where) -> dict[str, Split]:
       chosen[role] = take_slice(splits[name], spec)
     elif role == 'train':
       raise UserError(f'{where} has no {name!r} split (config.data.train_split); it has '
-                      f'{", ".join(splits)}')
+                      f'{", ".join(splits)}: train on one, e.g. --config.data.train_split='
+                      f"{next(iter(splits))} --config.data.test_split=''")
     # the default test split, 'test', is used where the data has one; another name, asked
     # for, is not dropped unsaid
     elif name != 'test':

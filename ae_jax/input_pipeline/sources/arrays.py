@@ -66,13 +66,18 @@ def _member(data, key: str, path: str) -> np.ndarray:
     raise not_numbers(f'{path}[{key}]') from None
 
 
-def _check_labels(labels, num_images: int, where: str) -> np.ndarray:
-  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or (
-      labels.size and labels.min() < 0):
+def _check_labels(labels, num_images: int, where: str, names=None) -> np.ndarray:
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
     raise UserError(f'{where} must be a vector of class numbers 0, 1, ..., not '
                     f'{labels.dtype} of shape {labels.shape}')
+  if labels.size and labels.min() < 0:
+    raise UserError(f'{where} holds negative labels (the least is {labels.min()}): number the '
+                    'classes 0, 1, ...')
   if len(labels) != num_images:
     raise UserError(f'{where} has {len(labels)} labels for {num_images} images')
+  if names is not None and labels.size and labels.max() >= len(names):
+    raise UserError(f'{where} holds labels up to {labels.max()}, but label_names names '
+                    f'{len(names)} classes: give a name to each class')
   return labels.astype(np.int32)
 
 
@@ -107,6 +112,6 @@ def read_arrays(data_config, wanted) -> dict[str, Split]:
     labels = None
     if f'{prefix}labels' in keys:
       labels = _check_labels(_member(data, f'{prefix}labels', path), len(images),
-                             f'{path}[{prefix}labels]')
+                             f'{path}[{prefix}labels]', names)
     splits[prefix.rstrip('_') or 'train'] = Split(images, labels, names)
   return choose(splits, wanted, path)

@@ -32,14 +32,20 @@ def read_idx(path: str) -> np.ndarray:
   ndim = data[3]
   shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
   offset = 4 + 4 * ndim
-  if len(data) - offset != int(np.prod(shape)):
+  extra = len(data) - offset - int(np.prod(shape))
+  if extra < 0:
     raise UserError(f'{path} is truncated: its header promises shape {shape}, '
                     f'but it holds {len(data) - offset} bytes of data')
+  if extra:  # labels' header on images, say
+    raise UserError(f'{path} holds {extra:,} bytes more than its header promises (shape '
+                    f'{shape}): is it the IDX file its name says? Replace it with that file')
   return np.frombuffer(data, np.uint8, offset=offset).reshape(shape)
 
 
 def _find(folder, stem):
-  for name in (stem + '.gz', stem):
+  # train-images.idx3-ubyte: the spelling of Kaggle's and other copies of MNIST
+  dotted = stem.replace('-idx', '.idx')
+  for name in (stem + '.gz', stem, dotted + '.gz', dotted):
     if os.path.exists(os.path.join(folder, name)):
       return os.path.join(folder, name)
   return None
