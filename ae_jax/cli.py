@@ -127,26 +127,29 @@ def _fail_on_config_field(e: Exception, argv) -> None:
 def _field_through_a_value(argv) -> tuple[str, str] | None:
   """(path, its prefix that is a value) of the first --config.PATH=... that names a field
   inside a field ('model.name.x'); else None."""
-  from ae_jax import config_lib  # pylint: disable=g-import-not-at-top
-  known = config_lib.known_fields(config_lib.default_config())
+  fields = set(_config_fields())
   for arg in argv:
     path = re.match(r'--config\.([\w.]+)', arg)
     parts = path.group(1).split('.') if path else []
     for i in range(1, len(parts)):
-      prefix = '.'.join(parts[:i])
-      if prefix in known and not any(k.startswith(prefix + '.') for k in known):
-        return path.group(1), prefix
+      if '.'.join(parts[:i]) in fields:
+        return path.group(1), '.'.join(parts[:i])
   return None
+
+
+def _config_fields() -> list[str]:
+  """Every field a --config.PATH sets ('model.latent_dim'), sorted: the config's leaves."""
+  from ae_jax import config_lib  # pylint: disable=g-import-not-at-top
+  known = config_lib.known_fields(config_lib.default_config())
+  return sorted(f for f in known if not any(g.startswith(f + '.') for g in known))
 
 
 def _unknown_flag(e: flags.UnrecognizedFlagError) -> str:
   """absl's message, or where the flag is a config field without `config.` in front
   (--num_epochs=5, --latent_dim=8), the flag that sets it."""
-  from ae_jax import config_lib  # pylint: disable=g-import-not-at-top
   names = {e.flagname, e.flagname.replace('-', '_')}
   names |= {n.removeprefix('no') for n in names}  # absl reads --noflag as a boolean's false
-  known = config_lib.known_fields(config_lib.default_config())
-  fields = sorted(f for f in known if not any(g.startswith(f + '.') for g in known))
+  fields = _config_fields()
   matches = [f for f in fields if f in names] or [
       f for f in fields if f.rsplit('.', 1)[-1] in names]
   if len(matches) != 1:
