@@ -54,9 +54,6 @@ def check_output(output: str, input_path: str, overwrite: bool) -> None:
   if os.path.realpath(output) == source:
     raise UserError(f'--output={output} is where the inputs are: the reconstructions would '
                     'replace them; name another folder')
-  if os.path.isdir(input_path) and os.path.realpath(output).startswith(source + os.sep):
-    raise UserError(f'--output={output} is inside --input={input_path}: the reconstructions '
-                    'would be read as inputs next time; name a folder outside it')
   if os.path.isdir(output) and os.listdir(output) and not overwrite:
     raise UserError(f'--output={output} already holds {len(os.listdir(output))} files or '
                     'folders: name an empty or new folder, or replace them with --overwrite')
@@ -82,6 +79,7 @@ def main(workdir, config, checkpoint, input_path, output, add_noise=False, overw
     raise UserError(f'--num_examples={num_examples} must be 0 (no figure) to {plots.MAX_COLUMNS}')
   kind, names = given.list_inputs(input_path)
   check_output(output, input_path, overwrite)
+  given.check_out_dir(input_path, kind, output, '--output')
   evaluate.check_data_unread(workdir, config, input_path)
   if add_noise and not config_lib.is_denoising(config):
     raise UserError(f'--add_noise: the {config_lib.display_name(config)} trained without noise '

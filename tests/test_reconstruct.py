@@ -141,7 +141,8 @@ def test_a_denoiser_adds_noise_only_when_asked(trained_ae, tmp_path):
      'cannot read the image .*broken.png'),
     (lambda d, t: (str(t / 'empty'), str(t / 'o')), 'holds no image files'),
     # the next command would read the reconstructions as inputs
-    (lambda d, t: (d, os.path.join(d, 'o')), 'is inside --input=.*: the reconstructions would'),
+    (lambda d, t: (d, os.path.join(d, 'o')), '--output=.* is inside --input=.*: what is written '
+     'there would be read as inputs next time; choose an --output outside it'),
 ])
 def test_refusals_name_the_problem(trained_ae, image_folder, tmp_path, args, message):
   workdir, config = trained_ae

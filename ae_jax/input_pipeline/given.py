@@ -55,11 +55,16 @@ def input_name(path: str) -> str:
 def check_input(path: str, out_dir: str) -> None:
   """Refuses, before the run is read, an --input that names no images, and an --out_dir inside
   a folder --input, whose figures the next command would read as inputs."""
-  kind, _ = list_inputs(path)
+  check_out_dir(path, list_inputs(path)[0], out_dir)
+
+
+def check_out_dir(path: str, kind: str, out_dir: str, flag: str = '--out_dir') -> None:
+  """Refuses an output folder (`flag`) inside a folder --input (`kind` of list_inputs), whose
+  files the next command would read as inputs."""
   out, source = os.path.realpath(out_dir), os.path.realpath(path)
   if kind == 'folder' and (out == source or out.startswith(source + os.sep)):
-    raise UserError(f'--out_dir={out_dir} is inside --input={path}: what is written there '
-                    'would be read as inputs next time; choose an --out_dir outside it')
+    raise UserError(f'{flag}={out_dir} is inside --input={path}: what is written there '
+                    f'would be read as inputs next time; choose an {flag} outside it')
 
 
 def convert(image: np.ndarray, shape) -> tuple[np.ndarray, set[str]]:
