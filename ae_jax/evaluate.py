@@ -99,12 +99,11 @@ def load_run(workdir: str, config, checkpoint: str, split: str | None,
     split = 'test' if 'test' in splits else 'validation'
     print(f'split: {split} (' + ('' if split == 'test' else 'the data has no test split; ')
           + '--split=validation or train for another)'.replace(f'{split} or ', ''))
-  if split not in splits and not config.data.test_split:
-    raise UserError(f'the data of this run has no {split} split (config.data.test_split is '
-                    "empty): use --split=validation, or name a test split with "
-                    '--config.data.test_split=...')
-  if split not in splits:  # the default 'test', which this data does not have
-    raise UserError(f'the data of this run has no {split} split: use --split=validation')
+  if split not in splits:  # where config.data.test_split names one, the data has none
+    raise UserError(f'the data of this run has no {split} split' + (
+        ': use --split=validation' if config.data.test_split else
+        ' (config.data.test_split is empty): use --split=validation, or name a test split with '
+        '--config.data.test_split=...'))
   model, abstract = check_image_shape(workdir, config, splits)
   mesh, step, variables = _restore(workdir, config, checkpoint, abstract)
   data = splits[split]

@@ -313,7 +313,9 @@ def check_map_arrays(embedding, images, labels, label_names) -> None:
 
 def unused_map_flags(method: str, tsne_backend: str, given) -> list[str]:
   """The flags among `given` (names set on the command line) that `method` would ignore."""
-  unused = {'tsne': ('n_neighbors',), 'umap': ('perplexity', 'angle', 'tsne_backend')}[method]
+  # no method (a misspelt one): maps.check_settings names it
+  unused = {'tsne': ('n_neighbors',), 'umap': ('perplexity', 'angle', 'tsne_backend')}.get(
+      method, ())
   if method == 'tsne' and tsne_backend == 'opentsne':
     unused += ('angle',)  # openTSNE's FFT has no Barnes-Hut angle
   return [f for f in unused if f in given]
@@ -379,7 +381,6 @@ if __name__ == '__main__':
                         'to redraw')
       split = FLAGS.split if FLAGS.input is None else given.input_name(FLAGS.input)
       return redraw(cli.run_workdir(FLAGS.workdir), split, FLAGS.out_dir, FLAGS.method)
-    maps.check_settings(FLAGS.method, FLAGS.perplexity, FLAGS.n_neighbors)
     unused = unused_map_flags(FLAGS.method, FLAGS.tsne_backend,
                               {name for name in FLAGS if FLAGS[name].present})
     if unused:
